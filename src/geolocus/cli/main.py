@@ -1,0 +1,70 @@
+"""The ``geolocus`` command: assembles the subcommands and turns user errors into one line.
+
+Commands import their heavy dependencies (torch, faiss) inside their bodies so
+that ``geolocus --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from geolocus.cli import benchmark, evaluate, refine
+from geolocus.errors import GeolocusError
+
+app = typer.Typer(
+    name="geolocus",
+    help="Where on Earth was this photo taken? Worldwide image geo-localization.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("evaluate")(evaluate.evaluate)
+app.command("refine")(refine.refine)
+app.add_typer(benchmark.app, name="benchmark")
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    """Where on Earth was this photo taken? Worldwide image geo-localization."""
+    if version:
+        from geolocus import __version__
+
+        typer.echo(f"geolocus {__version__}")
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI; a :class:`GeolocusError` becomes one line on stderr, exit 2."""
+    try:
+        app(args=argv, prog_name="geolocus", standalone_mode=False)
+    except GeolocusError as e:
+        typer.echo(f"geolocus: error: {e}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        typer.echo("geolocus: interrupted", err=True)
+        return 130
+    except typer.Exit as e:
+        return int(e.exit_code or 0)
+    except typer.Abort:
+        typer.echo("geolocus: aborted", err=True)
+        return 1
+    except Exception as e:
+        # usage errors from Typer's click layer (vendored in recent Typer, plain click before)
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
+            e.show()
+            return int(e.exit_code)
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

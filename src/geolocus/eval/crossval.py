@@ -1,0 +1,36 @@
+"""Cross-validated predictions, so that fitted refiners are never scored on what they saw."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from geolocus.refine.base import Refiner
+from geolocus.refine.neighbours import Neighbours
+
+
+def cross_val_predict(
+    make: Callable[[], Refiner],
+    neighbours: Neighbours,
+    truth: np.ndarray,
+    folds: np.ndarray,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Predict each fold with a refiner fitted on the other folds; ``(N, 2)``.
+
+    ``folds`` gives each query's fold (e.g. from
+    :func:`geolocus.data.im2gps3k.grouped_folds`, which keeps photographers apart).
+    """
+    folds = np.asarray(folds)
+    out = np.full((len(neighbours), 2), np.nan)
+    uniq = np.unique(folds)
+    for j, f in enumerate(uniq):
+        test = folds == f
+        refiner = make()
+        if refiner.requires_fit or type(refiner).fit is not Refiner.fit:
+            refiner.fit(neighbours.subset(~test), truth[~test])
+        out[test] = refiner.predict(neighbours.subset(test))
+        if progress is not None:
+            progress(j + 1, len(uniq))
+    return out

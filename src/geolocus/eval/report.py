@@ -1,0 +1,32 @@
+"""Tables of results, as plain text for terminals and Markdown for docs/."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from geolocus.eval.metrics import THRESHOLDS_KM, Scores
+from geolocus.eval.published import PublishedResult
+
+
+def results_table(
+    rows: Sequence[tuple[str, Scores | PublishedResult]], markdown: bool = False
+) -> str:
+    """One line per method: accuracy at each threshold, then median error and n when known."""
+    head = ["method", *[f"{t} km" for t in THRESHOLDS_KM], "median km", "n"]
+    body = []
+    for name, r in rows:
+        acc = [f"{a:.2f}" for a in r.row()]
+        if isinstance(r, Scores):
+            body.append([name, *acc, f"{r.median_km:.1f}", str(r.n)])
+        else:
+            body.append([f"{name} (published)", *acc, "", ""])
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(b) + " |" for b in body]
+        return "\n".join(lines)
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
+    fmt = lambda cells: "  ".join(  # noqa: E731
+        c.ljust(w) if i == 0 else c.rjust(w)
+        for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+    )
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body)])

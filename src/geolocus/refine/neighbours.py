@@ -1,0 +1,69 @@
+"""The input of stage 2: each query's retrieved neighbours, near and far."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Neighbours:
+    """Retrieved neighbours of ``N`` queries, in rank order.
+
+    ``near`` is ``(N, K, 2)`` (lat, lon) of the K most similar database photos;
+    ``far`` is ``(N, K', 2)`` of the most similar to the negated query (the
+    "dissimilar" photos of G3, Img2Loc and DualGeo), possibly ``K' = 0``.
+    Scores (cosine similarities) are optional: not every source publishes them.
+    """
+
+    ids: np.ndarray
+    near: np.ndarray
+    far: np.ndarray
+    near_scores: np.ndarray | None = None
+    far_scores: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.ids = np.asarray(self.ids, dtype=object)
+        self.near = np.asarray(self.near, dtype=float)
+        self.far = np.asarray(self.far, dtype=float).reshape(len(self.ids), -1, 2)
+        n = len(self.ids)
+        if self.near.ndim != 3 or self.near.shape[0] != n or self.near.shape[2] != 2:
+            raise ValueError(f"near must be (N, K, 2) with N={n}, got {self.near.shape}")
+        for name in ("near_scores", "far_scores"):
+            s = getattr(self, name)
+            if s is not None:
+                s = np.asarray(s, dtype=float)
+                ref = self.near if name == "near_scores" else self.far
+                if s.shape != ref.shape[:2]:
+                    raise ValueError(f"{name} must have shape {ref.shape[:2]}, got {s.shape}")
+                setattr(self, name, s)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def k(self) -> int:
+        return self.near.shape[1]
+
+    def subset(self, index: np.ndarray | slice | list[int]) -> Neighbours:
+        """The same neighbours for a subset of queries (boolean mask or positions)."""
+        pick = lambda a: None if a is None else a[index]  # noqa: E731
+        return Neighbours(
+            ids=self.ids[index],
+            near=self.near[index],
+            far=self.far[index],
+            near_scores=pick(self.near_scores),
+            far_scores=pick(self.far_scores),
+        )
+
+    def truncate(self, k_near: int, k_far: int | None = None) -> Neighbours:
+        """Keep only the first ``k_near`` near (and ``k_far`` far) neighbours."""
+        kf = self.far.shape[1] if k_far is None else k_far
+        return Neighbours(
+            ids=self.ids,
+            near=self.near[:, :k_near],
+            far=self.far[:, :kf],
+            near_scores=None if self.near_scores is None else self.near_scores[:, :k_near],
+            far_scores=None if self.far_scores is None else self.far_scores[:, :kf],
+        )
