@@ -1,0 +1,1 @@
+"""Trainable geo-localization models built from encoders: GeoCLIP, DualGeo, TransGeoCLIP."""
