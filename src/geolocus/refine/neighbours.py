@@ -15,6 +15,7 @@ class Neighbours:
     ``far`` is ``(N, K', 2)`` of the most similar to the negated query (the
     "dissimilar" photos of G3, Img2Loc and DualGeo), possibly ``K' = 0``.
     Scores (cosine similarities) are optional: not every source publishes them.
+    ``near_ids``/``far_ids`` name the retrieved database photos where known.
     """
 
     ids: np.ndarray
@@ -22,6 +23,8 @@ class Neighbours:
     far: np.ndarray
     near_scores: np.ndarray | None = None
     far_scores: np.ndarray | None = None
+    near_ids: np.ndarray | None = None
+    far_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.ids = np.asarray(self.ids, dtype=object)
@@ -30,11 +33,11 @@ class Neighbours:
         n = len(self.ids)
         if self.near.ndim != 3 or self.near.shape[0] != n or self.near.shape[2] != 2:
             raise ValueError(f"near must be (N, K, 2) with N={n}, got {self.near.shape}")
-        for name in ("near_scores", "far_scores"):
+        for name in ("near_scores", "far_scores", "near_ids", "far_ids"):
             s = getattr(self, name)
             if s is not None:
-                s = np.asarray(s, dtype=float)
-                ref = self.near if name == "near_scores" else self.far
+                s = np.asarray(s, dtype=object if name.endswith("ids") else float)
+                ref = self.near if name.startswith("near") else self.far
                 if s.shape != ref.shape[:2]:
                     raise ValueError(f"{name} must have shape {ref.shape[:2]}, got {s.shape}")
                 setattr(self, name, s)
@@ -60,10 +63,13 @@ class Neighbours:
     def truncate(self, k_near: int, k_far: int | None = None) -> Neighbours:
         """Keep only the first ``k_near`` near (and ``k_far`` far) neighbours."""
         kf = self.far.shape[1] if k_far is None else k_far
+        cut = (lambda a, k: None if a is None else a[:, :k])  # noqa: E731
         return Neighbours(
             ids=self.ids,
             near=self.near[:, :k_near],
             far=self.far[:, :kf],
-            near_scores=None if self.near_scores is None else self.near_scores[:, :k_near],
-            far_scores=None if self.far_scores is None else self.far_scores[:, :kf],
+            near_scores=cut(self.near_scores, k_near),
+            far_scores=cut(self.far_scores, kf),
+            near_ids=cut(self.near_ids, k_near),
+            far_ids=cut(self.far_ids, kf),
         )

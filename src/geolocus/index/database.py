@@ -1,0 +1,344 @@
+"""The retrieval database: embeddings of geotagged photos in FAISS, metadata in Parquet.
+
+A database folder holds
+
+- ``manifest.json``: format, model id and version, dimension, FAISS factory,
+  count, creation and update times, and the generation of the files below;
+- ``vectors-<gen>.faiss``: the FAISS index (inner product on L2-normalised
+  vectors, i.e. cosine similarity; exact ``Flat`` by default);
+- ``meta-<gen>.parquet``: one row per vector, in index order: ``id``, ``lat``,
+  ``lon``, ``path``, ``source`` (``labels`` or ``exif``).
+
+Saving writes a new generation of both data files, then replaces the manifest
+atomically, then deletes the old generation: a reader, or a save interrupted at
+any point, always sees one complete, consistent database.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from geolocus.errors import InputError
+from geolocus.files import atomic_path, atomic_write
+from geolocus.geo import validate_latlon
+from geolocus.refine.neighbours import Neighbours
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Manifest:
+    """What a database was built with; checked on open so vectors are never mixed."""
+
+    model: str
+    dim: int
+    model_version: str = ""
+    factory: str = "Flat"
+    metric: str = "inner_product"
+    normalized: bool = True
+    count: int = 0
+    generation: int = 0
+    created: str = field(default_factory=_now)
+    updated: str = field(default_factory=_now)
+    format: int = FORMAT_VERSION
+    geolocus_version: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:  # pragma: no cover - faiss-cpu is a core dependency of the index
+        raise InputError("the retrieval database needs faiss: pip install faiss-cpu") from None
+    return faiss
+
+
+class Database:
+    """Geotagged embeddings with ``add`` and ``search`` (near and far neighbours)."""
+
+    def __init__(self, path: str | os.PathLike[str], manifest: Manifest, index, meta: pd.DataFrame):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.index = index
+        self.meta = meta.reset_index(drop=True)
+        self._id_set: set[str] | None = None
+
+    # ---- creation and persistence -------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        dim: int,
+        model: str,
+        model_version: str = "",
+        factory: str = "Flat",
+        normalized: bool = True,
+        overwrite: bool = False,
+        extra: dict | None = None,
+    ) -> Database:
+        """A new, empty database (written by :meth:`save`)."""
+        from geolocus import __version__
+
+        p = Path(path)
+        if (p / MANIFEST).exists() and not overwrite:
+            raise InputError(f"a database already exists at {p} (use add, or overwrite it)")
+        faiss = _faiss()
+        try:
+            index = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:
+            msg = str(e).strip().splitlines()[-1] if str(e).strip() else "invalid"
+            raise InputError(f"invalid FAISS factory string {factory!r}: {msg}") from None
+        man = Manifest(
+            model=model,
+            dim=int(dim),
+            model_version=model_version,
+            factory=factory,
+            normalized=normalized,
+            geolocus_version=__version__,
+            extra=dict(extra or {}),
+        )
+        meta = pd.DataFrame(
+            {
+                "id": pd.Series(dtype=str),
+                "lat": pd.Series(dtype=float),
+                "lon": pd.Series(dtype=float),
+                "path": pd.Series(dtype=str),
+                "source": pd.Series(dtype=str),
+            }
+        )
+        return cls(p, man, index, meta)
+
+    @classmethod
+    def exists(cls, path: str | os.PathLike[str]) -> bool:
+        return (Path(path) / MANIFEST).exists()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Database:
+        """Load a database folder, checking that its parts agree."""
+        p = Path(path)
+        mpath = p / MANIFEST
+        if not mpath.exists():
+            raise InputError(f"no geolocus database at {p} (missing {MANIFEST})")
+        try:
+            raw = json.loads(mpath.read_text())
+            man = Manifest(**raw)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise InputError(f"database manifest {mpath} is unreadable: {e}") from None
+        if man.format > FORMAT_VERSION:
+            raise InputError(
+                f"database {p} has format {man.format}; this geolocus reads up to {FORMAT_VERSION}"
+            )
+        faiss = _faiss()
+        vpath, mepath = cls._files(p, man.generation)
+        if not vpath.exists() or not mepath.exists():
+            raise InputError(f"database {p} is incomplete: missing {vpath.name} or {mepath.name}")
+        index = faiss.read_index(str(vpath))
+        meta = pd.read_parquet(mepath)
+        if index.ntotal != len(meta) or len(meta) != man.count or index.d != man.dim:
+            raise InputError(
+                f"database {p} is inconsistent: {index.ntotal} vectors, {len(meta)} metadata rows, "
+                f"manifest says {man.count} of dimension {man.dim}"
+            )
+        return cls(p, man, index, meta)
+
+    @staticmethod
+    def _files(p: Path, gen: int) -> tuple[Path, Path]:
+        return p / f"vectors-{gen}.faiss", p / f"meta-{gen}.parquet"
+
+    def save(self) -> None:
+        """Write a new generation of the files, then switch the manifest to it atomically."""
+        faiss = _faiss()
+        self.path.mkdir(parents=True, exist_ok=True)
+        old = self.manifest.generation
+        new = old + 1
+        vpath, mepath = self._files(self.path, new)
+        with atomic_path(vpath) as tmp:
+            faiss.write_index(self.index, str(tmp))
+        with atomic_path(mepath) as tmp:
+            self.meta.to_parquet(tmp, index=False)
+        self.manifest.generation = new
+        self.manifest.count = int(self.index.ntotal)
+        self.manifest.updated = _now()
+        with atomic_write(self.path / MANIFEST) as fh:
+            json.dump(asdict(self.manifest), fh, indent=2)
+            fh.write("\n")
+        for f in self._files(self.path, old):
+            f.unlink(missing_ok=True)
+
+    # ---- contents -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.meta["id"].to_numpy(dtype=object)
+
+    @property
+    def coords(self) -> np.ndarray:
+        """``(n, 2)`` latitude and longitude of every photo, in index order."""
+        return self.meta[["lat", "lon"]].to_numpy(dtype=float)
+
+    def __contains__(self, image_id: str) -> bool:
+        if self._id_set is None:
+            self._id_set = set(self.meta["id"])
+        return image_id in self._id_set
+
+    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+        if x.ndim != 2 or x.shape[1] != self.manifest.dim:
+            raise InputError(
+                f"vectors must have shape (n, {self.manifest.dim}) for this database, got {x.shape}"
+            )
+        if not np.isfinite(x).all():
+            raise InputError("vectors contain NaN or infinity")
+        if self.manifest.normalized:
+            norms = np.linalg.norm(x, axis=1, keepdims=True)
+            x = x / np.maximum(norms, 1e-12)
+        return x
+
+    def add(
+        self,
+        vectors: np.ndarray,
+        ids: list[str] | np.ndarray,
+        latlon: np.ndarray,
+        paths: list[str] | None = None,
+        source: str = "labels",
+    ) -> int:
+        """Append photos; ids already in the database are skipped. Returns how many were added."""
+        x = self._prepare(vectors)
+        ids = np.asarray(ids, dtype=object).reshape(-1)
+        ll = np.asarray(latlon, dtype=float).reshape(-1, 2)
+        if not (len(ids) == len(x) == len(ll)):
+            raise InputError(
+                f"add: {len(x)} vectors, {len(ids)} ids and {len(ll)} coordinates differ"
+            )
+        validate_latlon(ll[:, 0], ll[:, 1], what="database coordinates")
+        if len(set(ids)) != len(ids):
+            raise InputError("add: duplicate ids in one batch")
+        keep = np.array([i not in self for i in ids], dtype=bool)
+        if not keep.any():
+            return 0
+        x, ids, ll = x[keep], ids[keep], ll[keep]
+        pth = np.asarray(paths, dtype=object)[keep] if paths is not None else np.full(len(ids), "")
+        if not self.index.is_trained:
+            n_needed = self._training_size()
+            if len(x) < n_needed:
+                raise InputError(
+                    f"FAISS index {self.manifest.factory!r} must be trained on at least "
+                    f"{n_needed} vectors, got {len(x)}; use 'Flat' for small databases"
+                )
+            self.index.train(x)
+        self.index.add(x)
+        rows = pd.DataFrame(
+            {
+                "id": ids.astype(str),
+                "lat": ll[:, 0],
+                "lon": ll[:, 1],
+                "path": pth.astype(str),
+                "source": source,
+            }
+        )
+        self.meta = rows if self.meta.empty else pd.concat([self.meta, rows], ignore_index=True)
+        self._id_set = None
+        return len(rows)
+
+    def _training_size(self) -> int:
+        """A lower bound on training vectors for the index's coarse quantiser (IVF lists)."""
+        faiss = _faiss()
+        try:
+            ivf = faiss.extract_index_ivf(self.index)
+            return int(ivf.nlist)
+        except RuntimeError:
+            return 1
+
+    # ---- search ---------------------------------------------------------------------
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int = 20,
+        k_far: int = 0,
+        query_ids: list[str] | np.ndarray | None = None,
+        exclude_self: bool = False,
+        nprobe: int | None = None,
+    ) -> Neighbours:
+        """Near neighbours (highest cosine similarity) and far ones (the negated query).
+
+        ``exclude_self`` drops, for each query, the database photo with the
+        query's own id — for leave-one-out use of a database on its own photos.
+        """
+        if len(self) == 0:
+            raise InputError(f"the database at {self.path} is empty")
+        q = self._prepare(queries)
+        n = len(q)
+        qids = np.asarray(
+            [str(i) for i in range(n)] if query_ids is None else query_ids, dtype=object
+        )
+        if nprobe is not None:
+            faiss = _faiss()
+            faiss.ParameterSpace().set_index_parameter(self.index, "nprobe", int(nprobe))
+        coords, db_ids = self.coords, self.ids
+        near_s, near_i = self._knn(q, k, qids if exclude_self else None)
+        out = {
+            "near": coords[near_i],
+            "near_scores": near_s,
+            "near_ids": db_ids[near_i],
+        }
+        if k_far > 0:
+            far_s, far_i = self._knn(-q, k_far, qids if exclude_self else None)
+            out.update(far=coords[far_i], far_scores=-far_s, far_ids=db_ids[far_i])
+        else:
+            out.update(far=np.zeros((n, 0, 2)), far_scores=None, far_ids=None)
+        return Neighbours(ids=qids, **out)
+
+    def _knn(
+        self, q: np.ndarray, k: int, exclude: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k rows by inner product; with ``exclude``, drop each query's own id.
+
+        Rows the index cannot fill (k larger than the database) repeat the last
+        valid neighbour, so downstream arrays keep a fixed shape.
+        """
+        k_eff = min(k + (1 if exclude is not None else 0), len(self))
+        scores, rows = self.index.search(q, k_eff)
+        if exclude is not None:
+            db_ids = self.ids
+            keep = db_ids[np.clip(rows, 0, None)] != exclude[:, None]
+            keep &= rows >= 0
+            order = np.argsort(~keep, axis=1, kind="stable")
+            rows = np.take_along_axis(rows, order, axis=1)
+            scores = np.take_along_axis(scores, order, axis=1)
+            valid = np.take_along_axis(keep, order, axis=1)
+        else:
+            valid = rows >= 0
+        rows, scores, valid = rows[:, :k], scores[:, :k], valid[:, :k]
+        if rows.shape[1] < k or not valid.all():
+            rows, scores = _pad(rows, scores, valid, k)
+        return scores.astype(float), rows
+
+
+def _pad(rows: np.ndarray, scores: np.ndarray, valid: np.ndarray, k: int):
+    """Fill invalid or missing slots with each row's last valid neighbour."""
+    n = rows.shape[0]
+    out_r = np.empty((n, k), dtype=rows.dtype)
+    out_s = np.empty((n, k), dtype=scores.dtype)
+    for i in range(n):
+        r, s = rows[i][valid[i]], scores[i][valid[i]]
+        if len(r) == 0:
+            raise InputError("the database has no neighbour to return for a query")
+        reps = k - len(r)
+        out_r[i] = np.concatenate([r, np.repeat(r[-1:], reps)])[:k]
+        out_s[i] = np.concatenate([s, np.repeat(s[-1:], reps)])[:k]
+    return out_r, out_s
