@@ -95,3 +95,14 @@ def test_read_neighbours_errors(tmp_path):
 def test_read_shared_neighbours(im2gps3k):
     nb = read_neighbours(im2gps3k / "g3_neighbours.csv")
     assert len(nb) == 1964 and nb.near.shape[1:] == (20, 2) and nb.far.shape[1:] == (20, 2)
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    p = tmp_path / "out.csv"
+    write_coords(p, ["a"], np.array([[1.0, 2.0]]))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask

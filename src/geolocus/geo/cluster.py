@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.cluster import DBSCAN
 
 from geolocus.geo.sphere import EARTH_RADIUS_KM
 
@@ -15,6 +14,8 @@ def dbscan_sphere(
 
     Returns one label per point; -1 marks noise, as in scikit-learn.
     """
+    from sklearn.cluster import DBSCAN  # imported here: sklearn takes ~1.5 s to import
+
     pts = np.radians(np.column_stack((np.asarray(lat, float), np.asarray(lon, float))))
     if len(pts) == 0:
         return np.empty(0, dtype=int)
