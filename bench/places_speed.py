@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40_000, help="query points per set")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["GEOLOCUS_CACHE_DIR"] = tmp
+        os.environ["GEOLOCUS_CACHE"] = tmp
         from geolocus.places import Gazetteer, city_table
         from geolocus.places._data import build_tables, load_tables
 

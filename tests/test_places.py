@@ -198,7 +198,7 @@ def test_ten_thousand_points_run(gaz: Gazetteer) -> None:
 
 
 def test_cache_roundtrip(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("GEOLOCUS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("GEOLOCUS_CACHE", str(tmp_path))
     built = load_tables()
     files = list(tmp_path.glob("places-v*.npz"))
     assert len(files) == 1

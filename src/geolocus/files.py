@@ -1,4 +1,4 @@
-"""Writing outputs atomically, so an interrupted job never leaves a half-written file."""
+"""Where geolocus keeps files: outputs written atomically, and the user cache folder."""
 
 from __future__ import annotations
 
@@ -63,3 +63,19 @@ def atomic_path(path: str | os.PathLike[str]) -> contextlib.AbstractContextManag
             raise
 
     return _cm()
+
+
+#: Environment variable naming the user cache folder (parsed gazetteers, encoded galleries).
+CACHE_ENV = "GEOLOCUS_CACHE"
+
+
+def cache_dir(*parts: str) -> Path:
+    """The user cache folder (``$GEOLOCUS_CACHE``, else ``$XDG_CACHE_HOME/geolocus``, else
+    ``~/.cache/geolocus``), or a sub-folder of it. Nothing here is needed for correctness:
+    every cached file can be rebuilt, so the folder may be deleted at any time."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        root = Path(env).expanduser()
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "geolocus"
+    return root.joinpath(*parts)

@@ -119,3 +119,13 @@ def spherical_mean(
     with np.errstate(invalid="ignore", divide="ignore"):
         m = np.where(norm > 1e-12, m / norm, np.nan)
     return from_unit(m)
+
+
+def fibonacci_sphere(n: int) -> np.ndarray:
+    """``(n, 2)`` (lat, lon) of a Fibonacci lattice: quasi-uniform points on the sphere,
+    each covering an equal area (useful as anchors or a uniform grid of candidates)."""
+    i = np.arange(n, dtype=float) + 0.5
+    lat = np.degrees(np.arcsin(1.0 - 2.0 * i / n))
+    golden = np.pi * (3.0 - np.sqrt(5.0))  # the golden angle, radians
+    lon = np.remainder(np.degrees(i * golden) + 180.0, 360.0) - 180.0
+    return np.column_stack((lat, lon))

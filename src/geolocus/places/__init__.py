@@ -17,19 +17,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from geolocus.places._data import CACHE_DIR_ENV, CONTINENTS, cache_dir
+from geolocus.places._data import CONTINENTS
 from geolocus.places.gazetteer import ANTARCTIC_LAT, Gazetteer, Place
 from geolocus.places.text import TEMPLATE, UNKNOWN, join_parts, sentence
 
 __all__ = [
     "ANTARCTIC_LAT",
-    "CACHE_DIR_ENV",
     "CONTINENTS",
     "TEMPLATE",
     "UNKNOWN",
     "Gazetteer",
     "Place",
-    "cache_dir",
     "city_table",
     "continent_of",
     "country_code_of",

@@ -26,17 +26,14 @@ import gzip
 import hashlib
 import importlib.util
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from geolocus.errors import ModelUnavailableError
-from geolocus.files import atomic_path
+from geolocus.files import atomic_path, cache_dir
 
-#: Environment variable that moves geolocus' cache folder.
-CACHE_DIR_ENV = "GEOLOCUS_CACHE_DIR"
 #: Bump when the cache layout changes.
 _FORMAT = 1
 
@@ -51,14 +48,6 @@ CONTINENTS = {
     "SA": "South America",
 }
 
-
-def cache_dir() -> Path:
-    """``$GEOLOCUS_CACHE_DIR``, else ``$XDG_CACHE_HOME/geolocus``, else ``~/.cache/geolocus``."""
-    env = os.environ.get(CACHE_DIR_ENV)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(base).expanduser() / "geolocus"
 
 
 def _package_file(package: str, *parts: str) -> Path:
