@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from geolocus.errors import InputError
 from geolocus.refine.base import Ranking, Refiner
+from geolocus.refine.learned import BestRefiner
 from geolocus.refine.neighbours import Neighbours
 from geolocus.refine.rules import DualGeoRefiner, KDERefiner, NearestRefiner
 
 _REGISTRY: dict[str, type[Refiner]] = {
-    cls.name: cls for cls in (NearestRefiner, DualGeoRefiner, KDERefiner)
+    cls.name: cls for cls in (NearestRefiner, DualGeoRefiner, KDERefiner, BestRefiner)
 }
 
 
@@ -38,6 +39,7 @@ def create(name: str, **kwargs) -> Refiner:
 
 
 __all__ = [
+    "BestRefiner",
     "DualGeoRefiner",
     "KDERefiner",
     "NearestRefiner",

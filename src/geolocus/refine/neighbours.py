@@ -63,7 +63,7 @@ class Neighbours:
     def truncate(self, k_near: int, k_far: int | None = None) -> Neighbours:
         """Keep only the first ``k_near`` near (and ``k_far`` far) neighbours."""
         kf = self.far.shape[1] if k_far is None else k_far
-        cut = (lambda a, k: None if a is None else a[:, :k])  # noqa: E731
+        cut = lambda a, k: None if a is None else a[:, :k]  # noqa: E731
         return Neighbours(
             ids=self.ids,
             near=self.near[:, :k_near],

@@ -1,0 +1,300 @@
+"""``best``: a learned re-ranker over candidate geometry (no multimodal model).
+
+The five accuracy thresholds are scored together, so the model is fitted to
+what is scored: with candidate scores ``s = X @ w`` (features from
+:mod:`geolocus.refine.features`) and the soft choice ``p = softmax(beta * s)``
+over each query's candidates, it maximises the expected number of thresholds
+the chosen candidate meets,
+
+    mean over queries of  sum_c p_c * #{t : d(c, truth) <= t},
+
+minus ``l2 * |w - w0|^2``, where ``w0`` is the hand-set multi-scale vote
+(:func:`~geolocus.refine.features.prior_weights`). This is a conditional-logit
+(listwise) model: only the ordering of a query's own candidates matters, and
+queries whose candidates are all equally good or bad carry no weight. L-BFGS
+from ``w0`` makes the fit deterministic. ``beta`` and ``l2`` are chosen by
+photographer-grouped cross-validation inside the fitted data unless given.
+
+The ranking's scores are ``softmax(s / temperature)``, the temperature fitted
+by maximum likelihood of the candidate closest to the truth: read them as the
+probability that a candidate is the one closest to the truth. Agreeing
+candidates share that probability; :func:`mass_within` adds it back up into a
+confidence that the answer is within a distance (see docs/refine.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from geolocus.errors import InputError
+from geolocus.eval.metrics import THRESHOLDS_KM
+from geolocus.geo import distance_km
+from geolocus.refine.base import Ranking, Refiner, order_rows
+from geolocus.refine.features import FeatureSpec, candidate_features, prior_weights
+from geolocus.refine.neighbours import Neighbours
+
+#: Saved-model format tag and version (``BestRefiner.save`` / ``load``).
+MODEL_FORMAT = "geolocus-refiner-best"
+MODEL_VERSION = 1
+#: Candidate values of ``(sharpness, l2)`` for the inner cross-validation.
+DEFAULT_GRID: tuple[tuple[float, float], ...] = (
+    (1.0, 1e-3),
+    (2.0, 1e-3),
+    (4.0, 1e-3),
+    (1.0, 1e-2),
+    (2.0, 1e-2),
+    (4.0, 1e-2),
+)
+
+
+def threshold_gains(
+    candidates: np.ndarray, truth: np.ndarray, thresholds_km: tuple[float, ...] = THRESHOLDS_KM
+) -> np.ndarray:
+    """``(N, C)``: how many thresholds each candidate meets (its share of the score)."""
+    d = distance_km(candidates, np.asarray(truth, float)[:, None, :])
+    return sum((d <= t).astype(float) for t in thresholds_km)
+
+
+def _softmax(s: np.ndarray) -> np.ndarray:
+    e = np.exp(s - s.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_weights(
+    x: np.ndarray, gains: np.ndarray, w0: np.ndarray, sharpness: float, l2: float
+) -> np.ndarray:
+    """Weights maximising the expected gain of a softmax choice, L2-pulled towards ``w0``.
+
+    Optimised over the features divided by their spread (same optimum, far fewer
+    L-BFGS steps); queries whose candidates are all equally good are left out,
+    since they contribute nothing.
+    """
+    from scipy.optimize import minimize
+    from threadpoolctl import threadpool_limits
+
+    useful = gains.max(axis=1) > gains.min(axis=1)
+    x, gains = x[useful], gains[useful]
+    n, c, f = x.shape
+    if n == 0:
+        return w0.astype(float)
+    scale = x.reshape(n * c, f).std(axis=0)
+    scale[scale < 1e-9] = 1.0
+    xf = (x.reshape(n * c, f) / scale).astype(np.float32)
+    u0 = w0 * scale
+    n_all = len(useful)
+
+    def objective(u: np.ndarray) -> tuple[float, np.ndarray]:
+        p = _softmax(sharpness * (xf @ u.astype(np.float32)).reshape(n, c).astype(float))
+        reward = (p * gains).sum(axis=1, keepdims=True)
+        # d reward / d s_c = beta * p_c * (gain_c - reward)
+        ds = (sharpness * p * (gains - reward)).reshape(n * c).astype(np.float32)
+        diff = (u - u0) / scale
+        loss = -float(reward.sum()) / n_all + l2 * float(diff @ diff)
+        grad = -(xf.T @ ds).astype(float) / n_all + 2.0 * l2 * diff / scale
+        return loss, grad
+
+    # Many small matrix-vector products: BLAS threads only contend (tens of times slower
+    # on a busy machine), so run them on one.
+    with threadpool_limits(1, user_api="blas"):
+        res = minimize(
+            objective, u0.astype(float), jac=True, method="L-BFGS-B", options={"maxiter": 300}
+        )
+    return np.asarray(res.x, dtype=float) / scale
+
+
+def _closest_sets(candidates: np.ndarray, truth: np.ndarray, tol_km: float = 0.5) -> np.ndarray:
+    d = distance_km(candidates, np.asarray(truth, float)[:, None, :])
+    return d <= d.min(axis=1, keepdims=True) + tol_km
+
+
+def fit_temperature(scores: np.ndarray, closest: np.ndarray) -> float:
+    """Temperature that makes ``softmax(scores / T)`` the likeliest guess of the closest set."""
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_t: float) -> float:
+        s = scores / np.exp(log_t)
+        s = s - s.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(s).sum(axis=1))
+        hit = np.log((np.exp(s) * closest).sum(axis=1))
+        return float(np.mean(lse - hit))
+
+    res = minimize_scalar(nll, bounds=(-6.0, 6.0), method="bounded")
+    return float(np.exp(res.x))
+
+
+def mass_within(ranking: Ranking, km: float) -> np.ndarray:
+    """``(N, C)``: for each ranked candidate, the total score of the candidates within
+    ``km`` of it (itself included).
+
+    With :class:`BestRefiner`'s scores (the probability that a candidate is the one
+    closest to the truth) this reads as the confidence that the truth's closest
+    candidate lies within ``km`` of this one: a cluster of agreeing candidates
+    shares one probability among its members, and this adds it back up.
+    """
+    d = distance_km(ranking.candidates[:, :, None, :], ranking.candidates[:, None, :, :])
+    return np.einsum("ncd,nd->nc", (d <= km).astype(float), ranking.scores)
+
+
+class BestRefiner(Refiner):
+    """The strongest stage-2 choice without a multimodal model: a listwise linear
+    re-ranker over multi-scale, rank-binned neighbour votes and far-neighbour counts.
+
+    ``sharpness`` / ``l2`` fix the softmax sharpness of the training objective
+    and the pull towards the hand-set vote; left ``None``, ``fit`` chooses them
+    from ``grid`` by ``inner_folds``-fold photographer-grouped cross-validation
+    on the data it is given.
+    """
+
+    name = "best"
+    requires_fit = True
+
+    def __init__(
+        self,
+        sharpness: float | None = None,
+        l2: float | None = None,
+        spec: FeatureSpec | None = None,
+        grid: tuple[tuple[float, float], ...] = DEFAULT_GRID,
+        inner_folds: int = 3,
+        thresholds_km: tuple[float, ...] = THRESHOLDS_KM,
+    ) -> None:
+        self.sharpness = sharpness
+        self.l2 = l2
+        self.spec = spec or FeatureSpec()
+        self.grid = grid
+        self.inner_folds = inner_folds
+        self.thresholds_km = tuple(thresholds_km)
+
+    # -- fitting ---------------------------------------------------------------------------
+
+    def fit(self, neighbours: Neighbours, truth: np.ndarray) -> BestRefiner:
+        truth = np.asarray(truth, dtype=float).reshape(-1, 2)
+        if len(truth) != len(neighbours):
+            raise InputError(f"{len(neighbours)} queries but {len(truth)} true positions")
+        if len(neighbours) < 2:
+            raise InputError("refiner 'best' needs at least 2 labelled queries to fit")
+        x = candidate_features(neighbours, self.spec)
+        gains = threshold_gains(neighbours.near, truth, self.thresholds_km)
+        w0 = prior_weights(self.spec, self.thresholds_km, neighbours.k)
+        if self.sharpness is None or self.l2 is None:
+            self.sharpness_, self.l2_ = self._select(neighbours.ids, x, gains, w0)
+        else:
+            self.sharpness_, self.l2_ = float(self.sharpness), float(self.l2)
+        self.coef_ = fit_weights(x, gains, w0, self.sharpness_, self.l2_)
+        scores = x @ self.coef_
+        self.temperature_ = fit_temperature(scores, _closest_sets(neighbours.near, truth))
+        self.k_near_, self.k_far_ = neighbours.k, neighbours.far.shape[1]
+        return self
+
+    def _select(
+        self, ids: np.ndarray, x: np.ndarray, gains: np.ndarray, w0: np.ndarray
+    ) -> tuple[float, float]:
+        """The grid point with the best inner cross-validated mean accuracy (first on ties)."""
+        from geolocus.data.im2gps3k import grouped_folds
+
+        folds = grouped_folds(ids, self.inner_folds, salt="best-inner")
+        if len(np.unique(folds)) < 2:  # too few photographers to split: keep the first setting
+            return self.grid[0]
+        best, best_gain = self.grid[0], -np.inf
+        rows = np.arange(len(ids))
+        for beta, l2 in self.grid:
+            pick = np.empty(len(ids), dtype=int)
+            for f in np.unique(folds):
+                te = folds == f
+                w = fit_weights(x[~te], gains[~te], w0, beta, l2)
+                pick[te] = np.argmax(x[te] @ w, axis=1)
+            g = float(gains[rows, pick].mean())
+            if g > best_gain + 1e-12:
+                best, best_gain = (beta, l2), g
+        return best
+
+    # -- predicting ------------------------------------------------------------------------
+
+    def _check_fitted(self, neighbours: Neighbours) -> None:
+        if not hasattr(self, "coef_"):
+            raise InputError(
+                "refiner 'best' is not fitted: call fit(neighbours, truth) or load a saved model"
+            )
+        if neighbours.k != self.k_near_ or neighbours.far.shape[1] != self.k_far_:
+            raise InputError(
+                f"refiner 'best' was fitted on {self.k_near_} near and {self.k_far_} far "
+                f"neighbours per query, got {neighbours.k} and {neighbours.far.shape[1]}"
+            )
+
+    def decision_function(self, neighbours: Neighbours) -> np.ndarray:
+        """Raw candidate scores ``(N, K)`` in retrieval order (higher is better)."""
+        self._check_fitted(neighbours)
+        return candidate_features(neighbours, self.spec) @ self.coef_
+
+    def rank(self, neighbours: Neighbours) -> Ranking:
+        p = _softmax(self.decision_function(neighbours) / self.temperature_)
+        return order_rows(neighbours.near, p)
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        if not hasattr(self, "coef_"):
+            raise InputError("refiner 'best' is not fitted: nothing to save")
+        return {
+            "format": MODEL_FORMAT,
+            "version": MODEL_VERSION,
+            "spec": self.spec.to_dict(),
+            "feature_names": self.spec.names(),
+            "coef": self.coef_.tolist(),
+            "temperature": self.temperature_,
+            "sharpness": self.sharpness_,
+            "l2": self.l2_,
+            "thresholds_km": list(self.thresholds_km),
+            "k_near": self.k_near_,
+            "k_far": self.k_far_,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BestRefiner:
+        if not isinstance(d, dict) or d.get("format") != MODEL_FORMAT:
+            raise InputError("not a saved 'best' refiner (format tag missing or wrong)")
+        if d.get("version") != MODEL_VERSION:
+            raise InputError(
+                f"saved 'best' refiner has version {d.get('version')!r}, "
+                f"this geolocus reads version {MODEL_VERSION}"
+            )
+        try:
+            spec = FeatureSpec.from_dict(d["spec"])
+            coef = np.asarray(d["coef"], dtype=float)
+            if coef.shape != (len(spec.names()),) or not np.all(np.isfinite(coef)):
+                raise ValueError("coefficients do not match the feature list")
+            r = cls(
+                sharpness=float(d["sharpness"]),
+                l2=float(d["l2"]),
+                spec=spec,
+                thresholds_km=tuple(float(t) for t in d["thresholds_km"]),
+            )
+            r.sharpness_, r.l2_ = r.sharpness, r.l2
+            r.coef_, r.temperature_ = coef, float(d["temperature"])
+            r.k_near_, r.k_far_ = int(d["k_near"]), int(d["k_far"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"saved 'best' refiner is malformed: {e}") from None
+        return r
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the fitted model as JSON, atomically."""
+        from geolocus.files import atomic_write
+
+        d = self.to_dict()
+        with atomic_write(path) as fh:
+            json.dump(d, fh, indent=1)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> BestRefiner:
+        """Read a model written by :meth:`save` (a clear error if it is not one)."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                d = json.load(fh)
+        except FileNotFoundError:
+            raise InputError(f"model file not found: {path}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"cannot read model file {path}: {e}") from None
+        return cls.from_dict(d)

@@ -1,0 +1,216 @@
+"""The learned ``best`` refiner: generated worlds, shapes, determinism, errors, saving,
+the CLI, and cross-validation on the shared G3 neighbours."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from geolocus.cli.main import main
+from geolocus.data import read_coords, read_neighbours
+from geolocus.data.im2gps3k import grouped_folds
+from geolocus.errors import InputError
+from geolocus.eval import score_errors
+from geolocus.eval.crossval import cross_val_predict
+from geolocus.geo import distance_km
+from geolocus.refine import BestRefiner, Neighbours, available, create
+from geolocus.refine.features import FeatureSpec, candidate_features, prior_weights
+from geolocus.refine.learned import mass_within
+
+K = 20
+
+
+def _random_points(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return np.stack([rng.uniform(-60, 70, shape), rng.uniform(-180, 180, shape)], axis=-1)
+
+
+def _blob(rng: np.random.Generator, centre: np.ndarray, m: int, deg: float) -> np.ndarray:
+    pts = centre + rng.normal(0.0, deg, (m, 2))
+    return np.column_stack([np.clip(pts[:, 0], -89, 89), (pts[:, 1] + 180) % 360 - 180])
+
+
+def dense_world(n: int, seed: int, smallest: int = 3) -> tuple[Neighbours, np.ndarray]:
+    """The truth sits in the densest cluster (``smallest``-8 members, ~2 km spread) at
+    random ranks; the other neighbours are scattered over the globe; far ones are random."""
+    rng = np.random.default_rng(seed)
+    truth = _random_points(rng, (n,))
+    near = _random_points(rng, (n, K))
+    for i in range(n):
+        m = int(rng.integers(smallest, 9))
+        slots = rng.choice(K, m, replace=False)
+        near[i, slots] = _blob(rng, truth[i], m, 0.02)
+    far = _random_points(rng, (n, K))
+    ids = [f"q{i}_{i % 40}@N00.jpg" for i in range(n)]  # 40 "photographers"
+    return Neighbours(ids=ids, near=near, far=far), truth
+
+
+def twin_world(n: int, seed: int) -> tuple[Neighbours, np.ndarray]:
+    """Two equal clusters, one at the truth, one a decoy 3000+ km away that the far
+    ("dissimilar") neighbours surround: only the far neighbours tell them apart."""
+    rng = np.random.default_rng(seed)
+    truth = _random_points(rng, (n,))
+    near = _random_points(rng, (n, K))
+    far = np.empty((n, K, 2))
+    for i in range(n):
+        decoy = _random_points(rng, ())
+        while distance_km(decoy, truth[i]) < 3000:
+            decoy = _random_points(rng, ())
+        slots = rng.choice(K, 8, replace=False)
+        near[i, slots[:4]] = _blob(rng, truth[i], 4, 0.02)
+        near[i, slots[4:]] = _blob(rng, decoy, 4, 0.02)
+        far[i] = _blob(rng, decoy, K, 2.0)
+    ids = [f"t{i}_{i % 40}@N00.jpg" for i in range(n)]
+    return Neighbours(ids=ids, near=near, far=far), truth
+
+
+def _acc(pred: np.ndarray, truth: np.ndarray, km: float) -> float:
+    return float(np.mean(distance_km(pred, truth) <= km))
+
+
+def test_registered_and_needs_fit():
+    assert "best" in available()
+    r = create("best")
+    assert isinstance(r, BestRefiner) and r.requires_fit
+
+
+def test_learns_to_beat_nearest_in_a_dense_world():
+    nb, truth = dense_world(300, seed=1)
+    tr, te = np.arange(300) < 200, np.arange(300) >= 200
+    best = create("best").fit(nb.subset(tr), truth[tr])
+    got = _acc(best.predict(nb.subset(te)), truth[te], 25)
+    nearest = _acc(create("nearest").predict(nb.subset(te)), truth[te], 25)
+    assert got >= 0.9 and got > nearest + 0.4
+
+
+def test_learns_that_far_neighbours_mark_the_wrong_cluster():
+    nb, truth = twin_world(300, seed=2)
+    tr, te = np.arange(300) < 200, np.arange(300) >= 200
+    best = BestRefiner().fit(nb.subset(tr), truth[tr])
+    got = _acc(best.predict(nb.subset(te)), truth[te], 25)
+    # the hand-set vote (no far weights) can only guess between the twins
+    x = candidate_features(nb.subset(te))
+    w0 = prior_weights(FeatureSpec(), best.thresholds_km, K)
+    hand = nb.near[te][np.arange(te.sum()), np.argmax(x @ w0, axis=1)]
+    assert _acc(hand, truth[te], 25) < 0.7
+    assert got >= 0.95
+    far_cols = [i for i, n in enumerate(FeatureSpec().names()) if n.startswith("far_")]
+    far_w = best.coef_[far_cols]  # learned: far neighbours count against a candidate
+    assert np.all(far_w <= 0) and far_w.sum() < 0
+
+
+def test_shapes_ranking_and_probabilities():
+    nb, truth = dense_world(120, seed=3, smallest=1)  # some queries have no cluster
+    r = BestRefiner().fit(nb, truth)
+    pred = r.predict(nb)
+    assert pred.shape == (120, 2)
+    ranking = r.rank(nb)
+    assert ranking.candidates.shape == (120, K, 2) and ranking.scores.shape == (120, K)
+    assert np.allclose(ranking.scores.sum(axis=1), 1.0)
+    assert np.all(np.diff(ranking.scores, axis=1) <= 1e-12)
+    np.testing.assert_array_equal(ranking.top1(), pred)
+    # every candidate is one of the query's neighbours, each once
+    for i in (0, 57, 119):
+        assert sorted(map(tuple, ranking.candidates[i])) == sorted(map(tuple, nb.near[i]))
+    # confidence that the answer is within 25 km: high where the pick is right, low elsewhere
+    conf = mass_within(ranking, 25.0)
+    assert conf.shape == (120, K) and np.all((conf > 0) & (conf <= 1 + 1e-9))
+    hit = distance_km(pred, truth) <= 25
+    assert 0 < hit.sum() < 120
+    assert conf[hit, 0].mean() > conf[~hit, 0].mean() + 0.2
+
+
+def test_deterministic():
+    nb, truth = dense_world(150, seed=4)
+    a, b = BestRefiner().fit(nb, truth), BestRefiner().fit(nb, truth)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    assert (a.sharpness_, a.l2_, a.temperature_) == (b.sharpness_, b.l2_, b.temperature_)
+    np.testing.assert_array_equal(a.rank(nb).scores, b.rank(nb).scores)
+
+
+def test_errors():
+    nb, truth = dense_world(60, seed=5)
+    with pytest.raises(InputError, match="not fitted"):
+        BestRefiner().predict(nb)
+    with pytest.raises(InputError, match="not fitted"):
+        BestRefiner().save("unused.json")
+    with pytest.raises(InputError, match="true positions"):
+        BestRefiner().fit(nb, truth[:-1])
+    r = BestRefiner(sharpness=2.0, l2=1e-3).fit(nb, truth)
+    with pytest.raises(InputError, match="fitted on 20 near and 20 far"):
+        r.predict(nb.truncate(10))
+
+
+def test_save_load_roundtrip(tmp_path):
+    nb, truth = dense_world(100, seed=6)
+    r = BestRefiner().fit(nb, truth)
+    path = tmp_path / "best.json"
+    r.save(path)
+    back = BestRefiner.load(path)
+    np.testing.assert_array_equal(back.rank(nb).scores, r.rank(nb).scores)
+    np.testing.assert_array_equal(back.predict(nb), r.predict(nb))
+    d = json.loads(path.read_text())
+    d["coef"] = d["coef"][:-1]
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    with pytest.raises(InputError, match="malformed"):
+        BestRefiner.load(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text('{"format": "something else"}')
+    with pytest.raises(InputError, match="not a saved 'best' refiner"):
+        BestRefiner.load(tmp_path / "other.json")
+    with pytest.raises(InputError, match="not found"):
+        BestRefiner.load(tmp_path / "missing.json")
+
+
+def _write_neighbours(path, nb: Neighbours) -> None:
+    cols = ["IMG_ID"]
+    cols += [
+        f"{kind}_{i}_{c}" for kind in ("near", "far") for i in range(K) for c in ("lat", "lon")
+    ]
+    rows = [",".join(cols)]
+    for i, qid in enumerate(nb.ids):
+        vals = np.concatenate([nb.near[i].ravel(), nb.far[i].ravel()])
+        rows.append(qid + "," + ",".join(f"{v:.6f}" for v in vals))
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_cli_fit_save_and_reuse(tmp_path, capsys):
+    nb, truth = dense_world(80, seed=7)
+    nfile, lfile = tmp_path / "nb.csv", tmp_path / "labels.csv"
+    _write_neighbours(nfile, nb)
+    lfile.write_text(
+        "IMG_ID,LAT,LON\n"
+        + "".join(f"{q},{t[0]:.6f},{t[1]:.6f}\n" for q, t in zip(nb.ids, truth, strict=True))
+    )
+    out1, out2, model = tmp_path / "p1.csv", tmp_path / "p2.csv", tmp_path / "m.json"
+    base = ["refine", "--neighbours", str(nfile), "--method", "best"]
+    assert main([*base, "--out", str(out1)]) == 2
+    assert "give --fit and --labels" in capsys.readouterr().err
+    fit = ["--fit", str(nfile), "--labels", str(lfile)]
+    assert main([*base, "--out", str(out1), *fit, "--save-model", str(model)]) == 0
+    assert main([*base, "--out", str(out2), "--model", str(model)]) == 0
+    assert out1.read_text() == out2.read_text()
+    pred = read_coords(out1).set_index("IMG_ID").loc[list(nb.ids), ["LAT", "LON"]].to_numpy()
+    assert _acc(pred, truth, 25) >= 0.9
+    kde = ["refine", "--neighbours", str(nfile), "--method", "kde", "--out", str(out2)]
+    assert main([*kde, "--model", str(model)]) == 2
+    assert "no saved form" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cross_validated_best_beats_dualgeo_on_shared_neighbours(im2gps3k):
+    nb = read_neighbours(im2gps3k / "g3_neighbours.csv")
+    lab = read_coords(im2gps3k / "labels.csv").set_index("IMG_ID")
+    truth = lab.loc[list(nb.ids), ["LAT", "LON"]].to_numpy()
+    folds = grouped_folds(nb.ids, 5)
+
+    def cv(name: str) -> list[float]:
+        pred = cross_val_predict(lambda: create(name), nb, truth, folds)
+        return score_errors(distance_km(pred, truth)).row()
+
+    best, dual = cv("best"), cv("dualgeo")
+    # 1 / 25 / 200 / 750 / 2500 km, in percent; measured 16.50/37.58/51.83/67.67/83.10
+    # against 13.39/36.91/50.71/65.89/80.30
+    assert best[1] >= dual[1] + 0.3
+    assert best[2] >= dual[2] + 0.5
+    assert best[0] >= dual[0] + 2.0 and best[4] >= dual[4] + 2.0
