@@ -26,7 +26,11 @@ from geolocus.errors import ModelUnavailableError
 WEIGHTS_DIR_ENV = "GEOLOCUS_WEIGHTS_DIR"
 
 # Modules that register weights when imported; list_weights() imports them all.
-_PROVIDERS: list[str] = ["geolocus.encoders.text"]
+_PROVIDERS: list[str] = [
+    "geolocus.encoders.text",
+    "geolocus.encoders.location.pretrained",
+    "geolocus.encoders.image.catalog",
+]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from geolocus.cli import benchmark, evaluate, refine
+from geolocus.cli import benchmark, evaluate, models, refine
 from geolocus.errors import GeolocusError
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app = typer.Typer(
 )
 app.command("evaluate")(evaluate.evaluate)
 app.command("refine")(refine.refine)
+app.command("models")(models.models)
 app.add_typer(benchmark.app, name="benchmark")
 
 

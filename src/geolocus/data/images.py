@@ -1,0 +1,331 @@
+"""Reading photos safely: the one image loader of geolocus.
+
+Photos come from users and from the web, so every read is bounded (file size,
+pixel count), restricted to common photo formats (Pillow's EPS plugin, for one,
+runs Ghostscript), decoded completely (a truncated file is an error, never
+silently padded) and normalised to 8-bit RGB with the camera's EXIF
+orientation applied. Every failure is an :class:`~geolocus.errors.ImageError`
+whose one-line message names the file.
+
+A photo's own EXIF GPS position is never a model input; :func:`read_exif_gps`
+exists so that ``predict`` can report it beside the answer and ``index build
+--exif`` can label a gallery with it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from geolocus.errors import ImageError, InputError
+
+#: Largest accepted image, in pixels (a 108 MP phone photo passes; bombs do not).
+DEFAULT_MAX_PIXELS = 150_000_000
+#: Largest accepted file, in bytes.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+#: Background that transparent pixels are composited on: mid-grey, neutral for the encoders.
+BACKGROUND = (128, 128, 128)
+#: File extensions :func:`list_images` picks up (lower case).
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+    | {".heic", ".heif", ".hif", ".avif"}
+)
+# Decoders Pillow may use. Everything else (EPS -> Ghostscript, PSD, XPM, ...) is refused.
+_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "AVIF", "HEIF")
+# ISO-BMFF brands of HEIF/AVIF files, read from the 'ftyp' box.
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+
+Source = str | os.PathLike[str] | bytes | bytearray | IO[bytes]
+
+_heif_lock = threading.Lock()
+_open_lock = threading.Lock()
+_heif_registered = False
+
+
+def _describe(source: Source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, (bytes, bytearray)):
+        return "<image bytes>"
+    return str(getattr(source, "name", "<image stream>"))
+
+
+def _read_bytes(source: Source, max_bytes: int) -> tuple[bytes, str]:
+    """The whole encoded file, refusing anything larger than ``max_bytes``."""
+    name = _describe(source)
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        if p.is_dir():
+            raise ImageError(f"{name}: is a folder, not an image")
+        try:
+            size = p.stat().st_size
+            if size > max_bytes:
+                raise ImageError(f"{name}: file too large ({size:,} bytes > {max_bytes:,})")
+            with open(p, "rb") as fh:
+                data = fh.read(max_bytes + 1)
+        except FileNotFoundError:
+            raise ImageError(f"{name}: no such file") from None
+        except PermissionError:
+            raise ImageError(f"{name}: permission denied") from None
+        except IsADirectoryError:
+            raise ImageError(f"{name}: is a folder, not an image") from None
+        except OSError as e:
+            raise ImageError(f"{name}: cannot read ({e.strerror or e})") from None
+    else:
+        try:
+            data = source.read(max_bytes + 1)
+        except (OSError, ValueError) as e:
+            raise ImageError(f"{name}: cannot read ({e})") from None
+        if not isinstance(data, (bytes, bytearray)):
+            raise ImageError(f"{name}: not a binary file object")
+    if len(data) > max_bytes:
+        raise ImageError(f"{name}: file too large (> {max_bytes:,} bytes)")
+    if not data:
+        raise ImageError(f"{name}: empty file")
+    return bytes(data), name
+
+
+def _bmff_brand(head: bytes) -> bytes | None:
+    """Major brand of an ISO base-media file ('heic', 'avif', ...), or None."""
+    if len(head) >= 12 and head[4:8] == b"ftyp":
+        return head[8:12]
+    return None
+
+
+def _ensure_heif(name: str, brand: bytes) -> None:
+    """Register pillow-heif's opener the first time a HEIF/AVIF file is met.
+
+    Pillow >= 11.3 reads AVIF itself where built with libavif; HEIC always needs
+    pillow-heif. Registering an extra decoder does not weaken any limit.
+    """
+    global _heif_registered
+    Image.init()
+    if brand in _AVIF_BRANDS and "AVIF" in Image.OPEN:
+        return
+    with _heif_lock:
+        if _heif_registered:
+            return
+        try:
+            import pillow_heif
+        except ImportError:
+            kind = "AVIF" if brand in _AVIF_BRANDS else "HEIC/HEIF"
+            raise ImageError(
+                f"{name}: {kind} photos need pillow-heif (pip install 'geolocus[heif]')"
+            ) from None
+        pillow_heif.register_heif_opener()
+        _heif_registered = True
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale a high-bit-depth array to 0..255 (16-bit by its range, floats by their span)."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind in "ui" and arr.min(initial=0) >= 0 and arr.max(initial=0) <= 65535:
+        return (arr.astype(np.float32) / 257.0).round().astype(np.uint8)
+    a = arr.astype(np.float64)
+    a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(a.min(initial=0.0)), float(a.max(initial=0.0))
+    if lo >= 0.0 and hi <= 1.0 and arr.dtype.kind == "f":
+        lo, hi = 0.0, 1.0
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    return ((a - lo) * scale).round().clip(0, 255).astype(np.uint8)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited on :data:`BACKGROUND`."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+        mode = im.mode
+    if mode in ("LA", "PA", "La", "RGBa", "RGBA"):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    if mode in ("I", "F") or mode.startswith("I;"):
+        gray = Image.fromarray(_to_uint8(np.asarray(im)), mode="L")
+        return gray.convert("RGB")
+    if mode == "1":
+        return im.convert("L").convert("RGB")
+    try:
+        return im.convert("RGB")  # L, CMYK, YCbCr, RGBX, HSV, ...
+    except (ValueError, OSError):
+        if mode == "LAB":
+            from PIL import ImageCms
+
+            return ImageCms.applyTransform(
+                im,
+                ImageCms.buildTransformFromOpenProfiles(
+                    ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
+                ),
+            )
+        raise
+
+
+def _allowed_formats() -> tuple[str, ...]:
+    """The formats of :data:`_FORMATS` this Pillow has decoders for (HEIF once registered)."""
+    Image.init()
+    return tuple(f for f in _FORMATS if f in Image.OPEN)
+
+
+def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Identify the image and check its declared size before any pixel is decoded."""
+    brand = _bmff_brand(data[:16])
+    if brand is not None and (brand in _HEIF_BRANDS or brand in _AVIF_BRANDS):
+        _ensure_heif(name, brand)
+    try:
+        # catch_warnings swaps process-wide filters: the lock keeps loader threads from
+        # interleaving (opening reads only the header, so it is quick)
+        with _open_lock, warnings.catch_warnings():
+            # our own max_pixels check below replaces Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=_allowed_formats())
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name}: too many pixels (decompression bomb?)") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image, or not a supported photo format") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{name}: corrupt image ({e})") from None
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise ImageError(f"{name}: empty image ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageError(f"{name}: too many pixels ({w}x{h} > {max_pixels:,}; decompression bomb?)")
+    return im
+
+
+def load_image(
+    source: Source,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    min_size: int | None = None,
+) -> Image.Image:
+    """Read a photo (path, bytes or binary file object) as an upright 8-bit RGB image.
+
+    ``min_size``: where the decoder can (JPEG), decode at a reduced scale whose
+    shorter side is still at least ``min_size`` pixels — several times faster
+    for large photos that an encoder will shrink anyway.
+    Raises :class:`ImageError` (one line, naming the file) for anything unusable.
+    """
+    data, name = _read_bytes(source, max_bytes)
+    im = _open(data, name, max_pixels)
+    try:
+        if min_size is not None and im.format in ("JPEG", "MPO"):
+            w, h = im.size
+            # keep the shorter side >= min_size even after a 90 degree EXIF rotation
+            side = max(1, int(min_size))
+            scale = side / min(w, h)
+            if scale < 1:
+                im.draft(None, (math.ceil(w * scale), math.ceil(h * scale)))
+        im.load()
+        im = ImageOps.exif_transpose(im) or im
+        return to_rgb(im)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name}: too many pixels (decompression bomb?)") from None
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as e:
+        msg = str(e) or type(e).__name__
+        if "truncated" in msg:
+            raise ImageError(f"{name}: truncated image file") from None
+        raise ImageError(f"{name}: corrupt image ({msg})") from None
+
+
+def _ratio(v: object) -> float:
+    """An EXIF rational (IFDRational, (num, den) pair or number) as a float."""
+    if isinstance(v, tuple) and len(v) == 2:
+        num, den = v
+        return float(num) / float(den) if float(den) != 0 else math.nan
+    return float(v)  # type: ignore[arg-type]
+
+
+def _ref(v: object) -> str:
+    if isinstance(v, bytes):
+        v = v.decode("ascii", "ignore")
+    return str(v).strip("\x00 ").upper()[:1]
+
+
+def _dms(v: object) -> float:
+    """Degrees, minutes, seconds to decimal degrees; NaN for nonsense."""
+    try:
+        parts = [_ratio(x) for x in v] if isinstance(v, (tuple, list)) else [_ratio(v)]
+    except (TypeError, ValueError, ZeroDivisionError):
+        return math.nan
+    parts = [*parts, 0.0, 0.0][:3]
+    d, m, s = parts
+    if not all(math.isfinite(x) and x >= 0 for x in parts) or m >= 60 or s >= 60:
+        return math.nan
+    return d + m / 60.0 + s / 3600.0
+
+
+def read_exif_gps(
+    source: Source, *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[float, float] | None:
+    """The photo's own EXIF GPS position ``(lat, lon)`` in decimal degrees, or None.
+
+    None when there is no GPS block or it is nonsense: a missing or unknown
+    N/S/E/W reference, minutes or seconds >= 60, latitude beyond 90 or
+    longitude beyond 180, a receiver status of 'V' (void), or exactly (0, 0),
+    the value cameras write when they have no fix. Unreadable files raise
+    :class:`ImageError` like :func:`load_image`.
+    """
+    data, name = _read_bytes(source, max_bytes)
+    im = _open(data, name, max_pixels=2**62)  # pixels are never decoded here
+    try:
+        gps = im.getexif().get_ifd(0x8825)
+    except Exception:  # a malformed EXIF block is "no GPS", not an unreadable photo
+        return None
+    if not gps:
+        return None
+    lat_ref, lon_ref = _ref(gps.get(1, "")), _ref(gps.get(3, ""))
+    if lat_ref not in ("N", "S") or lon_ref not in ("E", "W"):
+        return None
+    if _ref(gps.get(9, "A")) == "V":
+        return None
+    lat, lon = _dms(gps.get(2)), _dms(gps.get(4))
+    if not (math.isfinite(lat) and math.isfinite(lon)) or lat > 90 or lon > 180:
+        return None
+    if lat == 0 and lon == 0:
+        return None
+    lat = -lat if lat_ref == "S" else lat
+    lon = -lon if lon_ref == "W" else lon
+    return (lat, lon)
+
+
+def list_images(folder: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
+    """Image files under ``folder`` by extension, sorted; hidden files and folders skipped."""
+    root = Path(folder)
+    if not root.exists():
+        raise InputError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder")
+
+    def walk(d: Path) -> Iterator[Path]:
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as e:
+            raise InputError(f"{d}: cannot list ({e.strerror or e})") from None
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir(follow_symlinks=True):
+                if recursive:
+                    yield from walk(Path(e.path))
+            elif e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS:
+                yield Path(e.path)
+
+    return sorted(walk(root))

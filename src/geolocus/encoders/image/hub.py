@@ -1,0 +1,173 @@
+"""Hub backbones through ``transformers``: CLIP ViT-L/14, StreetCLIP, DINOv2 S/B/L.
+
+For users with the network (or weights copied by hand). ``pretrained=False``
+builds the architecture from a config written here, with random weights, so
+tests and timing need no download. ``pretrained=True`` loads, in order, from
+``weights=PATH``, ``$GEOLOCUS_WEIGHTS_DIR/<name>``, the Hugging Face cache, and
+the hub; when none works it raises :class:`ModelUnavailableError` with a hint.
+
+Features:
+
+- CLIP / StreetCLIP: ``embedding`` is the projected 768-d image feature
+  (``image_embeds``, what DualGeo, G3, GeoCLIP and Img2Loc use); ``tokens`` are
+  the last layer's 1024-d patch tokens (16x16 at 224 px, 24x24 at 336 px).
+- DINOv2: ``embedding`` is the CLS token after the final layer norm
+  (``pooler_output``); ``tokens`` are the normalised patch tokens (16x16).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from geolocus.encoders.image.base import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ImageEncoder,
+    ImageFeatures,
+    Preprocessing,
+    file_identity,
+    random_identity,
+    square_grid,
+)
+from geolocus.encoders.image.catalog import EncoderSpec
+from geolocus.errors import ModelUnavailableError
+from geolocus.weights import WEIGHTS_DIR_ENV, hf_cache, user_weights
+
+# Architectures of the published checkpoints (their config.json, written out).
+_CLIP_L14 = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    patch_size=14,
+    image_size=224,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+)
+_DINOV2 = dict(patch_size=14, image_size=518, mlp_ratio=4, layerscale_value=1.0, qkv_bias=True)
+CONFIGS: dict[str, tuple[str, dict]] = {
+    "clip-vit-l14": ("clip", _CLIP_L14),
+    "streetclip": ("clip", {**_CLIP_L14, "image_size": 336}),
+    "dinov2-small": (
+        "dinov2",
+        {**_DINOV2, "hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6},
+    ),
+    "dinov2-base": (
+        "dinov2",
+        {**_DINOV2, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12},
+    ),
+    "dinov2-large": (
+        "dinov2",
+        {**_DINOV2, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16},
+    ),
+}
+
+
+class HubEncoder(ImageEncoder):
+    """A ``transformers`` vision model behind the :class:`ImageEncoder` interface."""
+
+    def __init__(self, spec: EncoderSpec, family: str, model: torch.nn.Module, weights_id: str):
+        super().__init__()
+        self.name = spec.name
+        self.family = family
+        self.model = model
+        cfg = model.config
+        self.token_dim = int(cfg.hidden_size)
+        self.weights_id = weights_id
+        if family == "clip":
+            self.image_size = int(cfg.image_size)
+            self.dim = int(cfg.projection_dim)
+            self.preprocessing = Preprocessing(
+                size=self.image_size, resize=self.image_size, mean=CLIP_MEAN, std=CLIP_STD
+            )
+            self.pooling = "clip-projection"
+        else:
+            self.image_size = 224
+            self.dim = int(cfg.hidden_size)
+            self.preprocessing = Preprocessing(size=224, resize=256)
+            self.pooling = "cls"
+
+    def forward(self, pixels: torch.Tensor) -> ImageFeatures:
+        out = self.model(pixel_values=pixels)
+        tokens = out.last_hidden_state[:, 1:]
+        emb = out.image_embeds if self.family == "clip" else out.pooler_output
+        return ImageFeatures(embedding=emb, tokens=tokens, grid=square_grid(tokens.shape[1]))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers at all (avoids a minute of retries offline)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _classes(family: str):
+    try:
+        from transformers import (
+            CLIPVisionConfig,
+            CLIPVisionModelWithProjection,
+            Dinov2Config,
+            Dinov2Model,
+        )
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        raise ModelUnavailableError(
+            "hub backbones need transformers: pip install 'geolocus[hub]'"
+        ) from None
+    hf_logging.disable_progress_bar()
+    if family == "clip":
+        return CLIPVisionConfig, CLIPVisionModelWithProjection
+    return Dinov2Config, Dinov2Model
+
+
+def build(
+    spec: EncoderSpec,
+    *,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    **overrides,
+) -> HubEncoder:
+    """A hub backbone; ``overrides`` change the random-weight config (tests shrink it)."""
+    family, base = CONFIGS[spec.name]
+    config_cls, model_cls = _classes(family)
+    if not pretrained:
+        model = model_cls(config_cls(**{**base, **overrides}))
+        return HubEncoder(spec, family, model.eval(), random_identity())
+    if overrides:
+        raise ValueError("config overrides apply to pretrained=False only")
+    model_id = spec.model_id or spec.name
+    local = Path(weights) if weights is not None else user_weights(spec.name) or hf_cache(model_id)
+    hint = f"pass --weights DIR or put a copy of {model_id} in ${WEIGHTS_DIR_ENV}/{spec.name}"
+    if local is not None:
+        if not (local / "config.json").is_file():
+            raise ModelUnavailableError(f"{local}: no config.json of {model_id} there; {hint}")
+        try:
+            model = model_cls.from_pretrained(str(local), local_files_only=True)
+        except (OSError, ValueError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ModelUnavailableError(f"cannot load {spec.name} from {local}: {msg}") from None
+        return HubEncoder(spec, family, model.eval(), file_identity(local))
+    if not _hub_reachable():
+        raise ModelUnavailableError(
+            f"weights of {spec.name} are not on this machine and the hub is unreachable: {hint}"
+        )
+    try:
+        model = model_cls.from_pretrained(model_id)
+    except (OSError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelUnavailableError(f"cannot download {model_id}: {msg}; {hint}") from None
+    snap = hf_cache(model_id)
+    return HubEncoder(
+        spec, family, model.eval(), file_identity(snap) if snap else f"hub:{model_id}"
+    )
