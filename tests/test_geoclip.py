@@ -302,7 +302,7 @@ def test_load_rejects_foreign_files(tmp_path):
         GeoCLIP.load(tmp_path / "missing.safetensors")
     other = tmp_path / "other.safetensors"
     save_file({"w": torch.zeros(2)}, str(other))
-    with pytest.raises(InputError, match="not a geolocus GeoCLIP"):
+    with pytest.raises(InputError, match="not a geolocus model"):
         GeoCLIP.load(other)
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 20)

@@ -1,1 +1,73 @@
-"""Trainable geo-localization models built from encoders: GeoCLIP, DualGeo, TransGeoCLIP."""
+"""Trainable geo-localization models over frozen backbone features: GeoCLIP, DualGeo,
+TransGeoCLIP, all saved in one file format (:mod:`geolocus.models.format`).
+
+>>> model = load_model("runs/dualgeo.safetensors")      # any geolocus model file, eval mode
+>>> model.backbone                                     # e.g. "efficientnet-lite0"
+>>> vec = model.embed_image(feats.embedding, feats.tokens)   # (B, model.retrieval_dim)
+>>> coords, probs = model.gps_candidates(feats.embedding, feats.tokens, k=5)
+
+``create_model(type, **config)`` builds an untrained one; ``list_models()`` names
+the types. Importing this package does not import torch; the classes load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+from geolocus.errors import InputError
+
+if TYPE_CHECKING:
+    from geolocus.models.base import GeoModel
+
+#: Model type (as stored in files) -> "module:Class".
+_MODELS: dict[str, str] = {
+    "geoclip": "geolocus.models.geoclip:GeoCLIP",
+    "dualgeo": "geolocus.models.dualgeo:DualGeo",
+    "transgeoclip": "geolocus.models.transgeoclip:TransGeoCLIP",
+}
+
+
+def list_models() -> list[str]:
+    """The model types :func:`create_model` and :func:`load_model` know."""
+    return list(_MODELS)
+
+
+def model_class(model_type: str) -> type[GeoModel]:
+    try:
+        module, name = _MODELS[model_type].split(":")
+    except KeyError:
+        raise InputError(
+            f"unknown model type {model_type!r}; choose one of: {', '.join(_MODELS)}"
+        ) from None
+    return getattr(importlib.import_module(module), name)
+
+
+def create_model(model_type: str, **config: Any) -> GeoModel:
+    """A new (untrained) model of ``model_type`` from its config fields."""
+    return model_class(model_type).from_config(config)
+
+
+def load_model(path: str | os.PathLike[str], map_location: str = "cpu") -> GeoModel:
+    """Open any geolocus model file (or training checkpoint), in eval mode.
+
+    The model has ``backbone``, ``retrieval_dim``, ``embed_image(embedding,
+    tokens)`` and, for models with a location head, ``gps_candidates(embedding,
+    tokens, k)``. Raises :class:`~geolocus.errors.InputError` for a file that is
+    not a geolocus model.
+    """
+    from geolocus.models.format import META_CONFIG, META_MODEL, read_model_file
+
+    meta, state = read_model_file(path, map_location)
+    cls = model_class(meta[META_MODEL])
+    try:
+        model = cls.from_config(json.loads(meta[META_CONFIG]))
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    model.restore_state(state, str(path))
+    return model.to(map_location).eval()
+
+
+__all__ = ["create_model", "list_models", "load_model", "model_class"]

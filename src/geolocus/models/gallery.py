@@ -31,7 +31,6 @@ _FORMAT = "geolocus-gps-gallery-1"
 DEFAULT_LOGIT_SCALE = 1.0 / 0.07
 
 
-
 def fingerprint(module: nn.Module) -> str:
     """SHA-256 of a module's class and state dict (names, dtypes, shapes and bytes)."""
     h = hashlib.sha256(type(module).__qualname__.encode())

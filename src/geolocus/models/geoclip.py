@@ -13,12 +13,8 @@ a new head of the same shape is trained into the pretrained location space.
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,56 +22,58 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geolocus.errors import InputError, ModelUnavailableError
-from geolocus.files import atomic_path
-from geolocus.geo import EARTH_RADIUS_KM
+from geolocus.errors import InputError
+from geolocus.models.base import GeoModel, ModelConfig, retrieval_dim, retrieval_vector
+from geolocus.models.format import META_CONFIG, META_FORMAT  # noqa: F401  (re-exported)
 from geolocus.models.gallery import GPSGallery, fingerprint
+from geolocus.models.losses import (
+    INIT_LOGIT_SCALE,
+    KM_PER_DEGREE,  # noqa: F401  (re-exported)
+    MAX_LOGIT_SCALE,
+    GPSQueue,
+    info_nce,
+    jitter_gps,
+    scale_of,
+)
 
-#: safetensors metadata key holding the model's JSON config.
-META_CONFIG = "geolocus.geoclip.config"
-META_FORMAT = "geolocus.format"
-FORMAT = "geolocus-geoclip-1"
+__all__ = ["CLIP_VITL14_DIM", "GeoCLIP", "GeoCLIPConfig", "ImageHead", "jitter_gps"]
+
 #: CLIP ViT-L/14's projected embedding size, the input of GeoCLIP's pretrained head.
 CLIP_VITL14_DIM = 768
-KM_PER_DEGREE = EARTH_RADIUS_KM * math.pi / 180.0
-#: Like CLIP, cap the logit scale at 100 so that training cannot blow it up.
-MAX_LOGIT_SCALE = math.log(100.0)
+#: The backbone GeoCLIP's published head was trained on.
+CLIP_BACKBONE = "clip-vit-l14"
 
 
 @dataclass
-class GeoCLIPConfig:
+class GeoCLIPConfig(ModelConfig):
     """Everything needed to rebuild a :class:`GeoCLIP` (stored with its weights)."""
 
+    backbone: str = CLIP_BACKBONE  # image encoder whose embeddings the head takes
     embed_dim: int = CLIP_VITL14_DIM  # size of the backbone embedding the head takes
     hidden_dim: int | None = None  # head's hidden size (GeoCLIP: = embed_dim)
     dim: int = 512  # the location space
+    dropout: float = 0.0  # on the head's hidden layer (GeoCLIP: none)
     location_encoder: str = "geoclip"
     pretrained_location: bool = True  # GeoCLIP's weights from the geoclip wheel
     location_options: dict = field(default_factory=dict)  # kwargs of a non-pretrained encoder
     train_location_encoder: bool = False
     queue_size: int = 4096  # GeoCLIP's dynamic queue of GPS negatives
     gps_noise_km: float = 0.15  # σ of the Gaussian noise on training GPS (our default)
-    init_logit_scale: float = math.log(1.0 / 0.07)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> GeoCLIPConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown GeoCLIP config field(s): {', '.join(unknown)}")
-        return cls(**dict(d))
+    init_logit_scale: float = INIT_LOGIT_SCALE
+    retrieval: str = "head"  # retrieval vector: head | head+raw | raw
 
 
 class ImageHead(nn.Module):
     """GeoCLIP's image MLP: Linear, ReLU, Linear (``embed_dim → hidden → dim``)."""
 
-    def __init__(self, embed_dim: int, hidden_dim: int, dim: int) -> None:
+    def __init__(self, embed_dim: int, hidden_dim: int, dim: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(embed_dim, hidden_dim)
+        self.drop = nn.Dropout(dropout)
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(x)))
+        return self.fc2(self.drop(torch.relu(self.fc1(x))))
 
 
 #: GeoCLIP's ``image_encoder_mlp_weights.pth`` keys (a Sequential) -> ours.
@@ -87,50 +85,142 @@ IMAGE_HEAD_KEY_MAP = {
 }
 
 
-def _location_encoder(cfg: GeoCLIPConfig) -> nn.Module:
+def build_location_encoder(
+    name: str, pretrained: bool, options: Mapping[str, Any], dim: int
+) -> nn.Module:
+    """The location encoder of a model config (shared by GeoCLIP, DualGeo, TransGeoCLIP)."""
     from geolocus.encoders.location import create_location_encoder
 
-    if cfg.pretrained_location:
-        if cfg.location_encoder != "geoclip" or cfg.location_options or cfg.dim != 512:
+    if pretrained:
+        if name != "geoclip" or options or dim != 512:
             raise InputError(
                 "only the geoclip location encoder has pretrained weights (512-d, no options)"
             )
         return create_location_encoder("geoclip", pretrained=True)
-    opts = {"dim": cfg.dim, **cfg.location_options}
-    return create_location_encoder(cfg.location_encoder, pretrained=False, **opts)
+    return create_location_encoder(name, pretrained=False, **{"dim": dim, **dict(options)})
 
 
-def jitter_gps(gps: torch.Tensor, sigma_km: float, generator=None) -> torch.Tensor:
-    """Move each (lat, lon) by isotropic Gaussian noise of σ km (lat clamped, lon wrapped)."""
-    if sigma_km <= 0:
-        return gps
-    noise = torch.randn(gps.shape, generator=generator, dtype=gps.dtype, device=gps.device)
-    noise = noise * (sigma_km / KM_PER_DEGREE)
-    coslat = torch.cos(torch.deg2rad(gps[:, 0])).clamp_min(1e-3)
-    lat = (gps[:, 0] + noise[:, 0]).clamp(-90.0, 90.0)
-    lon = torch.remainder(gps[:, 1] + noise[:, 1] / coslat + 180.0, 360.0) - 180.0
-    return torch.stack((lat, lon), dim=-1)
+class LocationHead(GeoModel):
+    """A location encoder (frozen or trained), its GPS queue, and GPS-gallery prediction.
+
+    Shared by the three models: subclasses set ``self.config`` (with the
+    location fields of :class:`GeoCLIPConfig`) and call :meth:`_init_location`.
+    """
+
+    def _init_location(self) -> None:
+        cfg = self.config
+        self.location_encoder = build_location_encoder(
+            cfg.location_encoder, cfg.pretrained_location, cfg.location_options, cfg.dim
+        )
+        self.location_encoder.requires_grad_(cfg.train_location_encoder)
+        if not cfg.train_location_encoder:
+            self.location_encoder.eval()
+        frozen_dim = None if cfg.train_location_encoder else cfg.dim
+        self.queue = GPSQueue(cfg.queue_size, frozen_dim)
+        self._loc_fp: tuple[tuple, str] | None = None
+        self._gallery: GPSGallery | None = None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.config.train_location_encoder:
+            self.location_encoder.eval()  # frozen: no dropout, no batch statistics
+        return self
+
+    def rebuilt_prefixes(self) -> tuple[str, ...]:
+        cfg = self.config
+        frozen_pretrained = cfg.pretrained_location and not cfg.train_location_encoder
+        return ("location_encoder.",) if frozen_pretrained else ()
+
+    def encode_location(self, gps: torch.Tensor) -> torch.Tensor:
+        """``(M, 2)`` (lat, lon) -> ``(M, dim)``; without a graph when the encoder is frozen."""
+        if self.config.train_location_encoder:
+            return self.location_encoder(gps)
+        with torch.no_grad():
+            return self.location_encoder(gps)
+
+    def location_keys(self, gps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit embeddings of the (jittered, in training) batch GPS followed by the queue's,
+        and the batch's alone."""
+        gps = gps.to(self.queue.coords.dtype)
+        pos = jitter_gps(gps, self.config.gps_noise_km) if self.training else gps
+        return self.queue.keys(self.encode_location, pos)
+
+    def enqueue(self, gps: torch.Tensor, emb: torch.Tensor | None = None) -> None:
+        """Push a batch's GPS (and, for a frozen encoder, their embeddings) into the queue."""
+        if self.queue.stores_embeddings and emb is None:
+            emb = self.encode_location(gps.to(self.queue.coords.dtype))
+        self.queue.push(gps, emb)
+
+    def queued_gps(self) -> torch.Tensor:
+        """The GPS negatives currently in the queue, ``(L, 2)`` with L ≤ queue_size."""
+        return self.queue.queued_coords()
+
+    def location_fingerprint(self) -> str:
+        """Hash of the location encoder's weights (recomputed only after they change)."""
+        enc = self.location_encoder
+        key = tuple(t._version for t in (*enc.parameters(), *enc.buffers()))
+        key = (*key, *(t.data_ptr() for t in enc.parameters()))
+        if self._loc_fp is None or self._loc_fp[0] != key:
+            self._loc_fp = (key, fingerprint(enc))
+        return self._loc_fp[1]
+
+    def location_query(
+        self, embedding: torch.Tensor, tokens: torch.Tensor | None
+    ) -> torch.Tensor:  # pragma: no cover - abstract
+        """The image vector compared with location embeddings, ``(B, dim)``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def search_gallery(
+        self,
+        embedding: Any,
+        tokens: Any | None,
+        gallery: GPSGallery,
+        k: int = 5,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k gallery locations per image: ``coords (B, k, 2)``, ``probs (B, k)``."""
+        fp = gallery.encoder_fingerprint
+        if fp is not None and fp != self.location_fingerprint():
+            raise InputError(
+                "the gallery was encoded with another location encoder; "
+                "rebuild it with model.gallery(coords)"
+            )
+        if gallery.dim != self.config.dim:
+            raise InputError(f"gallery is {gallery.dim}-d, the model {self.config.dim}-d")
+        was = self.training
+        self.eval()
+        try:
+            tok = None if tokens is None else self._as_input(tokens)
+            q = self.location_query(self._as_input(embedding), tok)
+        finally:
+            self.train(was)
+        return gallery.search(q, k, logit_scale=float(scale_of(self.logit_scale)))
+
+    def gps_candidates(
+        self, embedding: Any, tokens: Any | None = None, k: int = 5
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """GeoCLIP-style prediction over GeoCLIP's 100K GPS gallery, encoded once with this
+        model's location encoder (cached on disk): ``coords (B, k, 2)``, ``probs (B, k)``."""
+        fp = self.location_fingerprint()
+        if self._gallery is None or self._gallery.encoder_fingerprint != fp:
+            self._gallery = self.gallery()
+        return self.search_gallery(embedding, tokens, self._gallery, k)
 
 
-class GeoCLIP(nn.Module):
+class GeoCLIP(LocationHead):
     """Image head + location encoder + logit scale, trained with InfoNCE and a GPS queue."""
+
+    model_type = "geoclip"
+    config_class = GeoCLIPConfig
 
     def __init__(self, config: GeoCLIPConfig | None = None) -> None:
         super().__init__()
         cfg = config or GeoCLIPConfig()
         self.config = cfg
         hidden = cfg.hidden_dim or cfg.embed_dim
-        self.image_head = ImageHead(cfg.embed_dim, hidden, cfg.dim)
-        self.location_encoder = _location_encoder(cfg)
-        self.location_encoder.requires_grad_(cfg.train_location_encoder)
-        if not cfg.train_location_encoder:
-            self.location_encoder.eval()
+        self.image_head = ImageHead(cfg.embed_dim, hidden, cfg.dim, cfg.dropout)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
-        # GPS queue: training state, not part of the model's weights
-        self.register_buffer("gps_queue", torch.zeros(cfg.queue_size, 2), persistent=False)
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long), persistent=False)
-        self.register_buffer("queue_len", torch.zeros((), dtype=torch.long), persistent=False)
-        self._loc_fp: tuple[tuple, str] | None = None
+        self._init_location()
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -153,11 +243,18 @@ class GeoCLIP(nn.Module):
             model.logit_scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
         return model
 
-    def train(self, mode: bool = True) -> GeoCLIP:
-        super().train(mode)
-        if not self.config.train_location_encoder:
-            self.location_encoder.eval()  # frozen: no dropout, no batch statistics
-        return self
+    # GeoCLIP's queue under its historical names
+    @property
+    def gps_queue(self) -> torch.Tensor:
+        return self.queue.coords
+
+    @property
+    def queue_ptr(self) -> torch.Tensor:
+        return self.queue.ptr
+
+    @property
+    def queue_len(self) -> torch.Tensor:
+        return self.queue.length
 
     # -- encoders -------------------------------------------------------------------------------
 
@@ -170,12 +267,8 @@ class GeoCLIP(nn.Module):
             )
         return self.image_head(image_emb.to(self.logit_scale.dtype))
 
-    def encode_location(self, gps: torch.Tensor) -> torch.Tensor:
-        """``(M, 2)`` (lat, lon) -> ``(M, dim)``; without a graph when the encoder is frozen."""
-        if self.config.train_location_encoder:
-            return self.location_encoder(gps)
-        with torch.no_grad():
-            return self.location_encoder(gps)
+    def location_query(self, embedding: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        return self.encode_image(embedding)
 
     def forward(self, image_emb: torch.Tensor, gps: torch.Tensor) -> torch.Tensor:
         """``(B, M)`` logits: scale · cosine(image, location)."""
@@ -183,24 +276,22 @@ class GeoCLIP(nn.Module):
         loc = F.normalize(self.encode_location(gps).to(img.dtype), dim=-1)
         return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() * img @ loc.T
 
-    # -- training -------------------------------------------------------------------------------
-
-    def queued_gps(self) -> torch.Tensor:
-        """The GPS negatives currently in the queue, ``(L, 2)`` with L ≤ queue_size."""
-        return self.gps_queue[: int(self.queue_len)]
+    @property
+    def retrieval_dim(self) -> int:
+        return retrieval_dim(self.config.retrieval, self.config.dim, self.config.embed_dim)
 
     @torch.no_grad()
-    def enqueue(self, gps: torch.Tensor) -> None:
-        """Push a batch's GPS into the ring buffer (the oldest leave first)."""
-        q = self.config.queue_size
-        if q == 0:
-            return
-        gps = gps.detach().to(self.gps_queue.dtype)[-q:]
-        n, ptr = len(gps), int(self.queue_ptr)
-        idx = (torch.arange(n, device=gps.device) + ptr) % q
-        self.gps_queue[idx] = gps
-        self.queue_ptr.fill_((ptr + n) % q)
-        self.queue_len.fill_(min(q, int(self.queue_len) + n))
+    def embed_image(self, embedding: Any, tokens: Any | None = None) -> torch.Tensor:
+        """The retrieval vector ``(B, retrieval_dim)``, unit length (tokens are not used)."""
+        was = self.training
+        self.eval()
+        try:
+            x = self._as_input(embedding)
+            return retrieval_vector(self.encode_image(x), x, self.config.retrieval)
+        finally:
+            self.train(was)
+
+    # -- training -------------------------------------------------------------------------------
 
     def loss(
         self,
@@ -223,101 +314,42 @@ class GeoCLIP(nn.Module):
                 raise InputError(f"GeoCLIP batch lacks {e.args[0]!r}") from None
         if gps is None or gps.ndim != 2 or gps.shape[1] != 2 or len(gps) != len(image_emb):
             raise InputError("GeoCLIP.loss needs gps of shape (B, 2) matching the images")
-        gps = gps.to(self.gps_queue.dtype)
-        pos = jitter_gps(gps, self.config.gps_noise_km) if self.training else gps
-        candidates = torch.cat([pos, self.queued_gps()], dim=0)
-        logits = self(image_emb, candidates)
-        target = torch.arange(len(gps), device=logits.device)
-        loss = F.cross_entropy(logits, target)
+        img = F.normalize(self.encode_image(image_emb), dim=-1)
+        keys, pos = self.location_keys(gps)
+        keys = keys.to(img.dtype)
+        loss = info_nce(img, keys, self.logit_scale)
         if update_queue and self.training:
-            self.enqueue(gps)
-        acc = (logits.argmax(dim=1) == target).float().mean()
-        return {"loss": loss, "acc": acc.detach(), "logit_scale": self.logit_scale.detach().exp()}
+            self.enqueue(gps, pos)
+        with torch.no_grad():
+            target = torch.arange(len(img), device=img.device)
+            acc = ((img @ keys.T).argmax(dim=1) == target).float().mean()
+        return {"loss": loss, "acc": acc, "logit_scale": scale_of(self.logit_scale).detach()}
 
     # -- prediction -----------------------------------------------------------------------------
-
-    def location_fingerprint(self) -> str:
-        """Hash of the location encoder's weights (recomputed only after they change)."""
-        enc = self.location_encoder
-        key = tuple(t._version for t in (*enc.parameters(), *enc.buffers()))
-        key = (*key, *(t.data_ptr() for t in enc.parameters()))
-        if self._loc_fp is None or self._loc_fp[0] != key:
-            self._loc_fp = (key, fingerprint(enc))
-        return self._loc_fp[1]
-
-    def gallery(self, coords: Any | None = None, **kwargs: Any) -> GPSGallery:
-        """A gallery encoded with this model's location encoder (GeoCLIP's 100K by default)."""
-        if coords is None:
-            return GPSGallery.geoclip(self.location_encoder, **kwargs)
-        return GPSGallery.build(self.location_encoder, coords, **kwargs)
 
     @torch.no_grad()
     def predict(
         self, image_emb: torch.Tensor | np.ndarray, gallery: GPSGallery, k: int = 5
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k gallery locations per image: ``coords (B, k, 2)``, ``probs (B, k)``."""
-        fp = gallery.encoder_fingerprint
-        if fp is not None and fp != self.location_fingerprint():
-            raise InputError(
-                "the gallery was encoded with another location encoder; "
-                "rebuild it with model.gallery(coords)"
-            )
-        if gallery.dim != self.config.dim:
-            raise InputError(f"gallery is {gallery.dim}-d, the model {self.config.dim}-d")
-        q = self.encode_image(torch.as_tensor(image_emb, device=self.logit_scale.device))
-        scale = float(self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp())
-        return gallery.search(q, k, logit_scale=scale)
+        return self.search_gallery(image_emb, None, gallery, k)
 
-    # -- saving ---------------------------------------------------------------------------------
-
-    def save(self, path: str | os.PathLike[str], include_location_encoder: bool | None = None):
-        """Write the weights as safetensors with the config in the file's metadata.
+    def save(
+        self,
+        path,
+        extra_meta: dict[str, str] | None = None,
+        include_location_encoder: bool | None = None,
+    ) -> None:
+        """Write the model in the common format (:mod:`geolocus.models.format`).
 
         A frozen pretrained location encoder is left out by default (it is
         rebuilt from the ``geoclip`` wheel on load): the file then holds only
         the head and the logit scale.
         """
-        from safetensors.torch import save_file
+        from geolocus.models.format import write_model_file
 
-        cfg = self.config
-        if include_location_encoder is None:
-            include_location_encoder = cfg.train_location_encoder or not cfg.pretrained_location
-        state = {
-            k: v.detach().cpu().contiguous()
-            for k, v in self.state_dict().items()
-            if include_location_encoder or not k.startswith("location_encoder.")
-        }
-        meta = {META_FORMAT: FORMAT, META_CONFIG: json.dumps(asdict(cfg))}
-        with atomic_path(path) as tmp:
-            save_file(state, str(tmp), metadata=meta)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], map_location: str = "cpu") -> GeoCLIP:
-        """Rebuild a model written by :meth:`save`."""
-        from safetensors import SafetensorError, safe_open
-        from safetensors.torch import load_file
-
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"GeoCLIP weights not found: {p}")
-        try:
-            with safe_open(str(p), framework="pt") as f:
-                meta = f.metadata() or {}
-            state = load_file(str(p), device=map_location)
-        except (SafetensorError, OSError, ValueError) as e:
-            raise InputError(f"{p} is not a safetensors file: {e}") from None
-        if meta.get(META_FORMAT) != FORMAT or META_CONFIG not in meta:
-            raise InputError(f"{p} is not a geolocus GeoCLIP file (no {META_CONFIG} metadata)")
-        cfg = GeoCLIPConfig.from_dict(json.loads(meta[META_CONFIG]))
-        has_loc = any(k.startswith("location_encoder.") for k in state)
-        if not has_loc and not cfg.pretrained_location:
-            raise InputError(f"{p} lacks the weights of its (non-pretrained) location encoder")
-        try:
-            model = cls(cfg)
-        except ModelUnavailableError as e:
-            raise ModelUnavailableError(f"loading {p}: {e}") from None
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if has_loc or not k.startswith("location_encoder.")]
-        if missing or unexpected:
-            raise InputError(f"{p} does not fit its config: missing {missing}, extra {unexpected}")
-        return model.to(map_location)
+        state = self.saved_state()
+        if include_location_encoder:
+            state.update({f"location_encoder.{k}": v for k, v in
+                          self.location_encoder.state_dict().items()})  # fmt: skip
+        write_model_file(path, state, self.model_type, self.config_dict(), extra_meta)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 import signal
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,12 +88,15 @@ def fit(
     steps_per_epoch: int | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = True,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``config.epochs`` epochs.
 
     ``batches(epoch)`` yields the batches of one epoch (so the caller controls
     shuffling with the epoch as seed, which keeps resumed runs reproducible).
-    A checkpoint is written after every epoch.
+    A checkpoint is written after every epoch. ``on_epoch(epoch, record)`` is
+    called after each epoch (1-based; e.g. to score a dev set, adding entries
+    to ``record``, which then enter the history) before the checkpoint.
     """
     seed_everything(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -100,7 +104,8 @@ def fit(
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=config.step_size, gamma=config.gamma)
     start, history = 0, []
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    full_config = {"model": model_config or {}, "train": asdict(config)}
+    if model_config is None and hasattr(model, "config_dict"):
+        model_config = model.config_dict()
     if resume and ckpt is not None and ckpt.exists():
         state = load_checkpoint(ckpt, model, opt, sched)
         start, history = int(state.get("epoch", 0)), list(state.get("history", []))
@@ -110,6 +115,7 @@ def fit(
     with _Interrupt() as stop:
         for epoch in range(start, config.epochs):
             model.train()
+            t_epoch = time.perf_counter()
             sums: dict[str, float] = {}
             n = 0
             it: Iterator = iter(batches(epoch))
@@ -153,15 +159,26 @@ def fit(
             record = {k: v / max(n, 1) for k, v in sums.items()}
             record["epoch"] = epoch + 1
             record["lr"] = opt.param_groups[0]["lr"]
+            record["seconds"] = time.perf_counter() - t_epoch
+            if on_epoch is not None:
+                was = model.training
+                on_epoch(epoch + 1, record)
+                model.train(was)
             history.append(record)
             if log:
                 log(
                     f"epoch {epoch + 1}: "
-                    + ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch",))
+                    + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch",))
                 )
             if ckpt is not None:
                 save_checkpoint(
-                    ckpt, model, full_config, opt, sched, {"epoch": epoch + 1, "history": history}
+                    ckpt,
+                    model,
+                    model_config or {},
+                    opt,
+                    sched,
+                    {"epoch": epoch + 1, "history": history},
+                    train_config=asdict(config),
                 )
     done = len(history)
     return TrainResult(epochs_done=done, history=history, interrupted=interrupted)
