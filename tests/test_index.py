@@ -83,8 +83,11 @@ def test_other_faiss_factories(tmp_path, factory):
     db.add(x, ids, ll)
     db.save()
     db = Database.open(tmp_path / "db")
-    nb = db.search(x[:5], k=3, nprobe=4 if factory.startswith("IVF") else None)
+    ivf = factory.startswith("IVF")
+    nb = db.search(x[:5], k=3, nprobe=4 if ivf else None, ef_search=None if ivf else 64)
     assert [r[0] for r in nb.near_ids] == ids[:5]
+    with pytest.raises(InputError, match="applies to"):
+        db.search(x[:1], k=3, ef_search=64) if ivf else db.search(x[:1], k=3, nprobe=4)
 
 
 def test_bad_input(tmp_path):

@@ -273,11 +273,14 @@ class Database:
         query_ids: list[str] | np.ndarray | None = None,
         exclude_self: bool = False,
         nprobe: int | None = None,
+        ef_search: int | None = None,
     ) -> Neighbours:
         """Near neighbours (highest cosine similarity) and far ones (the negated query).
 
         ``exclude_self`` drops, for each query, the database photo with the
         query's own id — for leave-one-out use of a database on its own photos.
+        ``nprobe`` (IVF indexes: lists visited) and ``ef_search`` (HNSW indexes:
+        candidate-list size) trade speed for recall; exact indexes ignore neither.
         """
         if len(self) == 0:
             raise InputError(f"the database at {self.path} is empty")
@@ -286,9 +289,7 @@ class Database:
         qids = np.asarray(
             [str(i) for i in range(n)] if query_ids is None else query_ids, dtype=object
         )
-        if nprobe is not None:
-            faiss = _faiss()
-            faiss.ParameterSpace().set_index_parameter(self.index, "nprobe", int(nprobe))
+        self._set_search_params(nprobe, ef_search)
         coords, db_ids = self.coords, self.ids
         near_s, near_i = self._knn(q, k, qids if exclude_self else None)
         out = {
@@ -302,6 +303,19 @@ class Database:
         else:
             out.update(far=np.zeros((n, 0, 2)), far_scores=None, far_ids=None)
         return Neighbours(ids=qids, **out)
+
+    def _set_search_params(self, nprobe: int | None, ef_search: int | None) -> None:
+        faiss = _faiss()
+        for name, value, kind in (("nprobe", nprobe, "IVF"), ("efSearch", ef_search, "HNSW")):
+            if value is None:
+                continue
+            try:
+                faiss.ParameterSpace().set_index_parameter(self.index, name, int(value))
+            except RuntimeError:
+                raise InputError(
+                    f"{name} applies to {kind} indexes; this database uses "
+                    f"{self.manifest.factory!r}"
+                ) from None
 
     def _knn(
         self, q: np.ndarray, k: int, exclude: np.ndarray | None

@@ -1,0 +1,127 @@
+"""``geolocus index``: build, extend and inspect a retrieval database of geotagged photos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="Retrieval databases of geotagged photos: build, add, info.", no_args_is_help=True
+)
+
+_LABELS_HELP = "CSV IMG_ID,LAT,LON; IMG_ID is the file's path relative to --images."
+
+
+def _inputs(images: Path, labels: Path | None, exif: bool):
+    from geolocus.index.build import gather_inputs
+
+    return gather_inputs(images, labels=labels, exif=exif)
+
+
+def _finish(result) -> None:
+    from geolocus.index.build import print_problems
+
+    if result.problems:
+        print_problems(result.problems)
+    typer.echo(result.summary())
+
+
+@app.command("build")
+def build(
+    images: Path = typer.Option(..., "--images", help="Folder of photos (searched recursively)."),
+    labels: Path | None = typer.Option(None, "--labels", help=_LABELS_HELP),
+    exif: bool = typer.Option(
+        False, "--exif", help="Take each photo's position from its EXIF GPS."
+    ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="Backbone name (see 'geolocus models'), 'geoclip', or a trained model file. "
+        "Default: the offline default backbone.",
+    ),
+    out: Path = typer.Option(..., "--out", help="Database folder to create."),
+    factory: str = typer.Option(
+        "Flat", "--factory", help="FAISS index: Flat (exact), or e.g. 'IVF256,Flat', 'HNSW32,Flat'."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Photos per forward pass."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a database built from other photos or another model."
+    ),
+) -> None:
+    """Embed every photo of a folder and store it with its position.
+
+    Positions come from --labels or from each photo's --exif GPS. Unreadable
+    photos and photos without a position are skipped and listed in
+    OUT/report.csv. Interrupted, the same command resumes where it stopped.
+    """
+    from geolocus.index.build import build_database
+    from geolocus.models.embedder import create_embedder
+
+    inputs = _inputs(images, labels, exif)
+    embedder = create_embedder(model)
+    _finish(
+        build_database(
+            out, inputs, embedder, factory=factory, batch_size=batch_size, overwrite=overwrite
+        )
+    )
+
+
+@app.command("add")
+def add(
+    db: Path = typer.Option(..., "--db", help="Database folder (from 'geolocus index build')."),
+    images: Path = typer.Option(..., "--images", help="Folder of photos to add."),
+    labels: Path | None = typer.Option(None, "--labels", help=_LABELS_HELP),
+    exif: bool = typer.Option(
+        False, "--exif", help="Take each photo's position from its EXIF GPS."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Photos per forward pass."),
+) -> None:
+    """Add photos to a database, with the model it was built with.
+
+    Photos already in it (same id: path relative to --images) are skipped, so
+    the command can be run again after an interruption.
+    """
+    from geolocus.index import Database
+    from geolocus.index.build import add_to_database, embedder_for
+
+    database = Database.open(db)
+    embedder = embedder_for(database)
+    inputs = _inputs(images, labels, exif)
+    _finish(add_to_database(database, inputs, embedder, batch_size=batch_size))
+
+
+@app.command("info")
+def info(
+    db: Path = typer.Argument(..., help="Database folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Print a database's manifest: model, dimension, counts, index type, dates."""
+    from dataclasses import asdict
+
+    from geolocus.index import Database
+    from geolocus.index.build import read_report
+
+    database = Database.open(db)
+    man = asdict(database.manifest)
+    report = read_report(db)
+    if as_json:
+        man["report"] = {"skipped": len(report)}
+        typer.echo(json.dumps(man, indent=2))
+        return
+    extra = man.pop("extra", {}) or {}
+    for k, v in man.items():
+        typer.echo(f"{k:17s} {v}")
+    emb = extra.get("embedder") or {}
+    if emb:
+        typer.echo(f"{'backbone':17s} {emb.get('backbone')}")
+        typer.echo(f"{'location head':17s} {'yes' if emb.get('gps') else 'no'}")
+    if extra.get("images"):
+        typer.echo(f"{'built from':17s} {extra['images']}")
+    sources = database.meta["source"].value_counts().to_dict() if len(database) else {}
+    typer.echo(f"{'positions from':17s} " + ", ".join(f"{k} {v}" for k, v in sources.items()))
+    typer.echo(
+        f"{'skipped photos':17s} {len(report)}"
+        + (f" (see {Path(db) / 'report.csv'})" if report else "")
+    )

@@ -1,0 +1,115 @@
+"""``geolocus predict``: where were these photos taken?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def _map_paths(base: Path, n: int) -> list[Path]:
+    if n == 1:
+        return [base]
+    suffix = base.suffix or ".html"
+    return [base.with_name(f"{base.stem}-{i + 1:03d}{suffix}") for i in range(n)]
+
+
+def predict(
+    photos: list[Path] = typer.Argument(
+        ..., help="Photos, folders of photos, or .txt files listing one photo path per line."
+    ),
+    db: Path = typer.Option(..., "--db", help="Database folder (from 'geolocus index build')."),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="Distinct places to answer per photo."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json, csv or geojson."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the answer here, not stdout."),
+    map_path: Path | None = typer.Option(
+        None, "--map", help="Write an offline HTML map (one file per photo when several)."
+    ),
+    refine: str = typer.Option(
+        "dualgeo", "--refine", help="Stage 2: nearest, dualgeo, kde or best (fitted on the db)."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="Check that the database was built with this model."
+    ),
+    k: int = typer.Option(20, "--k", min=1, help="Near neighbours retrieved per photo."),
+    k_far: int = typer.Option(20, "--k-far", min=0, help="Far neighbours retrieved per photo."),
+    lmm: str | None = typer.Option(
+        None, "--lmm", help="URL of an OpenAI-compatible vision model API (e.g. .../v1)."
+    ),
+    lmm_model: str | None = typer.Option(None, "--lmm-model", help="Model name for --lmm."),
+    lmm_fallback: bool = typer.Option(
+        False,
+        "--lmm-fallback",
+        help="If the --lmm server fails, warn and keep the geometric answer.",
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Photos per forward pass."),
+    progress: bool = typer.Option(False, "--progress", help="Show a progress bar on stderr."),
+) -> None:
+    """Where were these photos taken? Top-k places, confidence, radius and place name.
+
+    Answers are the top-k distinct places, each with a confidence, an
+    uncertainty radius (km) and the nearest named place, from a database built
+    by 'geolocus index build'.
+
+    The database's own model embeds the photos. A photo's EXIF GPS position is
+    never used as input; where present it is shown beside the answer. Unreadable
+    photos get a one-line error and the others go on; the exit status is then 1.
+    """
+    import sys
+
+    from geolocus.errors import InputError
+    from geolocus.files import atomic_write
+    from geolocus.pipeline import FORMATS, Geolocator, expand_inputs, render, write_map
+    from geolocus.pipeline.formats import table_text
+
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if lmm is not None and not lmm_model:
+        raise InputError("--lmm needs --lmm-model NAME")
+    from geolocus.refine import create
+
+    create(refine)  # an unknown name fails before the model is loaded
+    paths = expand_inputs(photos)
+    if not paths:
+        raise InputError("no photos given (the folders named hold none)")
+    geo = Geolocator.from_database(
+        db,
+        refine=refine,
+        top_k=top_k,
+        model=model,
+        k=k,
+        k_far=k_far,
+        lmm_url=lmm,
+        lmm_model=lmm_model,
+        lmm_fallback=lmm_fallback,
+        batch_size=batch_size,
+    )
+    stream = fmt == "table" and out is None
+
+    def on_result(pred) -> None:
+        if pred.error is not None:
+            typer.echo(f"geolocus: error: {pred.error}", err=True)
+        elif stream:
+            typer.echo(table_text(pred) + "\n")
+            sys.stdout.flush()
+
+    preds = geo.predict(paths, progress=progress, on_result=on_result)
+    ok = [p for p in preds if p.ok]
+    if not stream:
+        text = render(ok if fmt == "table" else preds, fmt)
+        if out is None:
+            typer.echo(text, nl=False)
+        else:
+            with atomic_write(out, encoding="utf-8") as fh:
+                fh.write(text)
+            typer.echo(f"wrote {len(preds)} predictions to {out}", err=True)
+    if map_path is not None and ok:
+        for p, path in zip(ok, _map_paths(map_path, len(ok)), strict=True):
+            write_map(p, path)
+        typer.echo(
+            f"wrote {len(ok)} map(s): {map_path if len(ok) == 1 else map_path.parent}", err=True
+        )
+    failed = len(preds) - len(ok)
+    if failed:
+        typer.echo(f"geolocus: {failed} of {len(preds)} photos could not be geolocated", err=True)
+        raise typer.Exit(1)

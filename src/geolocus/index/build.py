@@ -1,0 +1,456 @@
+"""Building a retrieval database from a folder of geotagged photos, resumably.
+
+:func:`gather_inputs` pairs every photo of a folder with its position (from a
+``IMG_ID,LAT,LON`` table whose ids are file names relative to the folder, or
+from each photo's own EXIF GPS) and lists what cannot be used: photos without
+a label, labels without a photo, unreadable files. :func:`build_database`
+and :func:`add_to_database` embed the usable ones and store them.
+
+The expensive part, the backbone's forward pass, goes through
+:func:`geolocus.encoders.features.extract_features` into ``DB/.features/``:
+resumable chunk by chunk, so an interrupted build picks up where it stopped
+when run again. The FAISS index is made from the finished features in one
+go and saved with :meth:`Database.save` (generational, atomic); the feature
+folder is removed afterwards. Every problem goes to ``DB/report.csv``
+(``stage,id,path,problem,detail``) and is never fatal unless nothing is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geolocus.errors import ImageError, InputError
+from geolocus.files import atomic_write
+from geolocus.index.database import Database
+
+REPORT = "report.csv"
+FEATURES = ".features"
+REPORT_FIELDS = ("stage", "id", "path", "problem", "detail")
+
+
+@dataclass
+class Problem:
+    """One photo (or label) left out, and why."""
+
+    id: str
+    path: str
+    problem: (
+        str  # "unreadable" | "no label" | "no EXIF GPS" | "missing file" | "already in database"
+    )
+    detail: str = ""
+
+
+@dataclass
+class Inputs:
+    """Photos with positions, ready to embed, and the ones left out."""
+
+    ids: list[str]
+    paths: list[str]
+    latlon: np.ndarray
+    source: str  # "labels" | "exif"
+    problems: list[Problem] = field(default_factory=list)
+    root: str = ""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def key(self) -> str:
+        """Hash of the inputs (ids, paths, positions) for "is this database up to date?"."""
+        h = hashlib.sha256(self.source.encode())
+        for i, p, (la, lo) in zip(self.ids, self.paths, self.latlon, strict=True):
+            h.update(f"{i}\t{p}\t{la:.7f}\t{lo:.7f}\n".encode())
+        return h.hexdigest()
+
+
+@dataclass
+class BuildResult:
+    """What a build or add did."""
+
+    database: Database
+    added: int
+    problems: list[Problem]
+    up_to_date: bool = False
+    seconds: float = 0.0
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        db = self.database
+        if self.up_to_date:
+            return f"{db.path}: up to date ({len(db)} photos, model {db.manifest.model})"
+        counts: dict[str, int] = {}
+        for p in self.problems:
+            counts[p.problem] = counts.get(p.problem, 0) + 1
+        left = ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
+        s = f"{db.path}: added {self.added} photos ({len(db)} in all) in {self.seconds:.1f} s"
+        if left:
+            s += f"; left out: {left} (see {db.path / REPORT})"
+        return s
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def gather_inputs(
+    images: str | os.PathLike[str],
+    labels: str | os.PathLike[str] | None = None,
+    exif: bool = False,
+    progress: bool = True,
+) -> Inputs:
+    """The photos under ``images`` with their positions (``labels`` CSV or ``exif``).
+
+    Ids are file paths relative to ``images`` (``a/b.jpg``). A bad labels file
+    is an :class:`InputError`; photos that cannot be labelled are listed in
+    ``problems``. Files named in the labels but not picked up by extension are
+    included, so that a non-image named there is reported as unreadable.
+    """
+    from geolocus.data.images import list_images, read_exif_gps
+
+    if (labels is None) == (not exif):
+        raise InputError("give exactly one source of positions: --labels CSV or --exif")
+    root = Path(images).expanduser().resolve()
+    found = {_rel(p, root): p for p in list_images(root)}
+    problems: list[Problem] = []
+    ids: list[str] = []
+    coords: list[tuple[float, float]] = []
+    if labels is not None:
+        from geolocus.data.tables import read_coords
+
+        tab = read_coords(labels, "labels")
+        pos = {
+            str(i).strip().removeprefix("./"): (float(a), float(b))
+            for i, a, b in tab[["IMG_ID", "LAT", "LON"]].itertuples(index=False)
+        }
+        for rid in pos:
+            if rid not in found:
+                f = root / rid
+                if f.is_file():
+                    found[rid] = f
+                else:
+                    problems.append(Problem(rid, str(f), "missing file", "named in the labels"))
+        for rid in sorted(found):
+            if rid in pos:
+                ids.append(rid)
+                coords.append(pos[rid])
+            else:
+                problems.append(Problem(rid, str(found[rid]), "no label", f"no row in {labels}"))
+        source = "labels"
+    else:
+        from tqdm.auto import tqdm
+
+        for rid in tqdm(sorted(found), desc="reading EXIF GPS", unit="img", disable=not progress):
+            try:
+                gps = read_exif_gps(found[rid])
+            except ImageError as e:
+                problems.append(Problem(rid, str(found[rid]), "unreadable", str(e)))
+                continue
+            if gps is None:
+                problems.append(Problem(rid, str(found[rid]), "no EXIF GPS", ""))
+                continue
+            ids.append(rid)
+            coords.append(gps)
+        source = "exif"
+    if not found:
+        raise InputError(f"no photos found in {root}")
+    return Inputs(
+        ids=ids,
+        paths=[str(found[i]) for i in ids],
+        latlon=np.asarray(coords, dtype=float).reshape(-1, 2),
+        source=source,
+        problems=problems,
+        root=str(root),
+    )
+
+
+def write_report(db_path: Path, stage: str, problems: list[Problem], replace_stage: bool) -> None:
+    """Write ``report.csv``: earlier stages' rows kept (or this stage's replaced), then ours."""
+    path = Path(db_path) / REPORT
+    rows: list[dict[str, str]] = []
+    if path.is_file():
+        with contextlib.suppress(OSError, csv.Error), open(path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if not (replace_stage and r["stage"] == stage)]
+    rows += [
+        {"stage": stage, "id": p.id, "path": p.path, "problem": p.problem, "detail": p.detail}
+        for p in problems
+    ]
+    with atomic_write(path, newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=REPORT_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_report(db_path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    path = Path(db_path) / REPORT
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def embed_store(embedder: Any, store: Any, batch_size: int = 4096) -> np.ndarray:
+    """Retrieval vectors of every row of a feature store, in chunks (float32)."""
+    n = len(store)
+    out = np.empty((n, embedder.dim), dtype=np.float32)
+    for s in range(0, n, batch_size):
+        emb = np.asarray(store.embeddings[s : s + batch_size], dtype=np.float32)
+        tok = None
+        if store.tokens is not None and embedder.tokens:
+            tok = np.asarray(store.tokens[s : s + batch_size], dtype=np.float32)
+        out[s : s + len(emb)] = embedder.embed_features(emb, tok)
+    return out
+
+
+def _features(
+    embedder: Any,
+    inputs: Inputs,
+    folder: Path,
+    batch_size: int,
+    loader_threads: int,
+    progress: bool,
+    chunk_size: int = 512,
+) -> tuple[Any, list[Problem]]:
+    """Backbone features of the inputs (resumable), and the photos that could not be read."""
+    from geolocus.encoders.features import extract_features
+
+    store = extract_features(
+        embedder.encoder,
+        inputs.paths,
+        folder,
+        ids=inputs.ids,
+        batch_size=batch_size,
+        tokens=embedder.tokens,
+        token_grid=embedder.token_grid,
+        loader_threads=loader_threads,
+        chunk_size=chunk_size,
+        progress=progress,
+    )
+    bad = [Problem(f["id"], f["path"], "unreadable", f["error"]) for f in store.failed]
+    return store, bad
+
+
+def _failed(folder: Path) -> list[Problem]:
+    """The unreadable photos an extraction listed, even when it ended in an error."""
+    path = folder / "failed.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [Problem(r["id"], r["path"], "unreadable", r["error"]) for r in csv.DictReader(fh)]
+
+
+def _store_rows(inputs: Inputs, store: Any) -> tuple[np.ndarray, list[str]]:
+    pos = {i: r for r, i in enumerate(inputs.ids)}
+    rows = np.array([pos[i] for i in store.ids], dtype=np.int64)
+    return rows, [inputs.paths[r] for r in rows]
+
+
+def build_database(
+    path: str | os.PathLike[str],
+    inputs: Inputs,
+    embedder: Any,
+    *,
+    factory: str = "Flat",
+    batch_size: int = 32,
+    loader_threads: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+    chunk_size: int = 512,
+) -> BuildResult:
+    """Embed ``inputs`` and write a new database at ``path`` (see the module docstring).
+
+    Progress is saved every ``chunk_size`` photos. Run again after an
+    interruption, it resumes there; run again on a finished
+    database built from the same inputs and model, it does nothing. A database
+    built from anything else is kept unless ``overwrite``.
+    """
+    t0 = time.perf_counter()
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} is a file, not a database folder")
+    key = hashlib.sha256(
+        f"{inputs.key()}|{embedder.name}|{embedder.version}|{factory}".encode()
+    ).hexdigest()
+    old: Database | None = None
+    if Database.exists(path):
+        old = Database.open(path)
+        if old.manifest.extra.get("build_key") == key:
+            return BuildResult(old, 0, [], up_to_date=True)
+        if not overwrite:
+            raise InputError(
+                f"a database built from other photos or another model exists at {path}: "
+                "add photos with 'geolocus index add', or rebuild it with --overwrite"
+            )
+    if len(inputs) == 0:
+        write_report(path, "build", inputs.problems, replace_stage=True)
+        raise InputError(
+            f"none of the photos has a position ({len(inputs.problems)} left out, "
+            f"see {path / REPORT})"
+        )
+    # validate the factory before the long part
+    probe = Database.create(
+        path, dim=embedder.dim, model=embedder.name, factory=factory, overwrite=True
+    )
+    if not probe.index.is_trained and len(inputs) < probe._training_size():
+        raise InputError(
+            f"FAISS index {factory!r} must be trained on at least {probe._training_size()} "
+            f"vectors, and there are {len(inputs)} photos; use 'Flat' for small databases"
+        )
+    folder = path / FEATURES / "build"
+    try:
+        store, bad = _features(
+            embedder, inputs, folder, batch_size, loader_threads, progress, chunk_size
+        )
+    except InputError:  # nothing readable: report why, photo by photo
+        write_report(path, "build", inputs.problems + _failed(folder), replace_stage=True)
+        raise
+    problems = inputs.problems + bad
+    rows, paths = _store_rows(inputs, store)
+    vectors = embed_store(embedder, store)
+    db = Database.create(
+        path,
+        dim=embedder.dim,
+        model=embedder.name,
+        model_version=embedder.version,
+        factory=factory,
+        overwrite=True,
+        extra={"build_key": key, "embedder": embedder.describe(), "images": inputs.root},
+    )
+    if old is not None:  # the next save replaces the old generation's files
+        db.manifest.generation = old.manifest.generation
+        (path / REPORT).unlink(missing_ok=True)  # the old database's rows (add stages too)
+        shutil.rmtree(path / "refiners", ignore_errors=True)
+    db.add(vectors, store.ids, inputs.latlon[rows], paths=paths, source=inputs.source)
+    db.save()
+    write_report(path, "build", problems, replace_stage=True)
+    timing = dict(store.meta.get("timing", {}))
+    shutil.rmtree(path / FEATURES, ignore_errors=True)
+    return BuildResult(db, len(db), problems, seconds=time.perf_counter() - t0, timing=timing)
+
+
+def check_embedder(db: Database, embedder: Any) -> None:
+    """Refuse an embedder other than the one the database was built with."""
+    man = db.manifest
+    if embedder.name != man.model:
+        raise InputError(
+            f"the database at {db.path} was built with model {man.model!r}, not "
+            f"{embedder.name!r}: use the same model or build another database"
+        )
+    if man.model_version and embedder.version != man.model_version:
+        raise InputError(
+            f"the database at {db.path} was built with another version of {man.model!r} "
+            f"(weights or preprocessing differ: {man.model_version} here vs "
+            f"{embedder.version}): rebuild the database"
+        )
+    if embedder.dim != man.dim:
+        raise InputError(f"model {embedder.name!r} gives {embedder.dim}-d vectors, not {man.dim}")
+
+
+def embedder_for(db: Database, model: str | None = None, **options: Any) -> Any:
+    """The embedder a database was built with (``model``, if given, must be that one)."""
+    from geolocus.models.embedder import create_embedder
+
+    man = db.manifest
+    if model is not None and str(model) != man.model:
+        p = Path(str(model)).expanduser()
+        same_file = p.is_file() and str(p.resolve()) == man.model
+        if not same_file:
+            raise InputError(
+                f"the database at {db.path} was built with model {man.model!r}, not "
+                f"{model!r}: predict with the database's model or build another database"
+            )
+    emb = create_embedder(man.model, **options)
+    check_embedder(db, emb)
+    return emb
+
+
+def add_to_database(
+    path: str | os.PathLike[str] | Database,
+    inputs: Inputs,
+    embedder: Any | None = None,
+    *,
+    batch_size: int = 32,
+    loader_threads: int = 1,
+    progress: bool = True,
+) -> BuildResult:
+    """Append ``inputs`` to an existing database, with the model it was built with.
+
+    Photos whose id is already in the database are left out (reported), so
+    running the same ``add`` twice, or again after an interruption, is safe.
+    """
+    t0 = time.perf_counter()
+    db = path if isinstance(path, Database) else Database.open(path)
+    embedder = embedder if embedder is not None else embedder_for(db)
+    check_embedder(db, embedder)
+    known = [i for i in inputs.ids if i in db]
+    problems = list(inputs.problems)
+    problems += [
+        Problem(i, p, "already in database", "")
+        for i, p in zip(inputs.ids, inputs.paths, strict=True)
+        if i in db
+    ]
+    if known:
+        keep = np.array([i not in db for i in inputs.ids], dtype=bool)
+        inputs = Inputs(
+            ids=[i for i, k in zip(inputs.ids, keep, strict=True) if k],
+            paths=[p for p, k in zip(inputs.paths, keep, strict=True) if k],
+            latlon=inputs.latlon[keep],
+            source=inputs.source,
+            problems=inputs.problems,
+            root=inputs.root,
+        )
+    added = 0
+    timing: dict[str, float] = {}
+    if len(inputs):
+        folder = db.path / FEATURES / "add"
+        store, bad = _features(embedder, inputs, folder, batch_size, loader_threads, progress)
+        problems += bad
+        rows, paths = _store_rows(inputs, store)
+        vectors = embed_store(embedder, store)
+        added = db.add(vectors, store.ids, inputs.latlon[rows], paths=paths, source=inputs.source)
+        db.save()
+        timing = dict(store.meta.get("timing", {}))
+        shutil.rmtree(db.path / FEATURES, ignore_errors=True)
+    write_report(db.path, "add", problems, replace_stage=False)
+    return BuildResult(db, added, problems, seconds=time.perf_counter() - t0, timing=timing)
+
+
+def database_vectors(db: Database, rows: np.ndarray | None = None) -> np.ndarray:
+    """The stored (normalised) vectors, read back from FAISS: exact for Flat and HNSW,
+    approximate for compressed indexes (PQ, SQ)."""
+    import faiss
+
+    n = len(db)
+    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    index = db.index
+    with contextlib.suppress(RuntimeError):
+        faiss.extract_index_ivf(index).make_direct_map()
+    try:
+        if rows.size == n and np.array_equal(rows, np.arange(n)):
+            return np.asarray(index.reconstruct_n(0, n), dtype=np.float32)
+        return np.stack([index.reconstruct(int(r)) for r in rows]).astype(np.float32)
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else "not supported"
+        raise InputError(
+            f"the FAISS index {db.manifest.factory!r} of {db.path} cannot return its vectors "
+            f"({msg})"
+        ) from None
+
+
+def print_problems(problems: list[Problem], limit: int = 10, file: Any = None) -> None:
+    """The first few problems, one line each, on stderr."""
+    file = file or sys.stderr
+    for p in problems[:limit]:
+        detail = f": {p.detail}" if p.detail else ""
+        print(f"skipped {p.id} ({p.problem}){detail}", file=file)
+    if len(problems) > limit:
+        print(f"... and {len(problems) - limit} more", file=file)

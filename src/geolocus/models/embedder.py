@@ -1,0 +1,276 @@
+"""Embedders: photos to the vectors a retrieval database stores and searches.
+
+An embedder pairs an image backbone with what turns its features into a
+retrieval vector, and says who it is (``name``, ``version``) so a database
+built with one is never searched with another. Three kinds, one interface:
+
+- a backbone name (``efficientnet-lite2``): the backbone's global embedding;
+- ``geoclip``: CLIP ViT-L/14 with GeoCLIP's published image head — vectors in
+  GeoCLIP's location space, plus GPS candidates from its 100K gallery;
+- a model file written by ``geolocus train`` (GeoCLIP, DualGeo, TransGeoCLIP; see
+  :func:`geolocus.models.load_model`): the model's retrieval embedding of the
+  backbone features it was trained on, plus GPS candidates where the model has
+  a location head.
+
+>>> emb = create_embedder("efficientnet-lite0")
+>>> vectors = emb.embed([load_image("photo.jpg")])        # (1, 1280) float32
+
+``embed_features`` takes the backbone's outputs instead of photos, so that a
+feature cache (:func:`geolocus.encoders.features.extract_features`) and a live
+forward pass give the same vectors.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from geolocus.errors import InputError, ModelUnavailableError
+
+if TYPE_CHECKING:
+    from geolocus.encoders.image.base import ImageEncoder, ImageFeatures
+
+#: The spec of GeoCLIP's published model (CLIP ViT-L/14 + GeoCLIP's image head and gallery).
+GEOCLIP = "geoclip"
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What the index builder and the geolocator need from a model."""
+
+    #: The spec it was created from (backbone name, ``geoclip`` or a model-file path).
+    name: str
+    #: Identity of the weights and preprocessing: databases refuse another version.
+    version: str
+    #: Size of the retrieval vectors.
+    dim: int
+    #: The image backbone (its ``preprocessing`` turns photos into its input).
+    encoder: ImageEncoder
+    #: Which backbone tokens ``embed_features`` needs: False, "pooled" or "full".
+    tokens: Any
+    #: Grid of pooled tokens (when ``tokens == "pooled"``).
+    token_grid: int
+    #: Whether :meth:`gps_candidates` can answer (a location head).
+    has_gps: bool
+
+    def embed(self, images: Sequence[Any] | ImageFeatures) -> np.ndarray: ...
+
+    def embed_features(self, embedding: Any, tokens: Any = None) -> np.ndarray: ...
+
+    def gps_candidates(
+        self, embedding: Any, tokens: Any = None, k: int = 10
+    ) -> tuple[np.ndarray, np.ndarray] | None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _as_tensor(x: Any):
+    import torch
+
+    if x is None:
+        return None
+    t = x if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
+    return t.float()
+
+
+class BaseEmbedder:
+    """Shared behaviour: ``embed`` runs the backbone then :meth:`embed_features`."""
+
+    name: str
+    version: str
+    dim: int
+    encoder: ImageEncoder
+    tokens: Any = False
+    token_grid: int = 4
+    has_gps: bool = False
+    kind: str = ""
+
+    def features(self, images: Sequence[Any]) -> ImageFeatures:
+        """The backbone's outputs for Pillow images (or an already built pixel tensor)."""
+        import torch
+
+        with torch.no_grad():
+            if torch.is_tensor(images):
+                return self.encoder(images)
+            return self.encoder.encode(list(images))
+
+    def backbone_tokens(self, feats: ImageFeatures):
+        """The tokens in the form this embedder stores them (pooled or full), or None."""
+        if not self.tokens:
+            return None
+        if self.tokens == "full":
+            return feats.tokens
+        from geolocus.encoders.features import _pool_tokens
+
+        return _pool_tokens(feats.tokens, feats.grid, self.token_grid)
+
+    def embed(self, images: Sequence[Any] | ImageFeatures) -> np.ndarray:
+        """``(B, dim)`` float32 retrieval vectors of photos (Pillow images) or features."""
+        from geolocus.encoders.image.base import ImageFeatures
+
+        feats = images if isinstance(images, ImageFeatures) else self.features(images)
+        return self.embed_features(feats.embedding, self.backbone_tokens(feats))
+
+    def embed_features(self, embedding: Any, tokens: Any = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def gps_candidates(
+        self, embedding: Any, tokens: Any = None, k: int = 10
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """What the database manifest records about the model."""
+        return {
+            "kind": self.kind,
+            "spec": self.name,
+            "version": self.version,
+            "dim": self.dim,
+            "backbone": self.encoder.name,
+            "backbone_fingerprint": self.encoder.fingerprint(),
+            "tokens": self.tokens or None,
+            "gps": self.has_gps,
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, version={self.version})"
+
+
+class BackboneEmbedder(BaseEmbedder):
+    """The backbone's own global embedding (unnormalised; the database normalises)."""
+
+    kind = "backbone"
+
+    def __init__(self, encoder: ImageEncoder) -> None:
+        self.encoder = encoder
+        self.name = encoder.name
+        self.dim = int(encoder.dim)
+        self.version = _digest(encoder.fingerprint())
+
+    def embed_features(self, embedding: Any, tokens: Any = None) -> np.ndarray:
+        if hasattr(embedding, "detach"):
+            embedding = embedding.detach().cpu().float().numpy()
+        e = np.asarray(embedding, dtype=np.float32)
+        if e.ndim != 2 or e.shape[1] != self.dim:
+            raise InputError(f"{self.name} embeddings must be (B, {self.dim}), got {e.shape}")
+        return e
+
+
+class ModelEmbedder(BaseEmbedder):
+    """A trained model over a backbone (:func:`geolocus.models.load_model`):
+    ``model.embed_image(embedding, tokens)`` gives the retrieval vector, and
+    ``model.gps_candidates`` the GPS-gallery candidates where it has a location head.
+    ``gallery`` replaces the model's default gallery (GeoCLIP's 100K coordinates).
+    """
+
+    kind = "model"
+
+    def __init__(
+        self,
+        model: Any,
+        encoder: ImageEncoder,
+        name: str,
+        identity: str,
+        gallery: Any | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.encoder = encoder
+        self.name = name
+        self.tokens = "full" if getattr(model, "needs_tokens", False) else False
+        self.dim = int(model.retrieval_dim)
+        self.has_gps = callable(getattr(model, "gps_candidates", None))
+        self.version = _digest({"model": identity, "backbone": encoder.fingerprint()})
+        self.gallery = gallery
+
+    def embed_features(self, embedding: Any, tokens: Any = None) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            out = self.model.embed_image(_as_tensor(embedding), _as_tensor(tokens))
+        return out.detach().cpu().float().numpy()
+
+    def gps_candidates(
+        self, embedding: Any, tokens: Any = None, k: int = 10
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        if not self.has_gps:
+            return None
+        emb, tok = _as_tensor(embedding), _as_tensor(tokens)
+        if self.gallery is not None:
+            coords, probs = self.model.search_gallery(emb, tok, self.gallery, k)
+        else:  # the model encodes its gallery once (cached on disk) and keeps it
+            coords, probs = self.model.gps_candidates(emb, tok, k)
+        as_np = lambda a: a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)  # noqa: E731
+        return np.asarray(as_np(coords), dtype=float), np.asarray(as_np(probs), dtype=float)
+
+
+@functools.lru_cache(maxsize=4)
+def _pretrained_backbone(name: str) -> ImageEncoder:
+    """Pretrained backbones are loaded once per process (inference only: safe to share)."""
+    from geolocus.encoders.image import create_encoder
+
+    return create_encoder(name, pretrained=True)
+
+
+def create_embedder(
+    spec: str | os.PathLike[str] | None = None,
+    *,
+    pretrained: bool = True,
+    **encoder_options: Any,
+) -> BaseEmbedder:
+    """An embedder from a backbone name, ``"geoclip"``, or a model file path (any file
+    of :func:`geolocus.models.load_model`; its backbone is recorded in it).
+
+    ``pretrained=False`` builds the backbone with random weights (tests, timing).
+    """
+    from geolocus.encoders.image import DEFAULT_ENCODER, create_encoder, list_encoders
+
+    spec = DEFAULT_ENCODER if spec is None else spec
+    s = str(spec)
+    if s in list_encoders():
+        if pretrained and not encoder_options:
+            return BackboneEmbedder(_pretrained_backbone(s))
+        return BackboneEmbedder(create_encoder(s, pretrained=pretrained, **encoder_options))
+    if s == GEOCLIP:
+        from geolocus.encoders.location.pretrained import IMAGE_HEAD
+        from geolocus.models.geoclip import GeoCLIP
+        from geolocus.weights import require
+
+        model = GeoCLIP.pretrained_clip()
+        enc = create_encoder(model.backbone, pretrained=pretrained, **encoder_options)
+        ident = "geoclip-pretrained:" + hashlib.sha256(require(IMAGE_HEAD).read_bytes()).hexdigest()
+        return ModelEmbedder(model, enc, GEOCLIP, ident[:40])
+    p = Path(s).expanduser()
+    if p.is_file():
+        from geolocus.encoders.image.base import file_identity
+        from geolocus.models import load_model
+
+        model = load_model(p)
+        enc = create_encoder(model.backbone, pretrained=pretrained, **encoder_options)
+        return ModelEmbedder(model, enc, str(p.resolve()), file_identity(p))
+    if p.suffix or os.sep in s or "/" in s:
+        raise InputError(f"model file not found: {s}")
+    raise ModelUnavailableError(
+        f"unknown model {s!r}: give a backbone ({', '.join(list_encoders())}), "
+        f"'{GEOCLIP}', or the path of a trained model file"
+    )
+
+
+__all__ = [
+    "GEOCLIP",
+    "BackboneEmbedder",
+    "BaseEmbedder",
+    "Embedder",
+    "ModelEmbedder",
+    "create_embedder",
+]

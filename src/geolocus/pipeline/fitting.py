@@ -1,0 +1,153 @@
+"""Fitting a stage-2 refiner on the database itself, by leave-one-out, and caching it.
+
+A refiner that learns (``best``; ``kde`` tunes its bandwidth) needs queries
+with known positions. The database is exactly that: each of its photos is
+searched against all the others (``exclude_self``), and the refiner is fitted
+on how its neighbours relate to its true position. With ``groups`` (e.g. the
+photographer of each photo) the neighbours from the query's own group are left
+out too, as they are for a new photo from a photographer not in the database.
+
+The fitted state is cached in ``DB/refiners/`` and reused while the database
+is unchanged (same generation, count and model version).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geolocus.errors import InputError
+from geolocus.files import atomic_write
+from geolocus.index.database import Database
+from geolocus.refine import KDERefiner, Neighbours, Refiner
+
+#: At most this many database photos serve as leave-one-out queries (a random sample).
+MAX_FIT_QUERIES = 5000
+CACHE_FOLDER = "refiners"
+
+
+def needs_fit(refiner: Refiner) -> bool:
+    """Whether the refiner learns something from labelled queries (as cross-validation does)."""
+    return refiner.requires_fit or type(refiner).fit is not Refiner.fit
+
+
+def _regroup(nb: Neighbours, k: int, groups: Callable[[str], str]) -> Neighbours:
+    """Drop near neighbours of the query's own group; keep the first ``k`` left (padded)."""
+    n = len(nb)
+    near = np.empty((n, k, 2))
+    scores = np.empty((n, k)) if nb.near_scores is not None else None
+    ids = np.empty((n, k), dtype=object)
+    for i in range(n):
+        g = groups(str(nb.ids[i]))
+        keep = np.array([groups(str(j)) != g for j in nb.near_ids[i]], dtype=bool)
+        rows = np.flatnonzero(keep)[:k]
+        if rows.size == 0:  # the whole list is the query's group: keep it as it is
+            rows = np.arange(min(k, nb.k))
+        rows = np.concatenate([rows, np.repeat(rows[-1:], k - rows.size)])
+        near[i], ids[i] = nb.near[i, rows], nb.near_ids[i, rows]
+        if scores is not None:
+            scores[i] = nb.near_scores[i, rows]
+    return Neighbours(
+        ids=nb.ids,
+        near=near,
+        far=nb.far,
+        near_scores=scores,
+        far_scores=nb.far_scores,
+        near_ids=ids,
+        far_ids=nb.far_ids,
+    )
+
+
+def loo_neighbours(
+    db: Database,
+    k: int,
+    k_far: int,
+    groups: Callable[[str], str] | None = None,
+    max_queries: int = MAX_FIT_QUERIES,
+    seed: int = 0,
+    nprobe: int | None = None,
+) -> tuple[Neighbours, np.ndarray]:
+    """Neighbours of (a sample of) the database's own photos, each left out of its own
+    search, and their true positions."""
+    from geolocus.index.build import database_vectors
+
+    n = len(db)
+    if n < 3:
+        raise InputError(f"fitting a refiner on the database needs at least 3 photos, it has {n}")
+    rows = np.arange(n)
+    if n > max_queries:
+        rows = np.sort(np.random.default_rng(seed).choice(n, max_queries, replace=False))
+    vec = database_vectors(db, rows)
+    ids = db.ids[rows]
+    k_search = min(n, 4 * k) if groups is not None else k
+    nb = db.search(vec, k=k_search, k_far=k_far, query_ids=ids, exclude_self=True, nprobe=nprobe)
+    if groups is not None:
+        nb = _regroup(nb, k, groups)
+    return nb, db.coords[rows]
+
+
+def _state(refiner: Refiner) -> dict[str, Any] | None:
+    if hasattr(refiner, "to_dict"):
+        return refiner.to_dict()
+    if isinstance(refiner, KDERefiner):
+        return {"bandwidth_km": refiner.bandwidth_km}
+    return None
+
+
+def _restore(refiner: Refiner, state: dict[str, Any]) -> Refiner:
+    if hasattr(type(refiner), "from_dict"):
+        return type(refiner).from_dict(state)
+    if isinstance(refiner, KDERefiner):
+        refiner.bandwidth_km = float(state["bandwidth_km"])
+        return refiner
+    raise InputError(f"cannot restore a cached {refiner.name!r} refiner")
+
+
+def _identity(db: Database, refiner: Refiner, k: int, k_far: int, grouped: bool) -> dict:
+    m = db.manifest
+    return {
+        "refiner": refiner.name,
+        "k": k,
+        "k_far": k_far,
+        "grouped": grouped,
+        "generation": m.generation,
+        "count": m.count,
+        "model_version": m.model_version,
+    }
+
+
+def fit_on_database(
+    refiner: Refiner,
+    db: Database,
+    k: int,
+    k_far: int,
+    groups: Callable[[str], str] | None = None,
+    cache: bool = True,
+    nprobe: int | None = None,
+) -> Refiner:
+    """``refiner`` fitted on the database by leave-one-out (or restored from the cache)."""
+    if not needs_fit(refiner):
+        return refiner
+    ident = _identity(db, refiner, k, k_far, groups is not None)
+    tag = "-grouped" if groups is not None else ""
+    path = Path(db.path) / CACHE_FOLDER / f"{refiner.name}-k{k}-f{k_far}{tag}.json"
+    if cache and path.is_file():
+        with contextlib.suppress(OSError, ValueError, KeyError, InputError):
+            saved = json.loads(path.read_text())
+            if saved.get("identity") == ident:
+                return _restore(refiner, saved["state"])
+    nb, truth = loo_neighbours(db, k, k_far, groups=groups, nprobe=nprobe)
+    refiner.fit(nb, truth)
+    state = _state(refiner)
+    if cache and state is not None:
+        try:
+            with atomic_write(path) as fh:
+                json.dump({"identity": ident, "state": state}, fh, indent=1)
+        except OSError:
+            pass  # a read-only database folder: fit again next time
+    return refiner

@@ -1,0 +1,305 @@
+"""Building databases from folders: labels and EXIF, reports, resume, add, factories, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from geolocus.cli.main import main
+from geolocus.errors import InputError
+from geolocus.index import Database
+from geolocus.index.build import (
+    Inputs,
+    add_to_database,
+    build_database,
+    database_vectors,
+    gather_inputs,
+    read_report,
+)
+from geolocus.models.embedder import BackboneEmbedder
+from test_pipeline import PLACES, ColourEncoder, bomb, photo
+
+
+def _labels(path: Path, rows: list[tuple]) -> Path:
+    path.write_text("IMG_ID,LAT,LON\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> tuple[Path, Path]:
+    """Six good photos (two in a sub-folder), one without a label, and bad files in the
+    labels: a text file, a truncated JPEG, a bomb, and a row without a file."""
+    img = tmp_path / "photos"
+    rows = []
+    for j, (name, (lat, lon, col)) in enumerate(PLACES.items()):
+        sub = "sub/" if j < 2 else ""
+        for i in range(2 if j < 2 else 1):
+            p = photo(img / f"{sub}{name}{i}.jpg", col, seed=10 * j + i)
+            rows.append((p.relative_to(img).as_posix(), lat, lon))
+    photo(img / "unlabelled.jpg", (128, 128, 128))
+    (img / "notes.txt").write_text("not a photo")
+    good = (img / "paris0.jpg") if (img / "paris0.jpg").exists() else img / "sub" / "paris0.jpg"
+    (img / "cut.jpg").write_bytes(good.read_bytes()[:300])
+    bomb(img / "bomb.png")
+    rows += [("notes.txt", 1, 1), ("cut.jpg", 2, 2), ("bomb.png", 3, 3), ("gone.jpg", 4, 4)]
+    return img, _labels(tmp_path / "labels.csv", rows)
+
+
+def _emb() -> BackboneEmbedder:
+    return BackboneEmbedder(ColourEncoder())
+
+
+def test_gather_from_labels_lists_every_problem(folder):
+    img, labels = folder
+    inp = gather_inputs(img, labels)
+    assert inp.source == "labels" and len(inp) == 9  # 6 photos + 3 bad files named in labels
+    assert "sub/paris0.jpg" in inp.ids and all(Path(p).is_absolute() for p in inp.paths)
+    probs = {(p.id, p.problem) for p in inp.problems}
+    assert probs == {("unlabelled.jpg", "no label"), ("gone.jpg", "missing file")}
+    i = inp.ids.index("sub/tokyo1.jpg")
+    assert tuple(inp.latlon[i]) == PLACES["tokyo"][:2]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("IMG_ID,LATITUDE\na.jpg,1\n", "no LON column"),
+        ("IMG_ID,LAT,LON\na.jpg,north,2\n", "non-numeric"),
+        ("IMG_ID,LAT,LON\na.jpg,95,2\n", "outside lat"),
+        ("IMG_ID,LAT,LON\na.jpg,1,2\na.jpg,3,4\n", "duplicate"),
+        ("", "empty"),
+    ],
+)
+def test_bad_labels_file_is_a_clear_error(folder, tmp_path, text, match):
+    img, _ = folder
+    bad = tmp_path / "bad.csv"
+    bad.write_text(text)
+    with pytest.raises(InputError, match=match):
+        gather_inputs(img, bad)
+
+
+def test_exactly_one_source_of_positions(folder, tmp_path):
+    img, labels = folder
+    with pytest.raises(InputError, match="exactly one"):
+        gather_inputs(img)
+    with pytest.raises(InputError, match="exactly one"):
+        gather_inputs(img, labels, exif=True)
+    with pytest.raises(InputError, match="no such folder"):
+        gather_inputs(tmp_path / "nope", labels)
+
+
+def test_gather_from_exif(tmp_path):
+    img = tmp_path / "exif"
+    photo(img / "a.jpg", (200, 0, 0), exif_gps=(48.8566, 2.3522))
+    photo(img / "b.jpg", (0, 0, 200), exif_gps=(-33.8688, 151.2093))
+    photo(img / "none.jpg", (0, 200, 0))
+    (img / "broken.jpg").write_text("garbage")
+    inp = gather_inputs(img, exif=True, progress=False)
+    assert inp.ids == ["a.jpg", "b.jpg"] and inp.source == "exif"
+    np.testing.assert_allclose(inp.latlon, [[48.8566, 2.3522], [-33.8688, 151.2093]], atol=1e-4)
+    assert {(p.id, p.problem) for p in inp.problems} == {
+        ("none.jpg", "no EXIF GPS"),
+        ("broken.jpg", "unreadable"),
+    }
+
+
+def test_build_skips_bad_files_and_reports_them(folder, tmp_path):
+    img, labels = folder
+    db_dir = tmp_path / "db"
+    res = build_database(db_dir, gather_inputs(img, labels), _emb(), progress=False)
+    db = Database.open(db_dir)
+    assert len(db) == res.added == 6
+    assert set(db.ids) == {"sub/paris0.jpg", "sub/paris1.jpg", "sub/tokyo0.jpg", "sub/tokyo1.jpg",
+                           "sydney0.jpg", "nairobi0.jpg"}  # fmt: skip
+    report = read_report(db_dir)
+    got = {(r["id"], r["problem"]) for r in report}
+    assert got == {
+        ("unlabelled.jpg", "no label"),
+        ("gone.jpg", "missing file"),
+        ("notes.txt", "unreadable"),
+        ("cut.jpg", "unreadable"),
+        ("bomb.png", "unreadable"),
+    }
+    assert all(r["stage"] == "build" for r in report)
+    assert "too many pixels" in next(r["detail"] for r in report if r["id"] == "bomb.png")
+    man = db.manifest
+    assert man.model == "colour-test" and man.model_version == _emb().version and man.count == 6
+    assert man.extra["embedder"]["backbone"] == "colour-test"
+    assert not (db_dir / ".features").exists()  # the resumable store is gone once saved
+    assert "left out" in res.summary() and "report.csv" in res.summary()
+
+
+def test_nothing_usable_is_an_error_with_a_report(tmp_path):
+    img = tmp_path / "bad"
+    img.mkdir()
+    (img / "a.jpg").write_text("x")
+    labels = _labels(tmp_path / "l.csv", [("a.jpg", 1, 1)])
+    with pytest.raises(InputError, match="none of the 1 images could be read"):
+        build_database(tmp_path / "db", gather_inputs(img, labels), _emb(), progress=False)
+    assert read_report(tmp_path / "db")[0]["id"] == "a.jpg"
+    with pytest.raises(InputError, match="none of the photos has a position"):
+        build_database(
+            tmp_path / "db2", gather_inputs(img, _labels(tmp_path / "m.csv", [("b.jpg", 1, 1)])),
+            _emb(), progress=False,
+        )  # fmt: skip
+
+
+def test_interrupted_build_resumes_where_it_stopped(folder, tmp_path, monkeypatch):
+    img, labels = folder
+    inp = gather_inputs(img, labels)
+    calls = {"n": 0, "stop": 3}
+    orig = ColourEncoder.forward
+
+    def forward(self, x):
+        calls["n"] += 1
+        if calls["n"] == calls["stop"]:
+            raise KeyboardInterrupt
+        return orig(self, x)
+
+    monkeypatch.setattr(ColourEncoder, "forward", forward)
+    db_dir = tmp_path / "db"
+    kw = dict(progress=False, batch_size=2, chunk_size=4)
+    with pytest.raises(KeyboardInterrupt):
+        build_database(db_dir, inp, _emb(), **kw)
+    assert not Database.exists(db_dir) and (db_dir / ".features" / "build" / ".partial").exists()
+    calls.update(n=0, stop=-1)
+    build_database(db_dir, inp, _emb(), **kw)
+    resumed = calls["n"]
+    clean_dir = tmp_path / "clean"
+    calls["n"] = 0
+    build_database(clean_dir, inp, _emb(), **kw)
+    # the probe pass and one saved chunk (4 photos = 2 batches) were not redone
+    assert resumed < calls["n"]
+    a, b = Database.open(db_dir), Database.open(clean_dir)
+    assert list(a.ids) == list(b.ids)
+    np.testing.assert_allclose(database_vectors(a), database_vectors(b), atol=1e-6)
+
+
+def test_rebuild_is_a_no_op_and_other_inputs_need_overwrite(folder, tmp_path, monkeypatch):
+    img, labels = folder
+    inp = gather_inputs(img, labels)
+    db_dir = tmp_path / "db"
+    build_database(db_dir, inp, _emb(), progress=False)
+    calls = []
+    orig = ColourEncoder.forward
+    monkeypatch.setattr(ColourEncoder, "forward", lambda s, x: calls.append(1) or orig(s, x))
+    again = build_database(db_dir, inp, _emb(), progress=False)
+    assert again.up_to_date and not calls and "up to date" in again.summary()
+    keep = [i for i, x in enumerate(inp.ids) if x.startswith("sub/")][:3]
+    fewer = Inputs([inp.ids[i] for i in keep], [inp.paths[i] for i in keep], inp.latlon[keep],
+                   "labels")  # fmt: skip
+    with pytest.raises(InputError, match="--overwrite"):
+        build_database(db_dir, fewer, _emb(), progress=False)
+    res = build_database(db_dir, fewer, _emb(), progress=False, overwrite=True)
+    assert len(Database.open(db_dir)) == 3 == res.added
+    assert len(list(db_dir.glob("vectors-*.faiss"))) == 1  # the old generation is gone
+
+
+def test_add_appends_skips_known_and_refuses_other_models(folder, tmp_path):
+    img, labels = folder
+    db_dir = tmp_path / "db"
+    build_database(db_dir, gather_inputs(img, labels), _emb(), progress=False)
+    more = tmp_path / "more"
+    photo(more / "sydney0.jpg", PLACES["sydney"][2], seed=1)  # same id as one in the database
+    photo(more / "cairo.jpg", (150, 100, 50), seed=2)
+    photo(more / "nolabel.jpg", (150, 100, 50), seed=3)
+    lab = _labels(
+        tmp_path / "more.csv", [("sydney0.jpg", -33.8, 151.2), ("cairo.jpg", 30.04, 31.24)]
+    )
+    res = add_to_database(db_dir, gather_inputs(more, lab), _emb(), progress=False)
+    assert res.added == 1 and len(Database.open(db_dir)) == 7 and "cairo.jpg" in res.database
+    problems = {(r["stage"], r["id"], r["problem"]) for r in read_report(db_dir)}
+    assert ("add", "sydney0.jpg", "already in database") in problems
+    assert ("add", "nolabel.jpg", "no label") in problems
+    assert ("build", "gone.jpg", "missing file") in problems  # the build's rows are kept
+    other = ColourEncoder()
+    other.weights_id = "v2"
+    with pytest.raises(InputError, match="another version"):
+        add_to_database(db_dir, gather_inputs(more, lab), BackboneEmbedder(other))
+
+
+@pytest.mark.parametrize("factory", ["IVF2,Flat", "HNSW8,Flat"])
+def test_other_faiss_factories(folder, tmp_path, factory):
+    img, labels = folder
+    res = build_database(
+        tmp_path / "db", gather_inputs(img, labels), _emb(), factory=factory, progress=False
+    )
+    db = Database.open(tmp_path / "db")
+    assert db.manifest.factory == factory and len(db) == 6
+    v = database_vectors(db)
+    nb = db.search(v, k=1, nprobe=2 if factory.startswith("IVF") else None)
+    assert list(nb.near_ids[:, 0]) == list(db.ids)  # each photo finds itself
+    assert res.added == 6
+
+
+def test_invalid_factory_fails_before_any_forward_pass(folder, tmp_path, monkeypatch):
+    img, labels = folder
+    monkeypatch.setattr(ColourEncoder, "forward", lambda s, x: pytest.fail("forward ran"))
+    with pytest.raises(InputError, match="invalid FAISS factory"):
+        build_database(
+            tmp_path / "db", gather_inputs(img, labels), _emb(), factory="Bogus9", progress=False
+        )
+
+
+# ---------------------------------------------------------------- the CLI (real lite0)
+
+
+@pytest.mark.slow
+def test_cli_build_info_add(folder, tmp_path, capsys):
+    img, labels = folder
+    db_dir = tmp_path / "db"
+    argv = ["index", "build", "--images", str(img), "--labels", str(labels)]
+    argv += ["--model", "efficientnet-lite0", "--out", str(db_dir), "--batch-size", "4"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "added 6 photos" in out and "skipped bomb.png (unreadable)" in err
+    assert main(argv) == 0 and "up to date" in capsys.readouterr().out
+    assert main(["index", "info", str(db_dir)]) == 0
+    info = capsys.readouterr().out
+    assert "efficientnet-lite0" in info and "count" in info and "skipped photos    5" in info
+    assert main(["index", "info", str(db_dir), "--json"]) == 0
+    man = json.loads(capsys.readouterr().out)
+    assert man["count"] == 6 and man["dim"] == 1280 and man["report"]["skipped"] == 5
+    more = tmp_path / "more"
+    photo(more / "x.jpg", (10, 200, 200), exif_gps=(40.0, -3.0))
+    photo(more / "y.jpg", (10, 200, 200))
+    assert main(["index", "add", "--db", str(db_dir), "--images", str(more), "--exif"]) == 0
+    assert "added 1 photos (7 in all)" in capsys.readouterr().out
+    assert Database.open(db_dir).meta.set_index("id").loc["x.jpg", "source"] == "exif"
+    with open(db_dir / "report.csv", newline="") as fh:
+        assert ("add", "y.jpg", "no EXIF GPS") in {
+            (r["stage"], r["id"], r["problem"]) for r in csv.DictReader(fh)
+        }
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--model", "no-such-model"], "unknown model"),
+        (["--factory", "IVF9999,Flat"], "must be trained on at least 9999"),
+        (["--labels", "missing.csv"], "labels file not found"),
+    ],
+)
+def test_cli_build_errors_are_one_line(folder, tmp_path, capsys, monkeypatch, extra, match):
+    img, labels = folder
+    monkeypatch.chdir(tmp_path)
+    argv = ["index", "build", "--images", str(img), "--out", str(tmp_path / "db")]
+    if "--labels" not in extra:
+        argv += ["--labels", str(labels)]
+    if "--model" not in extra:
+        argv += ["--model", "efficientnet-lite0"]
+    assert main(argv + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("geolocus: error:") and match in err[-1]
+
+
+def test_cli_add_and_info_need_a_database(tmp_path, capsys):
+    assert main(["index", "info", str(tmp_path)]) == 2
+    assert "no geolocus database" in capsys.readouterr().err
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
+    assert main(["index", "add", "--db", str(tmp_path / "x"), "--images", str(tmp_path)]) == 2

@@ -1,0 +1,191 @@
+"""``geolocus predict`` end to end (real EfficientNet-Lite0, generated photos) and the
+Python API over a database built by ``geolocus index build``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from geolocus.cli.main import main
+from test_pipeline import PLACES, bomb, photo
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> Path:
+    """A lite0 database of the colour world (two photos per place)."""
+    tmp = tmp_path_factory.mktemp("predict")
+    img = tmp / "photos"
+    rows = []
+    for name, (lat, lon, col) in PLACES.items():
+        for i in range(2):
+            photo(img / f"{name}{i}.jpg", col, seed=i, size=(64, 48))
+            rows.append(f"{name}{i}.jpg,{lat + 0.001 * i},{lon}\n")
+    (tmp / "labels.csv").write_text("IMG_ID,LAT,LON\n" + "".join(rows))
+    out = tmp / "db"
+    argv = ["index", "build", "--images", str(img), "--labels", str(tmp / "labels.csv")]
+    assert main([*argv, "--model", "efficientnet-lite0", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def queries(tmp_path_factory) -> dict[str, Path]:
+    q = tmp_path_factory.mktemp("queries")
+    out = {n: photo(q / f"{n}.jpg", c, seed=7, size=(64, 48)) for n, (_, _, c) in PLACES.items()}
+    out["exif"] = photo(
+        q / "exif.jpg", PLACES["tokyo"][2], seed=8, size=(64, 48), exif_gps=(35.0, 135.0)
+    )
+    bad = tmp_path_factory.mktemp("bad")
+    out["text"] = bad / "text.jpg"
+    out["text"].write_text("hello")
+    out["bomb"] = bomb(bad / "bomb.png")
+    return out
+
+
+def _run(capsys, argv):
+    rc = main(argv)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+@pytest.mark.slow
+def test_predict_table_from_a_list_file(db, queries, tmp_path, capsys):
+    lst = tmp_path / "photos.txt"
+    lst.write_text(f"# my photos\n{queries['paris']}\n\n{queries['exif']}\n")
+    rc, out, err = _run(capsys, ["predict", str(lst), "--db", str(db), "--top-k", "3"])
+    assert rc == 0 and err == ""
+    assert "paris.jpg" in out and "confidence" in out and "± km" in out
+    assert "photo's own EXIF GPS: 35.0000, 135.0000 (not used" in out
+    assert out.count("\n  1 ") == 2  # one guess-1 row per photo
+    assert all(f"\n  {r} " not in out for r in (4, 5))  # --top-k 3
+
+
+@pytest.mark.slow
+def test_predict_folder_to_json_csv_and_maps(db, queries, tmp_path, capsys):
+    folder = str(queries["paris"].parent)
+    argv = ["predict", folder, "--db", str(db), "-f", "json", "-o", str(tmp_path / "p.json")]
+    rc, _, err = _run(capsys, [*argv, "--map", str(tmp_path / "m.html")])
+    assert rc == 0 and "wrote 5 predictions" in err
+    js = {Path(p["image"]).name: p for p in json.loads((tmp_path / "p.json").read_text())}
+    assert set(js) == {f"{n}.jpg" for n in [*PLACES, "exif"]}
+    g = js["sydney.jpg"]["guesses"]
+    assert 1 <= len(g) <= 5 and all(0 < x["confidence"] <= 1 for x in g)
+    assert all(x["place"] and x["country_code"] for x in g)
+    assert len(js["sydney.jpg"]["neighbours"]["near"]) == 8  # k=20, but 8 photos in the db
+    assert js["exif.jpg"]["exif_gps"] == pytest.approx([35.0, 135.0])
+    assert js["exif.jpg"]["exif_error_km"] > 0 and js["paris.jpg"]["exif_gps"] is None
+    maps = sorted(p.name for p in tmp_path.glob("m-*.html"))
+    assert maps == [f"m-00{i}.html" for i in range(1, 6)]
+    assert (tmp_path / "m-001.html").read_text().startswith("<!DOCTYPE html>")
+    rc, out, _ = _run(capsys, ["predict", str(queries["tokyo"]), "--db", str(db), "-f", "csv"])
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert rc == 0 and [r["rank"] for r in rows] == [str(i + 1) for i in range(len(rows))]
+
+
+@pytest.mark.slow
+def test_bad_photos_are_one_line_errors_and_exit_1(db, queries, tmp_path, capsys):
+    argv = ["predict", str(queries["text"]), str(tmp_path / "missing.jpg"), str(queries["nairobi"])]
+    rc, out, err = _run(capsys, [*argv, str(queries["bomb"]), "--db", str(db)])
+    assert rc == 1
+    lines = err.strip().splitlines()
+    assert lines[-1] == "geolocus: 3 of 4 photos could not be geolocated"
+    errors = [x for x in lines if x.startswith("geolocus: error:")]
+    assert len(errors) == 3
+    assert any("not an image" in e for e in errors) and any("no such file" in e for e in errors)
+    assert any("too many pixels" in e for e in errors)
+    assert "nairobi.jpg" in out and "text.jpg" not in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--model", "efficientnet-lite2"], "built with model 'efficientnet-lite0'"),
+        (["--refine", "oracle"], "unknown refine method"),
+        (["--format", "xml"], "unknown format"),
+        (["--lmm", "http://127.0.0.1:9/v1"], "--lmm needs --lmm-model"),
+    ],
+)
+def test_usage_errors_exit_2(db, queries, capsys, extra, match):
+    rc, _, err = _run(capsys, ["predict", str(queries["paris"]), "--db", str(db), *extra])
+    assert rc == 2 and err.startswith("geolocus: error:") and match in err
+    assert err.count("\n") == 1
+
+
+def test_missing_database_and_no_photos(tmp_path, queries, capsys):
+    rc, _, err = _run(capsys, ["predict", str(queries["paris"]), "--db", str(tmp_path / "x")])
+    assert rc == 2 and "no geolocus database" in err
+    (tmp_path / "empty").mkdir()
+    rc, _, err = _run(capsys, ["predict", str(tmp_path / "empty"), "--db", str(tmp_path)])
+    assert rc == 2 and "no photos given" in err
+
+
+@pytest.mark.slow
+def test_unreachable_lmm_server(db, queries, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["predict", str(queries["paris"]), str(queries["tokyo"]), "--db", str(db)]
+    argv += ["--lmm", f"http://127.0.0.1:{port}/v1", "--lmm-model", "qwen-vl"]
+    rc, out, err = _run(capsys, argv)
+    assert rc == 2 and "unreachable" in err and err.count("\n") == 1
+    rc, out, err = _run(capsys, [*argv, "--lmm-fallback"])
+    assert rc == 0 and err.count("geolocus: warning:") == 1 and "unreachable" in err
+    assert "paris.jpg" in out and "tokyo.jpg" in out and "note: lmm failed" in out
+
+
+@pytest.mark.slow
+def test_python_api_and_best_refiner(db, queries):
+    from geolocus import Geolocator
+
+    geo = Geolocator.from_database(db, refine="best", top_k=2)
+    assert (db / "refiners").is_dir()  # fitted by leave-one-out, cached beside the index
+    preds = geo([queries["paris"], str(queries["text"])])
+    assert preds[0].ok and len(preds[0].guesses) <= 2 and preds[1].error
+    assert preds[0].top.place is not None and preds[0].top.uncertainty_km > 0
+    assert json.loads(preds[0].to_json())["image"].endswith("paris.jpg")
+    assert json.loads(json.dumps(preds[0].to_geojson()))["type"] == "FeatureCollection"
+    assert geo.timing["forward"] > 0 and geo.timing["total"] >= geo.timing["forward"]
+
+
+@pytest.mark.slow
+def test_model_file_database_adds_gallery_candidates(queries, tmp_path, capsys, monkeypatch):
+    """A trained model file (a GeoCLIP head over lite0): its retrieval vectors fill the
+    database and its location head adds GPS-gallery candidates to the answer."""
+    import torch
+
+    from geolocus.models.geoclip import GeoCLIP, GeoCLIPConfig
+
+    monkeypatch.setenv("GEOLOCUS_CACHE", str(tmp_path / "cache"))  # the encoded gallery
+    torch.manual_seed(0)
+    cfg = GeoCLIPConfig(
+        backbone="efficientnet-lite0",
+        embed_dim=1280,
+        hidden_dim=32,
+        dim=16,
+        pretrained_location=False,
+        location_options={"n_freq": 8, "hidden": 16},
+        queue_size=0,
+    )
+    model_file = tmp_path / "geoclip-lite0.safetensors"
+    GeoCLIP(cfg).save(model_file)
+    img = queries["paris"].parent
+    (tmp_path / "l.csv").write_text(
+        "IMG_ID,LAT,LON\n" + "".join(f"{n}.jpg,{la},{lo}\n" for n, (la, lo, _) in PLACES.items())
+    )
+    db = tmp_path / "db"
+    argv = ["index", "build", "--images", str(img), "--labels", str(tmp_path / "l.csv")]
+    assert main([*argv, "--model", str(model_file), "--out", str(db)]) == 0
+    capsys.readouterr()
+    assert main(["index", "info", str(db)]) == 0
+    info = capsys.readouterr().out
+    assert "location head     yes" in info and "dim               16" in info
+    rc, out, _ = _run(capsys, ["predict", str(queries["paris"]), "--db", str(db), "-f", "json"])
+    sources = {g["source"] for g in json.loads(out)[0]["guesses"]}
+    assert rc == 0 and any("gallery" in s for s in sources)
+    GeoCLIP(cfg).save(model_file)  # other weights at the same path: the database refuses them
+    rc, _, err = _run(capsys, ["predict", str(queries["paris"]), "--db", str(db)])
+    assert rc == 2 and "another version" in err
