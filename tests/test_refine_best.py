@@ -15,9 +15,11 @@ from geolocus.errors import InputError
 from geolocus.eval import score_errors
 from geolocus.eval.crossval import cross_val_predict
 from geolocus.geo import distance_km
+from geolocus.ocr import PlaceMatch, TextEvidence
 from geolocus.refine import BestRefiner, Neighbours, available, create
 from geolocus.refine.features import FeatureSpec, candidate_features, prior_weights
 from geolocus.refine.learned import mass_within
+from geolocus.refine.text import text_feature_names, text_features
 
 K = 20
 
@@ -214,3 +216,93 @@ def test_cross_validated_best_beats_dualgeo_on_shared_neighbours(im2gps3k):
     assert best[1] >= dual[1] + 0.3
     assert best[2] >= dual[2] + 0.5
     assert best[0] >= dual[0] + 2.0 and best[4] >= dual[4] + 2.0
+
+
+# -- photo text (OCR evidence) -----------------------------------------------------------
+
+
+def _place(lat: float, lon: float, name: str = "somewhere") -> PlaceMatch:
+    return PlaceMatch(name, "place", float(lat), float(lon), 100_000, "", 1.0)
+
+
+def text_world(n: int, seed: int) -> tuple[Neighbours, np.ndarray, list]:
+    """Two equal clusters of 4 neighbours at random ranks, the truth and a decoy 3000+ km
+    away: the neighbours cannot tell them apart. 60 % of the photos name a place at the
+    truth, 10 % one at the decoy (a misleading sign), the rest have no text."""
+    rng = np.random.default_rng(seed)
+    truth = _random_points(rng, (n,))
+    near = _random_points(rng, (n, K))
+    evidence: list = []
+    for i in range(n):
+        decoy = _random_points(rng, ())
+        while distance_km(decoy, truth[i]) < 3000:
+            decoy = _random_points(rng, ())
+        slots = rng.choice(K, 8, replace=False)
+        near[i, slots[:4]] = _blob(rng, truth[i], 4, 0.02)
+        near[i, slots[4:]] = _blob(rng, decoy, 4, 0.02)
+        u = rng.uniform()
+        at = truth[i] if u < 0.6 else decoy if u < 0.7 else None
+        evidence.append(
+            None if at is None else TextEvidence(lines=("a sign",), places=(_place(*at),))
+        )
+    ids = [f"x{i}_{i % 40}@N00.jpg" for i in range(n)]
+    return Neighbours(ids=ids, near=near, far=np.zeros((n, 0, 2))), truth, evidence
+
+
+def test_text_features_of_evidence():
+    near = np.array([[[37.98, 23.73], [48.86, 2.35], [38.5, 23.0]]])  # Athens, Paris, Greece
+    ev = TextEvidence(
+        lines=("ΑΘΗΝΑ",),
+        script_countries=frozenset({"GR", "CY"}),
+        language="el",
+        language_countries=frozenset({"GR"}),
+        named_countries=frozenset({"FR"}),
+        places=(_place(37.97, 23.72, "athens"),),
+    )
+    x = text_features(near, [ev])
+    col = dict(zip(text_feature_names(), range(x.shape[-1]), strict=True))
+    assert x[0, :, col["txt_script"]].tolist() == [1, 0, 1]
+    assert x[0, :, col["txt_lang"]].tolist() == [1, 0, 1]
+    assert x[0, :, col["txt_lang_en"]].tolist() == [0, 0, 0]
+    assert x[0, :, col["txt_country"]].tolist() == [0, 1, 0]
+    assert x[0, :, col["txt_place_25km"]].tolist() == [1, 0, 0]
+    assert x[0, :, col["txt_place_200km"]].tolist() == [1, 0, 1]
+    assert not text_features(near, [None]).any() and not text_features(near, None).any()
+    assert not text_features(near, [TextEvidence()]).any()  # no text: all zeros
+
+
+def test_text_evidence_beats_neighbours_alone():
+    nb, truth, ev = text_world(400, seed=11)
+    folds = grouped_folds(nb.ids, 4)
+    plain = cross_val_predict(lambda: BestRefiner(sharpness=2.0, l2=1e-3), nb, truth, folds)
+    nbt = nb.with_evidence(ev)
+    text = cross_val_predict(lambda: BestRefiner(sharpness=2.0, l2=1e-3), nbt, truth, folds)
+    assert _acc(text, truth, 25) >= _acc(plain, truth, 25) + 0.2
+    fitted = BestRefiner(sharpness=2.0, l2=1e-3).fit(nbt, truth)
+    w = dict(zip(fitted.spec.names(), fitted.coef_, strict=True))
+    assert w["txt_place_25km"] > 0.5  # learned to trust a named place
+
+
+def test_text_model_ranks_photos_without_text_as_before(tmp_path):
+    nb, truth, ev = text_world(150, seed=12)
+    plain = BestRefiner(sharpness=2.0, l2=1e-3).fit(nb, truth)
+    assert not plain.spec.text and len(plain.coef_) == len(FeatureSpec().names())
+    text = BestRefiner(sharpness=2.0, l2=1e-3).fit(nb.with_evidence(ev), truth)
+    assert text.spec.text and text.text_l2_ in text.text_l2_grid
+    none = np.array([e is None for e in ev])
+    s_plain = plain.decision_function(nb)
+    s_text = text.decision_function(nb.with_evidence(ev))
+    np.testing.assert_allclose(s_text[none], s_plain[none], rtol=1e-9, atol=1e-9)
+    assert not np.allclose(s_text[~none], s_plain[~none])
+    # without evidence a text model ranks every query as a photo without text
+    np.testing.assert_allclose(text.decision_function(nb), s_plain, rtol=1e-9, atol=1e-9)
+    with pytest.raises(InputError, match="evidence"):
+        BestRefiner(text=True).fit(nb, truth)
+    path = tmp_path / "text.json"
+    text.save(path)
+    back = BestRefiner.load(path)
+    assert back.spec.text and back.text_l2_ == text.text_l2_
+    np.testing.assert_allclose(back.decision_function(nb.with_evidence(ev)), s_text)
+    # subsets keep each query's evidence
+    sub = nb.with_evidence(ev).subset(np.arange(10, 20))
+    assert list(sub.evidence) == ev[10:20]

@@ -28,12 +28,30 @@ def refine(
     model: Path | None = typer.Option(
         None, "--model", help="Use a refiner saved with --save-model instead of --fit/--labels."
     ),
+    images: Path | None = typer.Option(
+        None,
+        "--images",
+        help="Folder of the query photos, named by IMG_ID: method best also reads the text "
+        "in them (OCR, cached by file hash).",
+    ),
+    fit_images: Path | None = typer.Option(
+        None, "--fit-images", help="Folder of the --fit queries' photos (default: --images)."
+    ),
+    ocr_cache: Path = typer.Option(
+        Path("cache/ocr"), "--ocr-cache", help="Where OCR results are kept (reused next time)."
+    ),
+    ocr_backend: str = typer.Option(
+        "rapidocr", "--ocr-backend", help="OCR engine: rapidocr (default) or tesseract."
+    ),
 ) -> None:
     """Choose each query's position among its retrieved neighbours.
 
     Methods: nearest (the first neighbour), dualgeo (DualGeo's cluster
     re-ranking), kde (kernel-density mode; --fit tunes its bandwidth), best
-    (a learned re-ranker; needs --fit and --labels, or --model).
+    (a learned re-ranker; needs --fit and --labels, or --model). With --images,
+    best also weighs what the text in each photo says (script, language, place
+    names; docs/ocr.md): the first run reads every photo (about a second each),
+    later runs reuse the cache.
     """
     from geolocus.data import read_coords, read_neighbours, write_coords
     from geolocus.errors import InputError
@@ -48,10 +66,23 @@ def refine(
         raise InputError(f"method {method!r} has no saved form; --model/--save-model need best")
     if save_model is not None and fit is None:
         raise InputError("--save-model saves what --fit learned: give --fit and --labels")
+    if (images is not None or fit_images is not None) and method != "best":
+        raise InputError(f"--images is used by method best only, not {method!r}")
+    fit_images = fit_images or images
+
+    def evidence(nb, folder):
+        from geolocus.ocr.collection import photo_evidence
+
+        return nb.with_evidence(
+            photo_evidence(list(nb.ids), folder, ocr_cache, backend=ocr_backend)
+        )
+
     if model is not None:
         refiner = type(refiner).load(model)
     elif fit is not None and labels is not None:
         fit_nb = read_neighbours(fit)
+        if fit_images is not None:
+            fit_nb = evidence(fit_nb, fit_images)
         lab = read_coords(labels, "labels").set_index("IMG_ID")
         missing = ~np.isin(fit_nb.ids, lab.index)
         if missing.any():
@@ -67,5 +98,16 @@ def refine(
         refiner.save(save_model)
         typer.echo(f"saved the fitted {method} refiner to {save_model}")
     nb = read_neighbours(neighbours)
+    uses_text = getattr(getattr(refiner, "spec", None), "text", False)
+    if images is not None and uses_text:
+        nb = evidence(nb, images)
+    elif images is not None:
+        typer.echo("note: this model was fitted without photos: --images is not used", err=True)
+    elif uses_text:
+        typer.echo(
+            "note: this model reads photo text but no --images were given: "
+            "every query is ranked as a photo without text",
+            err=True,
+        )
     write_coords(out, nb.ids, refiner.predict(nb))
     typer.echo(f"wrote {len(nb)} predictions ({method}) to {out}")

@@ -13,12 +13,15 @@ which scale, and how highly they were ranked; and how many of the "dissimilar"
   kNN vote; a learned one says how much a vote from rank 0 is worth at 25 km
   against a vote from rank 12 at 2500 km;
 - **far**: the number of far neighbours within each far scale;
-- **rank**: the candidate's own retrieval rank.
+- **rank**: the candidate's own retrieval rank;
+- **text** (only with ``FeatureSpec(text=True)``): what the query photo's text
+  says about the candidate (:mod:`geolocus.refine.text`), from the neighbours'
+  ``evidence``; zeros where a query has none.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -43,6 +46,7 @@ class FeatureSpec:
     rank_bins: tuple[tuple[int, int | None], ...] = RANK_BINS
     far_scales_km: tuple[float, ...] = FAR_SCALES_KM
     rank: bool = True
+    text: bool = False
 
     def names(self) -> list[str]:
         """One name per feature column, in order."""
@@ -54,6 +58,10 @@ class FeatureSpec:
         out += [f"far_{_fmt(s)}km" for s in self.far_scales_km]
         if self.rank:
             out.append("rank")
+        if self.text:
+            from geolocus.refine.text import text_feature_names
+
+            out += text_feature_names()
         return out
 
     def to_dict(self) -> dict:
@@ -66,6 +74,7 @@ class FeatureSpec:
             rank_bins=tuple((int(a), None if b is None else int(b)) for a, b in d["rank_bins"]),
             far_scales_km=tuple(float(s) for s in d["far_scales_km"]),
             rank=bool(d["rank"]),
+            text=bool(d.get("text", False)),
         )
 
 
@@ -78,9 +87,14 @@ def candidate_features(neighbours: Neighbours, spec: FeatureSpec | None = None) 
     spec = spec or FeatureSpec()
     n, k = len(neighbours), neighbours.k
     out = np.empty((n, k, len(spec.names())))
+    n_geo = len(replace(spec, text=False).names())
     for lo in range(0, n, _CHUNK):
         hi = min(n, lo + _CHUNK)
-        out[lo:hi] = _block(neighbours.near[lo:hi], neighbours.far[lo:hi], spec)
+        out[lo:hi, :, :n_geo] = _block(neighbours.near[lo:hi], neighbours.far[lo:hi], spec)
+    if spec.text:
+        from geolocus.refine.text import text_features
+
+        out[:, :, n_geo:] = text_features(neighbours.near, neighbours.evidence)
     return out
 
 
@@ -119,4 +133,5 @@ def prior_weights(spec: FeatureSpec, thresholds_km: tuple[float, ...], k: int) -
     w += [0.0] * len(spec.far_scales_km)
     if spec.rank:
         w.append(-1e-3)
+    w += [0.0] * (len(spec.names()) - len(w))  # text features start at "no effect"
     return np.asarray(w)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,8 @@ from geolocus.refine.neighbours import Neighbours
 #: Saved-model format tag and version (``BestRefiner.save`` / ``load``).
 MODEL_FORMAT = "geolocus-refiner-best"
 MODEL_VERSION = 1
+#: Candidate L2 weights of the text features (second stage) for the inner cross-validation.
+TEXT_L2_GRID: tuple[float, ...] = (1e-5, 1e-4, 1e-3)
 #: Candidate values of ``(sharpness, l2)`` for the inner cross-validation.
 DEFAULT_GRID: tuple[tuple[float, float], ...] = (
     (1.0, 1e-3),
@@ -65,19 +68,29 @@ def _softmax(s: np.ndarray) -> np.ndarray:
 
 
 def fit_weights(
-    x: np.ndarray, gains: np.ndarray, w0: np.ndarray, sharpness: float, l2: float
+    x: np.ndarray,
+    gains: np.ndarray,
+    w0: np.ndarray,
+    sharpness: float,
+    l2: float,
+    offset: np.ndarray | None = None,
 ) -> np.ndarray:
     """Weights maximising the expected gain of a softmax choice, L2-pulled towards ``w0``.
 
-    Optimised over the features divided by their spread (same optimum, far fewer
-    L-BFGS steps); queries whose candidates are all equally good are left out,
-    since they contribute nothing.
+    ``offset`` (N, C): fixed scores that ``x @ w`` is added to (a second stage of
+    features on top of a fitted model). Optimised over the features divided by
+    their spread (same optimum, far fewer L-BFGS steps); queries whose candidates
+    are all equally good, or whose features are all equal, are left out, since
+    they contribute nothing.
     """
     from scipy.optimize import minimize
     from threadpoolctl import threadpool_limits
 
     useful = gains.max(axis=1) > gains.min(axis=1)
+    if offset is not None:
+        useful &= (x.max(axis=1) > x.min(axis=1)).any(axis=1)
     x, gains = x[useful], gains[useful]
+    off = None if offset is None else np.asarray(offset, float)[useful]
     n, c, f = x.shape
     if n == 0:
         return w0.astype(float)
@@ -88,7 +101,8 @@ def fit_weights(
     n_all = len(useful)
 
     def objective(u: np.ndarray) -> tuple[float, np.ndarray]:
-        p = _softmax(sharpness * (xf @ u.astype(np.float32)).reshape(n, c).astype(float))
+        s = (xf @ u.astype(np.float32)).reshape(n, c).astype(float)
+        p = _softmax(sharpness * (s if off is None else s + off))
         reward = (p * gains).sum(axis=1, keepdims=True)
         # d reward / d s_c = beta * p_c * (gain_c - reward)
         ds = (sharpness * p * (gains - reward)).reshape(n * c).astype(np.float32)
@@ -147,6 +161,15 @@ class BestRefiner(Refiner):
     and the pull towards the hand-set vote; left ``None``, ``fit`` chooses them
     from ``grid`` by ``inner_folds``-fold photographer-grouped cross-validation
     on the data it is given.
+
+    ``text``: also score what the query photos' text says about each candidate
+    (:mod:`geolocus.refine.text`; the neighbours' ``evidence``, see
+    :class:`~geolocus.refine.Neighbours`). ``None`` (default): exactly when the
+    neighbours given to ``fit`` carry evidence. The text weights are fitted in a
+    second stage on top of the neighbour model, L2-pulled towards zero by
+    ``text_l2`` (chosen from ``text_l2_grid`` by the same inner CV when ``None``),
+    so a query without text is ranked exactly as by ``best`` without text; a model
+    fitted with text ranks queries without evidence as photos without text.
     """
 
     name = "best"
@@ -160,7 +183,13 @@ class BestRefiner(Refiner):
         grid: tuple[tuple[float, float], ...] = DEFAULT_GRID,
         inner_folds: int = 3,
         thresholds_km: tuple[float, ...] = THRESHOLDS_KM,
+        text: bool | None = None,
+        text_l2: float | None = None,
+        text_l2_grid: tuple[float, ...] = TEXT_L2_GRID,
     ) -> None:
+        self.text = text
+        self.text_l2 = text_l2
+        self.text_l2_grid = tuple(text_l2_grid)
         self.sharpness = sharpness
         self.l2 = l2
         self.spec = spec or FeatureSpec()
@@ -176,6 +205,12 @@ class BestRefiner(Refiner):
             raise InputError(f"{len(neighbours)} queries but {len(truth)} true positions")
         if len(neighbours) < 2:
             raise InputError("refiner 'best' needs at least 2 labelled queries to fit")
+        use_text = neighbours.evidence is not None if self.text is None else bool(self.text)
+        if use_text and neighbours.evidence is None:
+            raise InputError(
+                "refiner 'best' with text needs the query photos' evidence (give the images)"
+            )
+        self.spec = replace(self.spec, text=False)
         x = candidate_features(neighbours, self.spec)
         gains = threshold_gains(neighbours.near, truth, self.thresholds_km)
         w0 = prior_weights(self.spec, self.thresholds_km, neighbours.k)
@@ -185,9 +220,49 @@ class BestRefiner(Refiner):
             self.sharpness_, self.l2_ = float(self.sharpness), float(self.l2)
         self.coef_ = fit_weights(x, gains, w0, self.sharpness_, self.l2_)
         scores = x @ self.coef_
+        if use_text:
+            # Second stage: the text weights on top of the fixed neighbour model, so that
+            # queries without text keep exactly the ranking of 'best' without text.
+            from geolocus.refine.text import text_features
+
+            xt = text_features(neighbours.near, neighbours.evidence)
+            if self.text_l2 is None:
+                self.text_l2_ = self._select_text(neighbours.ids, xt, gains, scores)
+            else:
+                self.text_l2_ = float(self.text_l2)
+            wt = fit_weights(
+                xt, gains, np.zeros(xt.shape[-1]), self.sharpness_, self.text_l2_, offset=scores
+            )
+            self.spec = replace(self.spec, text=True)
+            self.coef_ = np.concatenate([self.coef_, wt])
+            scores = scores + xt @ wt
         self.temperature_ = fit_temperature(scores, _closest_sets(neighbours.near, truth))
         self.k_near_, self.k_far_ = neighbours.k, neighbours.far.shape[1]
         return self
+
+    def _select_text(
+        self, ids: np.ndarray, xt: np.ndarray, gains: np.ndarray, offset: np.ndarray
+    ) -> float:
+        """The text L2 weight with the best inner cross-validated mean accuracy."""
+        from geolocus.data.im2gps3k import grouped_folds
+
+        grid = self.text_l2_grid
+        folds = grouped_folds(ids, self.inner_folds, salt="best-inner")
+        if len(np.unique(folds)) < 2:
+            return grid[0]
+        best, best_gain = grid[0], -np.inf
+        rows = np.arange(len(ids))
+        zero = np.zeros(xt.shape[-1])
+        for l2 in grid:
+            pick = np.empty(len(ids), dtype=int)
+            for f in np.unique(folds):
+                te = folds == f
+                w = fit_weights(xt[~te], gains[~te], zero, self.sharpness_, l2, offset[~te])
+                pick[te] = np.argmax(offset[te] + xt[te] @ w, axis=1)
+            g = float(gains[rows, pick].mean())
+            if g > best_gain + 1e-12:
+                best, best_gain = l2, g
+        return best
 
     def _select(
         self, ids: np.ndarray, x: np.ndarray, gains: np.ndarray, w0: np.ndarray
@@ -247,6 +322,7 @@ class BestRefiner(Refiner):
             "temperature": self.temperature_,
             "sharpness": self.sharpness_,
             "l2": self.l2_,
+            "text_l2": getattr(self, "text_l2_", None),
             "thresholds_km": list(self.thresholds_km),
             "k_near": self.k_near_,
             "k_far": self.k_far_,
@@ -267,12 +343,15 @@ class BestRefiner(Refiner):
             if coef.shape != (len(spec.names()),) or not np.all(np.isfinite(coef)):
                 raise ValueError("coefficients do not match the feature list")
             r = cls(
+                text=spec.text,
                 sharpness=float(d["sharpness"]),
                 l2=float(d["l2"]),
                 spec=spec,
                 thresholds_km=tuple(float(t) for t in d["thresholds_km"]),
             )
             r.sharpness_, r.l2_ = r.sharpness, r.l2
+            if spec.text:
+                r.text_l2_ = r.text_l2 = float(d["text_l2"])
             r.coef_, r.temperature_ = coef, float(d["temperature"])
             r.k_near_, r.k_far_ = int(d["k_near"]), int(d["k_far"])
         except (KeyError, TypeError, ValueError) as e:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +18,10 @@ class Neighbours:
     "dissimilar" photos of G3, Img2Loc and DualGeo), possibly ``K' = 0``.
     Scores (cosine similarities) are optional: not every source publishes them.
     ``near_ids``/``far_ids`` name the retrieved database photos where known.
+    ``evidence`` holds what is known about each query beyond its neighbours (a
+    sequence of :class:`geolocus.ocr.TextEvidence`, one per query, from the text
+    read in its photo), or ``None`` when the photos were not given: refiners that
+    can use it (``best``) do, the others ignore it.
     """
 
     ids: np.ndarray
@@ -25,6 +31,7 @@ class Neighbours:
     far_scores: np.ndarray | None = None
     near_ids: np.ndarray | None = None
     far_ids: np.ndarray | None = None
+    evidence: Sequence[Any] | None = None
 
     def __post_init__(self) -> None:
         self.ids = np.asarray(self.ids, dtype=object)
@@ -41,6 +48,14 @@ class Neighbours:
                 if s.shape != ref.shape[:2]:
                     raise ValueError(f"{name} must have shape {ref.shape[:2]}, got {s.shape}")
                 setattr(self, name, s)
+        if self.evidence is not None:
+            ev = np.empty(n, dtype=object)
+            if len(self.evidence) != n:
+                raise ValueError(
+                    f"evidence must have one entry per query ({n}), got {len(self.evidence)}"
+                )
+            ev[:] = list(self.evidence)
+            self.evidence = ev
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -58,7 +73,14 @@ class Neighbours:
             far=self.far[index],
             near_scores=pick(self.near_scores),
             far_scores=pick(self.far_scores),
+            near_ids=pick(self.near_ids),
+            far_ids=pick(self.far_ids),
+            evidence=pick(self.evidence),
         )
+
+    def with_evidence(self, evidence: Sequence[Any] | None) -> Neighbours:
+        """The same neighbours with ``evidence`` (one entry per query) attached."""
+        return replace(self, evidence=evidence)
 
     def truncate(self, k_near: int, k_far: int | None = None) -> Neighbours:
         """Keep only the first ``k_near`` near (and ``k_far`` far) neighbours."""
@@ -72,4 +94,5 @@ class Neighbours:
             far_scores=cut(self.far_scores, kf),
             near_ids=cut(self.near_ids, k_near),
             far_ids=cut(self.far_ids, kf),
+            evidence=self.evidence,
         )
