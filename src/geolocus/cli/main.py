@@ -10,7 +10,17 @@ import sys
 
 import typer
 
-from geolocus.cli import benchmark, evaluate, models, refine
+from geolocus.cli import (
+    benchmark,
+    evaluate,
+    geotag,
+    index,
+    models,
+    predict,
+    refine,
+    serve,
+    train,
+)
 from geolocus.errors import GeolocusError
 
 app = typer.Typer(
@@ -25,6 +35,11 @@ app.command("evaluate")(evaluate.evaluate)
 app.command("refine")(refine.refine)
 app.command("models")(models.models)
 app.add_typer(benchmark.app, name="benchmark")
+app.add_typer(index.app, name="index")
+app.command("predict")(predict.predict)
+app.command("train")(train.train)
+app.command("geotag")(geotag.geotag)
+app.command("serve")(serve.serve)
 
 
 @app.callback(invoke_without_command=True)
@@ -46,7 +61,9 @@ def _root(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI; a :class:`GeolocusError` becomes one line on stderr, exit 2."""
     try:
-        app(args=argv, prog_name="geolocus", standalone_mode=False)
+        rv = app(args=argv, prog_name="geolocus", standalone_mode=False)
+        if isinstance(rv, int) and not isinstance(rv, bool):
+            return rv  # typer.Exit(code) raised by a command comes back as its code
     except GeolocusError as e:
         typer.echo(f"geolocus: error: {e}", err=True)
         return 2

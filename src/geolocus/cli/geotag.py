@@ -1,0 +1,64 @@
+"""``geolocus geotag``: place the photos of a collection that lack GPS, from those that have it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def geotag(
+    collection: Path = typer.Argument(..., help="Folder of photos, some with EXIF GPS."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="CSV of answers (default: COLLECTION/geotags.csv)."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="Backbone or model file (default: the offline default backbone)."
+    ),
+    refine: str | None = typer.Option(
+        None, "--refine", help="Stage 2 (default: best from 50 geotagged photos, else nearest)."
+    ),
+    xmp: bool = typer.Option(
+        False, "--xmp", help="Also write XMP sidecars (photo.jpg.xmp); existing ones are kept."
+    ),
+    check: bool = typer.Option(
+        True, "--check/--no-check", help="Estimate accuracy by leave-one-out on geotagged photos."
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Photos per forward pass."),
+) -> None:
+    """Geolocate the photos of a collection that have no GPS from the ones that do.
+
+    The geotagged photos become a retrieval database (COLLECTION/.geolocus/db,
+    resumable); each photo without a position gets the best place, a confidence
+    and a radius. Photos are never modified. An interrupted run resumes.
+    """
+    from geolocus.pipeline.geotag import check_table, write_sidecars
+    from geolocus.pipeline.geotag import geotag as run
+
+    out = out if out is not None else collection / "geotags.csv"
+    res = run(
+        collection,
+        out,
+        model=model,
+        refine=refine,
+        check=check,
+        batch_size=batch_size,
+        log=lambda s: typer.echo(s, err=True),
+    )
+    if res.check is not None:
+        typer.echo(check_table(res.check))
+    typer.echo(
+        f"{res.n_predicted} photos geotagged from {res.geotagged} with GPS "
+        f"(stage 2: {res.refiner}); answers in {out}"
+    )
+    if res.failed:
+        typer.echo(f"{len(res.failed)} photos could not be read:", err=True)
+        for r in res.failed[:10]:
+            typer.echo(f"  {r['IMG_ID']}: {r['ERROR']}", err=True)
+    if xmp:
+        n, skipped = write_sidecars(res.predicted, Path(collection).expanduser().resolve())
+        typer.echo(
+            f"wrote {n} XMP sidecars" + (f"; kept {len(skipped)} existing" if skipped else "")
+        )
+    if res.failed:
+        raise typer.Exit(1)

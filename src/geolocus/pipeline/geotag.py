@@ -1,0 +1,222 @@
+"""Geotagging a photo collection from its own geotagged photos.
+
+Many collections are partly geotagged: photos from a phone carry GPS, those
+from a camera do not. The geotagged photos become the retrieval database
+(built resumably in ``COLLECTION/.geolocus/db``), and every photo without a
+position is geolocated against it. A leave-one-out check on the geotagged
+photos says how far the answers can be trusted for this collection.
+
+Nothing in the collection is modified. Answers go to a CSV (``IMG_ID,LAT,LON``
+plus confidence, radius and place, readable by ``geolocus evaluate``) and,
+on request, to XMP sidecar files (``photo.jpg.xmp``) that photo managers such
+as darktable and digiKam read; an existing sidecar is never overwritten.
+Answers are also appended to ``.geolocus/geotag-partial.csv`` as they come, so
+an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geolocus.errors import InputError
+from geolocus.files import atomic_write
+
+WORK = ".geolocus"
+PARTIAL = "geotag-partial.csv"
+FIELDS = ("IMG_ID", "LAT", "LON", "CONFIDENCE", "UNCERTAINTY_KM", "PLACE", "ERROR")
+#: From this many geotagged photos the learned refiner has enough to fit on; below it the
+#: nearest neighbour is used (cluster votes need far more photos than neighbours retrieved).
+MIN_FOR_BEST = 50
+
+
+@dataclass
+class GeotagResult:
+    """What a geotagging run did."""
+
+    geotagged: int  # photos that already had a position (the database)
+    predicted: list[dict[str, Any]] = field(default_factory=list)  # rows of FIELDS
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    check: Any | None = None  # geolocus.eval.Scores of the leave-one-out check
+    refiner: str = ""
+
+    @property
+    def n_predicted(self) -> int:
+        return len(self.predicted)
+
+
+def _row(pred: Any, root: Path) -> dict[str, Any]:
+    rid = Path(pred.image).resolve().relative_to(root).as_posix()
+    if not pred.ok:
+        return dict.fromkeys(FIELDS, "") | {"IMG_ID": rid, "ERROR": pred.error or "no answer"}
+    g = pred.top
+    return {
+        "IMG_ID": rid,
+        "LAT": f"{g.lat:.6f}",
+        "LON": f"{g.lon:.6f}",
+        "CONFIDENCE": "" if g.confidence is None else f"{g.confidence:.4f}",
+        "UNCERTAINTY_KM": "" if g.uncertainty_km is None else f"{g.uncertainty_km:.1f}",
+        "PLACE": g.label,
+        "ERROR": "",
+    }
+
+
+def _read_partial(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {r["IMG_ID"]: r for r in csv.DictReader(fh) if r.get("IMG_ID")}
+
+
+def leave_one_out_check(geolocator: Any, folds: int = 5) -> Any:
+    """Accuracy on the database's own photos, each searched without itself: an estimate
+    of how well the photos without a position are placed.
+
+    A refiner that learns is cross-validated (fitted on the other folds' photos), so
+    the estimate is not scored on what it was fitted on.
+    """
+    from geolocus.eval import score_errors
+    from geolocus.eval.crossval import cross_val_predict
+    from geolocus.geo import haversine_km
+    from geolocus.pipeline.fitting import loo_neighbours, needs_fit
+    from geolocus.refine import create
+
+    nb, truth = loo_neighbours(geolocator.database, geolocator.k, geolocator.k_far)
+    refiner = geolocator.refiner
+    if needs_fit(refiner) and len(nb) >= 2 * folds:
+        fold = np.random.default_rng(0).permutation(len(nb)) % folds
+        top = cross_val_predict(lambda: create(refiner.name), nb, truth, fold)
+    else:
+        top = refiner.predict(nb)
+    return score_errors(haversine_km(top[:, 0], top[:, 1], truth[:, 0], truth[:, 1]))
+
+
+def xmp_sidecar(lat: float, lon: float) -> str:
+    """An XMP packet with EXIF GPS in the XMP form (degrees, decimal minutes, N/S/E/W)."""
+
+    def dm(v: float, pos: str, neg: str) -> str:
+        a = abs(v)
+        d = int(a)
+        return f"{d},{(a - d) * 60:.6f}{pos if v >= 0 else neg}"
+
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/">\n'
+        ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+        '  <rdf:Description rdf:about="" xmlns:exif="http://ns.adobe.com/exif/1.0/"\n'
+        f'    exif:GPSLatitude="{dm(lat, "N", "S")}" exif:GPSLongitude="{dm(lon, "E", "W")}"\n'
+        '    exif:GPSVersionID="2.3.0.0"/>\n'
+        " </rdf:RDF>\n"
+        "</x:xmpmeta>\n"
+        '<?xpacket end="w"?>\n'
+    )
+
+
+def write_sidecars(rows: list[dict[str, Any]], root: Path) -> tuple[int, list[str]]:
+    """XMP sidecars beside the photos; returns how many were written and the ones skipped
+    because a sidecar already exists."""
+    written, skipped = 0, []
+    for r in rows:
+        if not r.get("LAT"):
+            continue
+        side = root / f"{r['IMG_ID']}.xmp"
+        if side.exists():
+            skipped.append(str(side))
+            continue
+        with atomic_write(side, encoding="utf-8") as fh:
+            fh.write(xmp_sidecar(float(r["LAT"]), float(r["LON"])))
+        written += 1
+    return written, skipped
+
+
+def geotag(
+    collection: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    model: str | None = None,
+    embedder: Any | None = None,
+    refine: str | None = None,
+    db: str | os.PathLike[str] | None = None,
+    check: bool = True,
+    batch_size: int = 16,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> GeotagResult:
+    """Geolocate the photos of ``collection`` that have no EXIF GPS from those that have.
+
+    ``model`` names the backbone or model file (``embedder`` passes one already
+    made). ``refine`` defaults to ``best`` (fitted on the collection by leave-one-out)
+    when at least :data:`MIN_FOR_BEST` photos are geotagged, else ``nearest``.
+    """
+    from geolocus.index.build import build_database, gather_inputs
+    from geolocus.models.embedder import create_embedder
+    from geolocus.pipeline.geolocator import Geolocator
+
+    root = Path(collection).expanduser().resolve()
+    if not root.is_dir():
+        raise InputError(f"{root} is not a folder of photos")
+    work = root / WORK
+    db_path = Path(db) if db is not None else work / "db"
+    inputs = gather_inputs(root, exif=True, progress=progress)
+    # list_images skips hidden folders, so the .geolocus work folder is never read as photos
+    targets = [p for p in inputs.problems if p.problem == "no EXIF GPS"]
+    unreadable = [p for p in inputs.problems if p.problem == "unreadable"]
+    if len(inputs) < 2:
+        raise InputError(
+            f"{root}: {len(inputs)} photo(s) with EXIF GPS; geotagging needs at least 2 "
+            "geotagged photos to learn from"
+        )
+    if embedder is None:
+        embedder = create_embedder(model)
+    built = build_database(db_path, inputs, embedder, overwrite=True, progress=progress)
+    log(built.summary())
+    name = refine or ("best" if len(inputs) >= MIN_FOR_BEST else "nearest")
+    geo = Geolocator(built.database, embedder, name, top_k=1, batch_size=batch_size)
+    result = GeotagResult(geotagged=len(inputs), refiner=name)
+    result.failed = [{"IMG_ID": p.id, "ERROR": p.detail} for p in unreadable]
+    if check and len(inputs) >= 3:
+        result.check = leave_one_out_check(geo)
+    partial = work / PARTIAL
+    done = _read_partial(partial)
+    todo = [p.path for p in targets if p.id not in done]
+    if done:
+        log(f"resuming: {len(done)} photos already geotagged, {len(todo)} to go")
+    work.mkdir(parents=True, exist_ok=True)
+    new_file = not partial.exists()
+    with open(partial, "a", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS)
+        if new_file:
+            w.writeheader()
+
+        def keep(pred: Any) -> None:
+            row = _row(pred, root)
+            done[row["IMG_ID"]] = row
+            w.writerow(row)
+            fh.flush()
+
+        if todo:
+            geo.predict(todo, progress=progress, on_result=keep)
+    rows = [done[p.id] for p in targets if p.id in done]
+    result.predicted = [r for r in rows if not r.get("ERROR")]
+    result.failed += [r for r in rows if r.get("ERROR")]
+    with atomic_write(out, newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    partial.unlink(missing_ok=True)
+    return result
+
+
+def check_table(scores: Any) -> str:
+    from geolocus.eval import results_table
+
+    return results_table([("leave-one-out on the geotagged photos", scores)])
+
+
+__all__ = ["GeotagResult", "geotag", "leave_one_out_check", "write_sidecars", "xmp_sidecar"]
