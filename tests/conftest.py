@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from geolocus.data.im2gps3k import find_data_dir
 
@@ -20,3 +21,12 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def im2gps3k(shared_data: Path) -> Path:
     return shared_data / "im2gps3k"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny ops: thread hand-offs cost more than they save on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

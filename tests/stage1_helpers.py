@@ -58,3 +58,21 @@ def random_coords(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     lat = np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
     return np.stack([lat, rng.uniform(-180, 180, n)], axis=1)
+
+
+def overfit(model, batch, steps: int, loss=None, lr: float = 3e-3) -> tuple[float, dict]:
+    """Adam on one batch for ``steps`` steps: the loss before (eval mode) and the loss
+    terms after (eval mode). ``loss(model, batch)`` defaults to ``model.loss(batch)``."""
+    loss = loss or (lambda m, b: m.loss(b))
+    with torch.no_grad():
+        start = loss(model.eval(), batch)["loss"].item()
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        out = loss(model, batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        return start, loss(model, batch)

@@ -10,7 +10,7 @@ from geolocus.errors import InputError
 from geolocus.models import create_model, list_models, load_model
 from geolocus.models.dualgeo import DualGeo, DualGeoConfig
 from geolocus.models.format import META_MODEL
-from stage1_helpers import random_coords
+from stage1_helpers import overfit, random_coords
 
 SMALL = {
     "backbone": "tiny",
@@ -26,13 +26,7 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops: thread hand-offs cost more than they save on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n: int = 12, t: int = 16, seed: int = 0):
@@ -103,18 +97,8 @@ def test_codebook_must_be_fitted():
 def test_loss_decreases_and_overfits_a_tiny_set():
     m = _model(queue_size=0, dropout=0.0)
     b = _data(10)
+    start, final = overfit(m, b, steps=50)
     with torch.no_grad():
-        start = m.eval().loss(b)["loss"].item()
-    m.train()
-    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=3e-3)
-    for _ in range(50):
-        out = m.loss(b)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-    m.eval()
-    with torch.no_grad():
-        final = m.loss(b)
         logits = (
             m.location_query(b["image_emb"], b["tokens"])
             @ torch.nn.functional.normalize(m.encode_location(b["gps"]), dim=1).T

@@ -24,6 +24,7 @@ from geolocus.models.geoclip import (
     jitter_gps,
 )
 from geolocus.weights import package_file
+from stage1_helpers import overfit
 
 
 def _coords(n: int, seed: int = 0) -> np.ndarray:
@@ -209,32 +210,11 @@ def test_queue_is_a_ring_buffer_of_recent_gps():
     assert torch.equal(before, m.gps_queue)  # evaluation leaves the queue alone
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny ops: thread hand-offs cost more than they save on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_loss_decreases_when_overfitting_a_tiny_set(one_thread):
     # no queue: repeated batches would fill it with copies of the positives (false
     # negatives), which bounds the loss away from 0; the queue is tested above
-    m = _model(queue_size=0).train()
-    emb, gps = _data(16)
-    with torch.no_grad():
-        start = m.eval().loss(emb, gps)["loss"].item()
-    m.train()
-    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=3e-3)
-    for _ in range(40):
-        out = m.loss(emb, gps)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-    m.eval()
-    with torch.no_grad():
-        final = m.loss(emb, gps)
+    m = _model(queue_size=0)
+    start, final = overfit(m, _data(16), steps=40, loss=lambda m, b: m.loss(*b))
     assert final["loss"].item() < 0.3 * start, (start, final["loss"].item())
     assert final["acc"] == 1.0
 

@@ -151,6 +151,18 @@ def test_python_api_and_best_refiner(db, queries):
     assert geo.timing["forward"] > 0 and geo.timing["total"] >= geo.timing["forward"]
 
 
+def _model_database(model_file: Path, queries: dict[str, Path], tmp_path: Path) -> Path:
+    """``index build`` of the query photos (one per place) with a trained model file."""
+    img = queries["paris"].parent
+    (tmp_path / "l.csv").write_text(
+        "IMG_ID,LAT,LON\n" + "".join(f"{n}.jpg,{la},{lo}\n" for n, (la, lo, _) in PLACES.items())
+    )
+    db = tmp_path / "db"
+    argv = ["index", "build", "--images", str(img), "--labels", str(tmp_path / "l.csv")]
+    assert main([*argv, "--model", str(model_file), "--out", str(db)]) == 0
+    return db
+
+
 @pytest.mark.slow
 def test_model_file_database_adds_gallery_candidates(queries, tmp_path, capsys, monkeypatch):
     """A trained model file (a GeoCLIP head over lite0): its retrieval vectors fill the
@@ -172,13 +184,7 @@ def test_model_file_database_adds_gallery_candidates(queries, tmp_path, capsys, 
     )
     model_file = tmp_path / "geoclip-lite0.safetensors"
     GeoCLIP(cfg).save(model_file)
-    img = queries["paris"].parent
-    (tmp_path / "l.csv").write_text(
-        "IMG_ID,LAT,LON\n" + "".join(f"{n}.jpg,{la},{lo}\n" for n, (la, lo, _) in PLACES.items())
-    )
-    db = tmp_path / "db"
-    argv = ["index", "build", "--images", str(img), "--labels", str(tmp_path / "l.csv")]
-    assert main([*argv, "--model", str(model_file), "--out", str(db)]) == 0
+    db = _model_database(model_file, queries, tmp_path)
     capsys.readouterr()
     assert main(["index", "info", str(db)]) == 0
     info = capsys.readouterr().out
@@ -189,3 +195,69 @@ def test_model_file_database_adds_gallery_candidates(queries, tmp_path, capsys, 
     GeoCLIP(cfg).save(model_file)  # other weights at the same path: the database refuses them
     rc, _, err = _run(capsys, ["predict", str(queries["paris"]), "--db", str(db)])
     assert rc == 2 and "another version" in err
+
+
+def _dualgeo_file(path: Path) -> None:
+    import torch
+
+    from geolocus.models.dualgeo import DualGeo, DualGeoConfig
+
+    torch.manual_seed(0)
+    m = DualGeo(
+        DualGeoConfig(
+            backbone="efficientnet-lite0",
+            embed_dim=1280,
+            token_dim=1280,
+            classes=4,
+            width=16,
+            hidden_dim=16,
+            dim=16,
+            heads=2,
+            pretrained_location=False,
+            location_options={"n_freq": 8, "hidden": 16},
+            queue_size=0,
+        )
+    )
+    m.prepare(torch.randn(20, 49, 1280))  # a codebook over lite0-sized tokens
+    m.save(path)
+
+
+def _transgeoclip_file(path: Path) -> None:
+    import torch
+
+    from geolocus.models.transgeoclip import TransGeoCLIP, TransGeoCLIPConfig
+
+    torch.manual_seed(0)
+    cfg = {"n_freq": 8, "d_model": 8, "layers": 1, "heads": 2, "anchors": 16}
+    TransGeoCLIP(
+        TransGeoCLIPConfig(
+            backbone="efficientnet-lite0", embed_dim=1280, dim=16, location_options=cfg
+        )
+    ).save(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make", [_dualgeo_file, _transgeoclip_file])
+def test_dualgeo_and_transgeoclip_files_serve_a_database(
+    make, queries, tmp_path, capsys, monkeypatch
+):
+    """The contract between ``geolocus train`` and the pipeline: DualGeo takes the patch
+    tokens (fused ⊕ raw: 16 + 1280 dims), TransGeoCLIP encodes the gallery with its own
+    trained location encoder; both answer with gallery candidates beside the neighbours."""
+    monkeypatch.setenv("GEOLOCUS_CACHE", str(tmp_path / "cache"))
+    model_file = tmp_path / "m.safetensors"
+    make(model_file)
+    db = _model_database(model_file, queries, tmp_path)
+    capsys.readouterr()
+    from geolocus.models import load_model
+
+    dim = load_model(model_file).retrieval_dim
+    assert main(["index", "info", str(db)]) == 0
+    assert f"dim               {dim}" in capsys.readouterr().out
+    rc, out, _ = _run(capsys, ["predict", str(queries["tokyo"]), "--db", str(db), "-f", "json"])
+    guesses = json.loads(out)[0]["guesses"]
+    assert rc == 0 and guesses
+    assert any("gallery" in g["source"] for g in guesses)
+    # the photo itself is in the database: its own vector is its nearest neighbour
+    near = json.loads(out)[0]["neighbours"]["near"]
+    assert near[0]["id"] == "tokyo.jpg" and near[0]["score"] == pytest.approx(1.0, abs=1e-4)

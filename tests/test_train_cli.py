@@ -22,12 +22,7 @@ from stage1_helpers import TinyEncoder, photo_set
 SMALL_LOC = "location_options = { n_freq = 16, hidden = 32 }\npretrained_location = false\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

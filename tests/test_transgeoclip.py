@@ -10,7 +10,7 @@ from geolocus.errors import InputError
 from geolocus.models import load_model
 from geolocus.models.losses import clip_loss, hardest_negative_triplet, same_place
 from geolocus.models.transgeoclip import TransGeoCLIP, TransGeoCLIPConfig
-from stage1_helpers import random_coords
+from stage1_helpers import overfit, random_coords
 
 SMALL = {
     "backbone": "tiny",
@@ -21,12 +21,7 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n: int = 12, seed: int = 0):
@@ -112,21 +107,11 @@ def test_clip_loss_ignores_pairs_marked_the_same():
 def test_loss_decreases_and_overfits_a_tiny_set():
     m = _model(dropout=0.0, gps_noise_km=0.0)
     b = _data(10)
+    start, final = overfit(m, b, steps=60)
     with torch.no_grad():
-        start = m.eval().loss(b)["loss"].item()
-    m.train()
-    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=3e-3)
-    for _ in range(60):
-        out = m.loss(b)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-    m.eval()
-    with torch.no_grad():
-        final = m.loss(b)["loss"].item()
         img = F.normalize(m.encode_image(b["image_emb"]), dim=1)
         loc = F.normalize(m.encode_location(b["gps"]), dim=1)
-    assert final < 0.3 * start, (start, final)
+    assert final["loss"].item() < 0.3 * start, (start, final["loss"].item())
     assert torch.equal((img @ loc.T).argmax(dim=1), torch.arange(10))
 
 

@@ -43,6 +43,13 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **kwargs) -> Ite
         raise
 
 
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically and return the path."""
+    with atomic_write(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return Path(path)
+
+
 def atomic_path(path: str | os.PathLike[str]) -> contextlib.AbstractContextManager[Path]:
     """Yield a temporary path beside ``path`` for writers that need a filename
     (numpy, pyarrow, safetensors); it replaces ``path`` only on success."""

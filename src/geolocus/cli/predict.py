@@ -58,7 +58,7 @@ def predict(
     import sys
 
     from geolocus.errors import InputError
-    from geolocus.files import atomic_write
+    from geolocus.files import write_text_atomic
     from geolocus.pipeline import FORMATS, Geolocator, expand_inputs, render, write_map
     from geolocus.pipeline.formats import table_text
 
@@ -100,8 +100,7 @@ def predict(
         if out is None:
             typer.echo(text, nl=False)
         else:
-            with atomic_write(out, encoding="utf-8") as fh:
-                fh.write(text)
+            write_text_atomic(out, text)
             typer.echo(f"wrote {len(preds)} predictions to {out}", err=True)
     if map_path is not None and ok:
         for p, path in zip(ok, _map_paths(map_path, len(ok)), strict=True):

@@ -4,7 +4,7 @@ An embedder pairs an image backbone with what turns its features into a
 retrieval vector, and says who it is (``name``, ``version``) so a database
 built with one is never searched with another. Three kinds, one interface:
 
-- a backbone name (``efficientnet-lite2``): the backbone's global embedding;
+- a backbone name (``efficientnet-lite0``): the backbone's global embedding;
 - ``geoclip``: CLIP ViT-L/14 with GeoCLIP's published image head — vectors in
   GeoCLIP's location space, plus GPS candidates from its 100K gallery;
 - a model file written by ``geolocus train`` (GeoCLIP, DualGeo, TransGeoCLIP; see

@@ -207,7 +207,35 @@ class LocationHead(GeoModel):
         return self.search_gallery(embedding, tokens, self._gallery, k)
 
 
-class GeoCLIP(LocationHead):
+class ImageViewModel(LocationHead):
+    """A model whose image side is one head over the backbone's global embedding
+    (GeoCLIP, TransGeoCLIP): that head queries the location space and, with the raw
+    embedding per ``config.retrieval``, gives the retrieval vector. Subclasses define
+    ``encode_image``."""
+
+    def encode_image(self, embedding: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def location_query(self, embedding: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        return self.encode_image(embedding)
+
+    @property
+    def retrieval_dim(self) -> int:
+        return retrieval_dim(self.config.retrieval, self.config.dim, self.config.embed_dim)
+
+    @torch.no_grad()
+    def embed_image(self, embedding: Any, tokens: Any | None = None) -> torch.Tensor:
+        """The retrieval vector ``(B, retrieval_dim)``, unit length (tokens are not used)."""
+        was = self.training
+        self.eval()
+        try:
+            x = self._as_input(embedding)
+            return retrieval_vector(self.encode_image(x), x, self.config.retrieval)
+        finally:
+            self.train(was)
+
+
+class GeoCLIP(ImageViewModel):
     """Image head + location encoder + logit scale, trained with InfoNCE and a GPS queue."""
 
     model_type = "geoclip"
@@ -267,29 +295,11 @@ class GeoCLIP(LocationHead):
             )
         return self.image_head(image_emb.to(self.logit_scale.dtype))
 
-    def location_query(self, embedding: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
-        return self.encode_image(embedding)
-
     def forward(self, image_emb: torch.Tensor, gps: torch.Tensor) -> torch.Tensor:
         """``(B, M)`` logits: scale · cosine(image, location)."""
         img = F.normalize(self.encode_image(image_emb), dim=-1)
         loc = F.normalize(self.encode_location(gps).to(img.dtype), dim=-1)
         return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() * img @ loc.T
-
-    @property
-    def retrieval_dim(self) -> int:
-        return retrieval_dim(self.config.retrieval, self.config.dim, self.config.embed_dim)
-
-    @torch.no_grad()
-    def embed_image(self, embedding: Any, tokens: Any | None = None) -> torch.Tensor:
-        """The retrieval vector ``(B, retrieval_dim)``, unit length (tokens are not used)."""
-        was = self.training
-        self.eval()
-        try:
-            x = self._as_input(embedding)
-            return retrieval_vector(self.encode_image(x), x, self.config.retrieval)
-        finally:
-            self.train(was)
 
     # -- training -------------------------------------------------------------------------------
 

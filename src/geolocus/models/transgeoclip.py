@@ -27,15 +27,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from geolocus.encoders.image import DEFAULT_ENCODER
 from geolocus.errors import InputError
-from geolocus.models.base import ModelConfig, retrieval_dim, retrieval_vector
-from geolocus.models.geoclip import ImageHead, LocationHead
+from geolocus.models.base import ModelConfig
+from geolocus.models.geoclip import ImageHead, ImageViewModel
 from geolocus.models.losses import (
     INIT_LOGIT_SCALE,
     clip_loss,
@@ -71,7 +70,7 @@ class TransGeoCLIPConfig(ModelConfig):
     retrieval: str = "head"
 
 
-class TransGeoCLIP(LocationHead):
+class TransGeoCLIP(ImageViewModel):
     """TransGeoCLIP over frozen backbone features (see the module docstring)."""
 
     model_type = "transgeoclip"
@@ -110,24 +109,6 @@ class TransGeoCLIP(LocationHead):
         if text_emb.ndim != 2 or text_emb.shape[1] != self.config.text_dim:
             raise InputError(f"text embeddings must be (B, {self.config.text_dim})")
         return self.text_head(text_emb.to(self.logit_scale.dtype))
-
-    def location_query(self, embedding: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
-        return self.encode_image(embedding)
-
-    @property
-    def retrieval_dim(self) -> int:
-        return retrieval_dim(self.config.retrieval, self.config.dim, self.config.embed_dim)
-
-    @torch.no_grad()
-    def embed_image(self, embedding: Any, tokens: Any | None = None) -> torch.Tensor:
-        """The retrieval vector ``(B, retrieval_dim)``, unit length (tokens are not used)."""
-        was = self.training
-        self.eval()
-        try:
-            x = self._as_input(embedding)
-            return retrieval_vector(self.encode_image(x), x, self.config.retrieval)
-        finally:
-            self.train(was)
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Batch keys ``image_emb`` (B, D), ``gps`` (B, 2) and, with the text view,

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from geolocus.errors import InputError
-from geolocus.files import atomic_write
+from geolocus.files import atomic_write, write_text_atomic
 
 WORK = ".geolocus"
 PARTIAL = "geotag-partial.csv"
@@ -129,8 +129,7 @@ def write_sidecars(rows: list[dict[str, Any]], root: Path) -> tuple[int, list[st
         if side.exists():
             skipped.append(str(side))
             continue
-        with atomic_write(side, encoding="utf-8") as fh:
-            fh.write(xmp_sidecar(float(r["LAT"]), float(r["LON"])))
+        write_text_atomic(side, xmp_sidecar(float(r["LAT"]), float(r["LON"])))
         written += 1
     return written, skipped
 

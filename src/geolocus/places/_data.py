@@ -49,7 +49,6 @@ CONTINENTS = {
 }
 
 
-
 def _package_file(package: str, *parts: str) -> Path:
     """A data file inside an installed package, located without importing the package."""
     spec = importlib.util.find_spec(package)

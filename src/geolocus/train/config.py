@@ -3,7 +3,7 @@
 ```toml
 [model]                      # type + the model's config fields
 type = "dualgeo"
-backbone = "efficientnet-lite2"
+backbone = "efficientnet-lite0"
 
 [data]                       # a labels CSV (IMG_ID,LAT,LON) and its photos or features
 labels = "../shared/data/im2gps3k/labels.csv"

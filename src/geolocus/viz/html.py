@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from geolocus.errors import GeolocusError
-from geolocus.files import atomic_write
+from geolocus.files import write_text_atomic
 from geolocus.geo import haversine_km
 from geolocus.viz.outline import asset_text, detail_geojson, world_geojson_text
 from geolocus.viz.points import Guess, as_guesses, as_points
@@ -267,6 +267,4 @@ def render_map(
         tiles=tiles,
         detail=detail,
     )
-    with atomic_write(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    return Path(path)
+    return write_text_atomic(path, text)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from geolocus.files import atomic_write
+from geolocus.files import write_text_atomic
 from geolocus.geo import EARTH_RADIUS_KM, equal_earth
 from geolocus.viz.html import confidence_colour
 from geolocus.viz.outline import world_geojson
@@ -165,6 +165,4 @@ def render_svg(
         width=width,
         extent=extent,
     )
-    with atomic_write(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    return Path(path)
+    return write_text_atomic(path, text)
