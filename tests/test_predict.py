@@ -46,6 +46,18 @@ def queries(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+#: Small heads over EfficientNet-Lite0 features, GeoCLIP's location encoder untrained.
+SMALL_LITE0 = {
+    "backbone": "efficientnet-lite0",
+    "embed_dim": 1280,
+    "hidden_dim": 16,
+    "dim": 16,
+    "pretrained_location": False,
+    "location_options": {"n_freq": 8, "hidden": 16},
+    "queue_size": 0,
+}
+
+
 def _run(capsys, argv):
     rc = main(argv)
     cap = capsys.readouterr()
@@ -173,15 +185,7 @@ def test_model_file_database_adds_gallery_candidates(queries, tmp_path, capsys, 
 
     monkeypatch.setenv("GEOLOCUS_CACHE", str(tmp_path / "cache"))  # the encoded gallery
     torch.manual_seed(0)
-    cfg = GeoCLIPConfig(
-        backbone="efficientnet-lite0",
-        embed_dim=1280,
-        hidden_dim=32,
-        dim=16,
-        pretrained_location=False,
-        location_options={"n_freq": 8, "hidden": 16},
-        queue_size=0,
-    )
+    cfg = GeoCLIPConfig(**SMALL_LITE0)
     model_file = tmp_path / "geoclip-lite0.safetensors"
     GeoCLIP(cfg).save(model_file)
     db = _model_database(model_file, queries, tmp_path)
@@ -203,21 +207,7 @@ def _dualgeo_file(path: Path) -> None:
     from geolocus.models.dualgeo import DualGeo, DualGeoConfig
 
     torch.manual_seed(0)
-    m = DualGeo(
-        DualGeoConfig(
-            backbone="efficientnet-lite0",
-            embed_dim=1280,
-            token_dim=1280,
-            classes=4,
-            width=16,
-            hidden_dim=16,
-            dim=16,
-            heads=2,
-            pretrained_location=False,
-            location_options={"n_freq": 8, "hidden": 16},
-            queue_size=0,
-        )
-    )
+    m = DualGeo(DualGeoConfig(**SMALL_LITE0, token_dim=1280, classes=4, width=16, heads=2))
     m.prepare(torch.randn(20, 49, 1280))  # a codebook over lite0-sized tokens
     m.save(path)
 

@@ -55,3 +55,10 @@ def models(
         typer.echo("  ".join(v.ljust(width[i]) for i, v in enumerate(row)).rstrip())
     n_here = sum(r["present"] for r in rows)
     typer.echo(f"{n_here} of {len(rows)} present on this machine")
+    if kind is None:
+        from geolocus.models import list_models
+
+        typer.echo(
+            f"trainable stage-1 models (no shipped weights; `geolocus train`, docs/stage1.md): "
+            f"{', '.join(list_models())}"
+        )
