@@ -1,4 +1,4 @@
-"""The figure of docs/segmentation.md: pseudo-semantic segmentation of a few IM2GPS3k photos.
+"""Pseudo-semantic segmentation of a few IM2GPS3k photos (the figure of docs/segmentation.md).
 
 A 32-class codebook is fitted on the cached tokens of the default backbone
 (EfficientNet-Lite0: 7x7 patches) for the photos of two photographer-grouped
@@ -7,7 +7,7 @@ centre crop; middle: the class of each patch; bottom: the similarity maps
 upsampled bilinearly before choosing). The classes of the top patch row (sky,
 in most outdoor photos) are printed, to check that a class recurs across photos.
 
-    .venv/bin/python bench/segmentation_figure.py --out docs/segmentation.png
+    .venv/bin/python bench/segmentation_figure.py --out out/segmentation.png
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import glob
 import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -28,7 +29,7 @@ TILE = 150
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="docs/segmentation.png")
+    ap.add_argument("--out", default="out/segmentation.png")
     ap.add_argument("--n", type=int, default=5)
     ap.add_argument("--classes", type=int, default=32)
     ap.add_argument("--cache", default="cache/features")
@@ -79,6 +80,7 @@ def main() -> None:
         "rows: photo, patch classes, smoothed",
         fill="black",
     )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     sheet.quantize(colors=256, dither=Image.Dither.NONE).save(args.out, optimize=True)
     print(f"wrote {args.out}: {', '.join(pick)}")
     grid = nearest.encoder.encode(photos[:1]).grid
