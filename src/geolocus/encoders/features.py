@@ -156,9 +156,6 @@ def pool_tokens(tokens, grid: tuple[int, int], out: int):
     return F.adaptive_avg_pool2d(fmap, out).flatten(2).transpose(1, 2)
 
 
-_pool_tokens = pool_tokens  # the name other modules first imported
-
-
 def _open_array(path: Path, shape: tuple[int, ...], dtype: str, resume: bool) -> np.memmap:
     if resume and path.exists():
         arr = np.load(path, mmap_mode="r+")

@@ -111,9 +111,9 @@ class BaseEmbedder:
             return None
         if self.tokens == "full":
             return feats.tokens
-        from geolocus.encoders.features import _pool_tokens
+        from geolocus.encoders.features import pool_tokens
 
-        return _pool_tokens(feats.tokens, feats.grid, self.token_grid)
+        return pool_tokens(feats.tokens, feats.grid, self.token_grid)
 
     def embed(self, images: Sequence[Any] | ImageFeatures) -> np.ndarray:
         """``(B, dim)`` float32 retrieval vectors of photos (Pillow images) or features."""

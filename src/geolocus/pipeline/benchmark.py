@@ -142,8 +142,6 @@ def cross_validate(
 ) -> BenchmarkResult:
     """The ``cv3`` protocol (see the module docstring)."""
     from geolocus.data.im2gps3k import grouped_folds, photographer
-    from geolocus.eval import score_errors
-    from geolocus.geo import haversine_km
     from geolocus.index import Database
     from geolocus.index.build import embed_store
     from geolocus.models.embedder import create_embedder
@@ -158,10 +156,9 @@ def cross_validate(
     embedder = embedder if embedder is not None else create_embedder(model)
     store = cached_features(embedder, paths, ids, cache, progress=progress)
     t_feat = time.perf_counter() - t0
-    rows = np.array([i for i in range(len(ids))])
+    rows = np.arange(len(ids))
     have = set(store.ids)
     readable = np.array([i in have for i in ids])
-    store_row = {i: r for r, i in enumerate(store.ids)}
     vectors = embed_store(embedder, store)
     fold = grouped_folds(ids, folds)
     pred = {r: np.full((len(ids), 2), np.nan) for r in refiners}
@@ -177,10 +174,10 @@ def cross_validate(
                 model=embedder.name,
                 model_version=embedder.version,
             )
-            sr = [store_row[ids[i]] for i in train]
+            sr = store.rows([ids[i] for i in train])
             db.add(vectors[sr], [ids[i] for i in train], truth[train])
             n_db.append(len(db))
-            qr = [store_row[ids[i]] for i in test]
+            qr = store.rows([ids[i] for i in test])
             gps = None
             if embedder.has_gps:
                 tok = None if store.tokens is None else np.asarray(store.tokens[qr], np.float32)
@@ -204,12 +201,7 @@ def cross_validate(
                     f"fold {f + 1}/{folds}: {len(test)} queries, {len(db)} in the database",
                     file=sys.stderr,
                 )
-    scores = {}
-    missing = [ids[i] for i in rows[~readable]]
-    for r in refiners:
-        p, ok = pred[r], readable
-        d = haversine_km(p[ok, 0], p[ok, 1], truth[ok, 0], truth[ok, 1])
-        scores[r] = score_errors(d, n_missing=len(missing), missing=missing)
+    scores = {r: _score(pred[r], truth, ids) for r in refiners}
     return BenchmarkResult(
         protocol=f"cv{folds}",
         model=embedder.name,
@@ -217,8 +209,19 @@ def cross_validate(
         n_queries=len(ids),
         n_database=n_db,
         seconds={"features": t_feat, "search_refine": time.perf_counter() - t1},
-        extra={"k": k, "k_far": k_far, "unreadable": missing},
+        extra={"k": k, "k_far": k_far, "unreadable": [ids[i] for i in rows[~readable]]},
     )
+
+
+def _score(pred: np.ndarray, truth: np.ndarray, ids: list[str]):
+    """Scores of ``pred`` (NaN rows: photos not predicted, counted as misses and named)."""
+    from geolocus.eval import score_errors
+    from geolocus.geo import haversine_km
+
+    ok = ~np.isnan(pred[:, 0])
+    d = haversine_km(pred[ok, 0], pred[ok, 1], truth[ok, 0], truth[ok, 1])
+    missing = [i for i, good in zip(ids, ok, strict=True) if not good]
+    return score_errors(d, n_missing=len(missing), missing=missing)
 
 
 def holdout(
@@ -238,8 +241,6 @@ def holdout(
 ) -> tuple[BenchmarkResult, list[Any], np.ndarray]:
     """The ``holdout`` protocol: returns the result, the predictions and their truth."""
     from geolocus.data.im2gps3k import grouped_folds, photographer
-    from geolocus.eval import score_errors
-    from geolocus.geo import haversine_km
     from geolocus.index.build import Inputs, build_database
     from geolocus.models.embedder import create_embedder
     from geolocus.pipeline.geolocator import Geolocator
@@ -279,12 +280,7 @@ def holdout(
     t2 = time.perf_counter()
     preds = geo.predict([paths[i] for i in test], progress=progress)
     t_pred = time.perf_counter() - t2
-    p = top1(preds)
-    ok = ~np.isnan(p[:, 0])
-    tt = truth[test]
-    d = haversine_km(p[ok, 0], p[ok, 1], tt[ok, 0], tt[ok, 1])
-    missing = [ids[i] for i, good in zip(test, ok, strict=True) if not good]
-    scores = {refine: score_errors(d, n_missing=len(missing), missing=missing)}
+    scores = {refine: _score(top1(preds), truth[test], [ids[i] for i in test])}
     res = BenchmarkResult(
         protocol=f"holdout (fold {test_fold} of {folds})",
         model=embedder.name,
@@ -299,7 +295,7 @@ def holdout(
         },
         extra={"timing": dict(geo.timing), "built": not built.up_to_date},
     )
-    return res, preds, tt
+    return res, preds, truth[test]
 
 
 def examples_table(preds: list[Any], truth: np.ndarray) -> str:

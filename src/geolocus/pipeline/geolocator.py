@@ -33,7 +33,7 @@ from geolocus.index.database import Database
 from geolocus.pipeline.candidates import MERGE_KM, SUPPORT_KM, distinct_places, pool_candidates
 from geolocus.pipeline.fitting import fit_on_database
 from geolocus.pipeline.results import Guess, Prediction
-from geolocus.refine import Neighbours, Refiner, create
+from geolocus.refine import Refiner, create
 
 #: Refiner used when none is named.
 DEFAULT_REFINER = "dualgeo"
@@ -50,20 +50,6 @@ def _name_of(item: Any, i: int) -> str:
     if isinstance(item, (str, os.PathLike)):
         return str(item)
     return str(getattr(item, "filename", "") or getattr(item, "name", "") or f"<image {i + 1}>")
-
-
-def _row(nb: Neighbours, i: int) -> Neighbours:
-    """Query ``i`` of a batch of neighbours (ids kept, unlike ``Neighbours.subset``)."""
-    pick = lambda a: None if a is None else a[i : i + 1]  # noqa: E731
-    return Neighbours(
-        ids=nb.ids[i : i + 1],
-        near=nb.near[i : i + 1],
-        far=nb.far[i : i + 1],
-        near_scores=pick(nb.near_scores),
-        far_scores=pick(nb.far_scores),
-        near_ids=pick(nb.near_ids),
-        far_ids=pick(nb.far_ids),
-    )
 
 
 class Geolocator:
@@ -377,7 +363,7 @@ class Geolocator:
                     image=str(ids[i]),
                     guesses=guesses,
                     exif_gps=None if exif is None else exif[i],
-                    neighbours=_row(nb, i),
+                    neighbours=nb.subset(slice(i, i + 1)),
                 )
             )
         if self.lmm is not None:
