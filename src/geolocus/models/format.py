@@ -114,8 +114,3 @@ def read_model_file(
 def model_type_of(path: str | os.PathLike[str]) -> str:
     """The ``geolocus.model`` entry of a file, without reading its tensors."""
     return read_metadata(path)[META_MODEL]
-
-
-def config_of(path: str | os.PathLike[str]) -> dict:
-    """The model config stored in a file, without reading its tensors."""
-    return json.loads(read_metadata(path)[META_CONFIG])

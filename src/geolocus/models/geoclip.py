@@ -210,11 +210,17 @@ class LocationHead(GeoModel):
 class ImageViewModel(LocationHead):
     """A model whose image side is one head over the backbone's global embedding
     (GeoCLIP, TransGeoCLIP): that head queries the location space and, with the raw
-    embedding per ``config.retrieval``, gives the retrieval vector. Subclasses define
-    ``encode_image``."""
+    embedding per ``config.retrieval``, gives the retrieval vector. Subclasses build
+    ``image_head`` and ``logit_scale``."""
 
-    def encode_image(self, embedding: torch.Tensor) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    def encode_image(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Backbone embeddings ``(B, embed_dim)`` -> ``(B, dim)`` (not normalised)."""
+        if embedding.ndim != 2 or embedding.shape[1] != self.config.embed_dim:
+            raise InputError(
+                f"image embeddings must be (B, {self.config.embed_dim}), got "
+                f"{tuple(embedding.shape)}"
+            )
+        return self.image_head(embedding.to(self.logit_scale.dtype))
 
     def location_query(self, embedding: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
         return self.encode_image(embedding)
@@ -285,15 +291,6 @@ class GeoCLIP(ImageViewModel):
         return self.queue.length
 
     # -- encoders -------------------------------------------------------------------------------
-
-    def encode_image(self, image_emb: torch.Tensor) -> torch.Tensor:
-        """Backbone embeddings ``(B, embed_dim)`` -> ``(B, dim)`` (not normalised)."""
-        if image_emb.ndim != 2 or image_emb.shape[1] != self.config.embed_dim:
-            raise InputError(
-                f"image embeddings must be (B, {self.config.embed_dim}), got "
-                f"{tuple(image_emb.shape)}"
-            )
-        return self.image_head(image_emb.to(self.logit_scale.dtype))
 
     def forward(self, image_emb: torch.Tensor, gps: torch.Tensor) -> torch.Tensor:
         """``(B, M)`` logits: scale · cosine(image, location)."""

@@ -94,14 +94,6 @@ class TransGeoCLIP(ImageViewModel):
         """Training batches carry ``text_emb`` only with the text view."""
         return self.config.use_text
 
-    def encode_image(self, embedding: torch.Tensor) -> torch.Tensor:
-        if embedding.ndim != 2 or embedding.shape[1] != self.config.embed_dim:
-            raise InputError(
-                f"image embeddings must be (B, {self.config.embed_dim}), got "
-                f"{tuple(embedding.shape)}"
-            )
-        return self.image_head(embedding.to(self.logit_scale.dtype))
-
     def encode_text(self, text_emb: torch.Tensor) -> torch.Tensor:
         """Sentence embeddings ``(B, text_dim)`` (MiniLM) -> ``(B, dim)``, not normalised."""
         if not self.config.use_text:

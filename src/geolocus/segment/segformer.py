@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from geolocus.encoders.image.base import IMAGENET_MEAN as _MEAN
+from geolocus.encoders.image.base import IMAGENET_STD as _STD
 from geolocus.errors import ModelUnavailableError
 from geolocus.segment.base import Segmenter
 from geolocus.segment.catalog import SEGFORMER_ADE
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+IMAGENET_MEAN = np.array(_MEAN, dtype=np.float32)
+IMAGENET_STD = np.array(_STD, dtype=np.float32)
 #: A tiny SegFormer for tests: two stages, 16/32 channels.
 SMALL_CONFIG = {
     "num_encoder_blocks": 2,

@@ -93,11 +93,6 @@ def read_config(path: str | os.PathLike[str]) -> dict:
     return json.loads(read_metadata(path)[META_CONFIG])
 
 
-def read_train_config(path: str | os.PathLike[str]) -> dict:
-    """The training settings stored in a checkpoint (``{}`` in a plain model file)."""
-    return json.loads(read_metadata(path).get(META_TRAIN, "{}"))
-
-
 def load_checkpoint(
     path: str | os.PathLike[str],
     model: torch.nn.Module,

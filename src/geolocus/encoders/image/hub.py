@@ -36,7 +36,7 @@ from geolocus.encoders.image.base import (
 )
 from geolocus.encoders.image.catalog import EncoderSpec
 from geolocus.errors import ModelUnavailableError
-from geolocus.weights import WEIGHTS_DIR_ENV, hf_cache, user_weights
+from geolocus.weights import WEIGHTS_DIR_ENV, hf_cache
 
 # Architectures of the published checkpoints (their config.json, written out).
 _CLIP_L14 = dict(
@@ -147,7 +147,7 @@ def build(
     if overrides:
         raise ValueError("config overrides apply to pretrained=False only")
     model_id = spec.model_id or spec.name
-    local = Path(weights) if weights is not None else user_weights(spec.name) or hf_cache(model_id)
+    local = Path(weights) if weights is not None else spec.locate()
     hint = f"pass --weights DIR or put a copy of {model_id} in ${WEIGHTS_DIR_ENV}/{spec.name}"
     if local is not None:
         if not (local / "config.json").is_file():
