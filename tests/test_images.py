@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageFile
 
 import geolocus.data.images as images
-from geolocus.data.images import BACKGROUND, list_images, load_image, read_exif_gps
+from geolocus.data.images import BACKGROUND, list_images, load_image, load_photo, read_exif_gps
 from geolocus.errors import ImageError, InputError
 
 
@@ -243,6 +243,18 @@ def test_exif_gps_unreadable_file(tmp_path: Path) -> None:
     p.write_text("not a photo")
     with pytest.raises(ImageError):
         read_exif_gps(p)
+
+
+def test_load_photo_is_load_image_and_read_exif_gps_in_one_read(tmp_path: Path) -> None:
+    gps = {1: "S", 2: (33.0, 51.0, 54.0), 3: "E", 4: (151.0, 12.0, 36.0)}
+    p = _gps_jpeg(tmp_path, "s.jpg", gps)
+    for src in (p, p.read_bytes()):
+        im, got = load_photo(src, min_size=8)
+        assert got == read_exif_gps(p)
+        assert np.array_equal(np.asarray(im), np.asarray(load_image(p, min_size=8)))
+    assert load_photo(_jpeg(tmp_path, "plain.jpg", _halves()))[1] is None
+    with pytest.raises(ImageError):
+        load_photo(b"not a photo")
 
 
 def test_list_images(tmp_path: Path) -> None:

@@ -222,7 +222,25 @@ def load_image(
     Raises :class:`ImageError` (one line, naming the file) for anything unusable.
     """
     data, name = _read_bytes(source, max_bytes)
+    return _decode(_open(data, name, max_pixels), name, min_size)
+
+
+def load_photo(
+    source: Source,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    min_size: int | None = None,
+) -> tuple[Image.Image, tuple[float, float] | None]:
+    """:func:`load_image` and :func:`read_exif_gps` of one photo, read and parsed once."""
+    data, name = _read_bytes(source, max_bytes)
     im = _open(data, name, max_pixels)
+    gps = _exif_gps(im)
+    return _decode(im, name, min_size), gps
+
+
+def _decode(im: Image.Image, name: str, min_size: int | None) -> Image.Image:
+    """Decode an opened photo (reduced where ``min_size`` allows), upright, 8-bit RGB."""
     try:
         if min_size is not None and im.format in ("JPEG", "MPO"):
             w, h = im.size
@@ -284,7 +302,11 @@ def read_exif_gps(
     :class:`ImageError` like :func:`load_image`.
     """
     data, name = _read_bytes(source, max_bytes)
-    im = _open(data, name, max_pixels=2**62)  # pixels are never decoded here
+    return _exif_gps(_open(data, name, max_pixels=2**62))  # pixels are never decoded here
+
+
+def _exif_gps(im: Image.Image) -> tuple[float, float] | None:
+    """The EXIF GPS position of an opened photo (see :func:`read_exif_gps`)."""
     try:
         gps = im.getexif().get_ifd(0x8825)
     except Exception:  # a malformed EXIF block is "no GPS", not an unreadable photo

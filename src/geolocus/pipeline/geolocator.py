@@ -198,7 +198,7 @@ class Geolocator:
         """(pixels, image kept for the LMM, EXIF GPS, error) of one input."""
         from PIL import Image
 
-        from geolocus.data.images import load_image, read_exif_gps, to_rgb
+        from geolocus.data.images import load_photo, to_rgb
 
         prep = self.embedder.encoder.preprocessing
         try:
@@ -211,11 +211,7 @@ class Geolocator:
                     if not isinstance(src, (bytes, bytearray)):
                         raise ImageError(f"{_name_of(item, i)}: not a binary file object")
                 min_side = None if self.lmm is not None else prep.resize
-                im = load_image(src, min_size=min_side)
-                try:
-                    gps = read_exif_gps(src)
-                except ImageError:
-                    gps = None
+                im, gps = load_photo(src, min_size=min_side)
             arr = prep.image(im)
             return arr, (im if self.lmm is not None else None), gps, None
         except ImageError as e:
