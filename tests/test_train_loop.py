@@ -121,3 +121,23 @@ def test_minibatches_are_a_permutation_per_epoch():
     assert sorted(a) == list(range(10)) and sorted(b) == list(range(10))
     assert not np.array_equal(a, b)
     assert np.array_equal(a, np.concatenate(list(minibatches(10, 3, epoch=0))))
+
+
+def test_eval_mode_restores_the_mode_even_after_an_error():
+    import torch
+
+    from geolocus.nn import eval_mode
+
+    m = torch.nn.Dropout(0.5).train()
+    with eval_mode(m):
+        assert not m.training
+    assert m.training
+    try:
+        with eval_mode(m):
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert m.training
+    with eval_mode(m.eval()):
+        pass
+    assert not m.training

@@ -52,6 +52,7 @@ import numpy as np
 from geolocus.data.images import load_image
 from geolocus.errors import ImageError, InputError
 from geolocus.files import atomic_path, atomic_write
+from geolocus.nn import eval_mode
 
 FORMAT_VERSION = 1
 TokensMode = Literal[False, "pooled", "full"]
@@ -251,10 +252,12 @@ def extract_features(
     bar = tqdm(
         total=n, initial=done, desc=f"features {encoder.name}", unit="img", disable=not progress
     )
-    was_training = encoder.training
-    encoder.eval()
     try:
-        with ThreadPoolExecutor(max_workers=max(1, loader_threads)) as pool, torch.no_grad():
+        with (
+            eval_mode(encoder),
+            ThreadPoolExecutor(max_workers=max(1, loader_threads)) as pool,
+            torch.no_grad(),
+        ):
             while done < n:
                 stop = min(n, done + chunk_size)
                 batches = [
@@ -295,7 +298,6 @@ def extract_features(
                     json.dump(state, fh)
     finally:
         bar.close()
-        encoder.train(was_training)
 
     if state["failed"] and progress:
         n_bad = len(state["failed"])

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from geolocus.errors import ModelUnavailableError
+from geolocus.nn import eval_mode
 from geolocus.weights import WeightsInfo, package_file, register_weights, user_weights
 
 MINILM = "all-minilm-l6-v2"
@@ -99,8 +100,8 @@ class TextEncoder(nn.Module):
     @torch.no_grad()
     def encode(self, sentences: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Embeddings of many sentences, in batches, without gradients."""
-        was = self.training
-        self.eval()
-        outs = [self(sentences[i : i + batch_size]) for i in range(0, len(sentences), batch_size)]
-        self.train(was)
+        with eval_mode(self):
+            outs = [
+                self(sentences[i : i + batch_size]) for i in range(0, len(sentences), batch_size)
+            ]
         return torch.cat(outs) if outs else torch.empty(0, self.dim)

@@ -44,6 +44,7 @@ from geolocus.models.base import ModelConfig, retrieval_dim, retrieval_vector
 from geolocus.models.fusion import BiCrossAttention, SegmentationView, SelfAttention, sincos_2d
 from geolocus.models.geoclip import ImageHead, LocationHead
 from geolocus.models.losses import INIT_LOGIT_SCALE, info_nce, logit_scale_param, scale_of
+from geolocus.nn import eval_mode
 from geolocus.segment.codebook import TokenCodebook
 
 
@@ -158,13 +159,9 @@ class DualGeo(LocationHead):
         """The retrieval vector ``(B, retrieval_dim)``, unit length; needs the tokens."""
         if tokens is None:
             raise InputError("DualGeo.embed_image needs the backbone's patch tokens")
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             x, t = self._as_input(embedding), self._as_input(tokens)
             return retrieval_vector(self.views(x, t)[0], x, self.config.retrieval)
-        finally:
-            self.train(was)
 
     # -- training -------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from geolocus.errors import InputError
 from geolocus.files import atomic_path
 from geolocus.files import cache_dir as user_cache_dir
 from geolocus.geo import validate_latlon
+from geolocus.nn import eval_mode
 
 #: Bump when the cached file layout or the encoding procedure changes.
 _FORMAT = "geolocus-gps-gallery-1"
@@ -79,9 +80,7 @@ def encode_locations(
             "this location encoder makes each embedding depend on its batch "
             "(context='batch'): it cannot encode a gallery; use context='anchors'"
         )
-    was_training = encoder.training
-    encoder.eval()
-    try:
+    with eval_mode(encoder):
         param = next(encoder.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         n = len(coords)
@@ -100,8 +99,6 @@ def encode_locations(
                 bar.update(len(e))
         if bar is not None:
             bar.close()
-    finally:
-        encoder.train(was_training)
     if out is None:
         raise InputError("the GPS gallery is empty")
     return out
@@ -242,15 +239,10 @@ def _probe_dim(encoder: nn.Module, coords: np.ndarray) -> int:
     dim = getattr(encoder, "dim", None)
     if isinstance(dim, int):
         return dim
-    with torch.no_grad():
-        was = encoder.training
-        encoder.eval()
-        try:
-            param = next(encoder.parameters(), None)
-            dev = param.device if param is not None else None
-            return int(encoder(torch.as_tensor(coords[:1], device=dev)).shape[-1])
-        finally:
-            encoder.train(was)
+    with torch.no_grad(), eval_mode(encoder):
+        param = next(encoder.parameters(), None)
+        dev = param.device if param is not None else None
+        return int(encoder(torch.as_tensor(coords[:1], device=dev)).shape[-1])
 
 
 def _load_cached(path: Path, n: int) -> np.ndarray | None:

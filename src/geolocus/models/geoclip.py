@@ -35,6 +35,7 @@ from geolocus.models.losses import (
     jitter_gps,
     scale_of,
 )
+from geolocus.nn import eval_mode
 
 __all__ = ["CLIP_VITL14_DIM", "GeoCLIP", "GeoCLIPConfig", "ImageHead", "jitter_gps"]
 
@@ -187,13 +188,9 @@ class LocationHead(GeoModel):
             )
         if gallery.dim != self.config.dim:
             raise InputError(f"gallery is {gallery.dim}-d, the model {self.config.dim}-d")
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             tok = None if tokens is None else self._as_input(tokens)
             q = self.location_query(self._as_input(embedding), tok)
-        finally:
-            self.train(was)
         return gallery.search(q, k, logit_scale=float(scale_of(self.logit_scale)))
 
     def gps_candidates(
@@ -232,13 +229,9 @@ class ImageViewModel(LocationHead):
     @torch.no_grad()
     def embed_image(self, embedding: Any, tokens: Any | None = None) -> torch.Tensor:
         """The retrieval vector ``(B, retrieval_dim)``, unit length (tokens are not used)."""
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             x = self._as_input(embedding)
             return retrieval_vector(self.encode_image(x), x, self.config.retrieval)
-        finally:
-            self.train(was)
 
 
 class GeoCLIP(ImageViewModel):

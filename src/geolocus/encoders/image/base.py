@@ -25,6 +25,7 @@ from PIL import Image
 from torch import nn
 
 from geolocus.data.images import to_rgb
+from geolocus.nn import eval_mode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -113,12 +114,8 @@ class ImageEncoder(nn.Module):
     @torch.no_grad()
     def encode(self, images: Sequence[Image.Image]) -> ImageFeatures:
         """Preprocess and run in inference mode (no gradients, eval-mode layers)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return self(self.preprocess(images))
-        finally:
-            self.train(was_training)
 
     def fingerprint(self) -> dict[str, str]:
         """Everything that determines the features: name, weights, preprocessing, pooling."""
