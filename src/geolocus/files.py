@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -86,3 +86,22 @@ def cache_dir(*parts: str) -> Path:
     else:
         root = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "geolocus"
     return root.joinpath(*parts)
+
+
+def cached_arrays(path: str | os.PathLike[str], build: Callable[[], dict]) -> dict:
+    """Named numpy arrays from the ``.npz`` cache at ``path``, else ``build()`` and cache
+    them there (atomically; an unreadable cache is rebuilt, an unwritable one only costs
+    speed)."""
+    import numpy as np
+
+    path = Path(path)
+    if path.is_file():
+        with (
+            contextlib.suppress(OSError, ValueError, KeyError),
+            np.load(path, allow_pickle=False) as z,
+        ):
+            return {k: z[k] for k in z.files}
+    arrays = build()
+    with contextlib.suppress(OSError), atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    return arrays

@@ -11,7 +11,6 @@ language only above a probability threshold and for texts of a few letters.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 from array import array
@@ -63,18 +62,9 @@ def _decode_model() -> dict[str, np.ndarray]:
 def _identifier():
     from langid.langid import LanguageIdentifier
 
-    path = _cache_file()
-    arrays = None
-    if path.is_file():
-        with contextlib.suppress(OSError, ValueError, KeyError), np.load(path) as z:
-            arrays = {k: z[k] for k in z.files}
-    if arrays is None:
-        arrays = _decode_model()
-        with contextlib.suppress(OSError):
-            from geolocus.files import atomic_path
+    from geolocus.files import cached_arrays
 
-            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
+    arrays = cached_arrays(_cache_file(), _decode_model)
     pc = arrays["nb_pc"]
     ptc = arrays["nb_ptc"].reshape(-1, len(pc))
     nextmove = array("q", arrays["nextmove"].tobytes())

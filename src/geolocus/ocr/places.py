@@ -23,7 +23,6 @@ population, since big places are named more often than small ones.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import functools
 import hashlib
@@ -273,20 +272,9 @@ class PlaceMatcher:
     @functools.cache
     def load(cls) -> PlaceMatcher:
         """The shared matcher: from the disk cache, else built (seconds) and cached."""
-        path = _cache_file()
-        if path.is_file():
-            with (
-                contextlib.suppress(OSError, ValueError, KeyError),
-                np.load(path, allow_pickle=False) as z,
-            ):
-                return cls({k: z[k] for k in z.files})
-        arrays = _build()
-        with contextlib.suppress(OSError):
-            from geolocus.files import atomic_path
+        from geolocus.files import cached_arrays
 
-            with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-        return cls(arrays)
+        return cls(cached_arrays(_cache_file(), _build))
 
     def _candidates(self, line: str) -> list[str]:
         text = normalise(line)
