@@ -88,6 +88,17 @@ def cache_dir(*parts: str) -> Path:
     return root.joinpath(*parts)
 
 
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def cached_arrays(path: str | os.PathLike[str], build: Callable[[], dict]) -> dict:
     """Named numpy arrays from the ``.npz`` cache at ``path``, else ``build()`` and cache
     them there (atomically; an unreadable cache is rebuilt, an unwritable one only costs

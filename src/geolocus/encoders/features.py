@@ -114,11 +114,9 @@ class FeatureStore:
         tok = np.load(root / "tokens.npy", mmap_mode="r") if meta.get("tokens") else None
         if emb.shape[0] != len(ids) or (tok is not None and tok.shape[0] != len(ids)):
             raise InputError(f"{root}: feature store is inconsistent (row counts differ)")
-        failed: list[dict[str, str]] = []
-        if (root / "failed.csv").is_file():
-            with open(root / "failed.csv", newline="", encoding="utf-8") as fh:
-                failed = list(csv.DictReader(fh))
-        return cls(root=root, ids=ids, embeddings=emb, tokens=tok, meta=meta, failed=failed)
+        return cls(
+            root=root, ids=ids, embeddings=emb, tokens=tok, meta=meta, failed=read_failed(root)
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -145,6 +143,16 @@ class FeatureStore:
         """L2-normalised float32 embeddings (loaded into memory) for cosine similarity."""
         e = np.asarray(self.embeddings if rows is None else self.embeddings[rows], np.float32)
         return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
+def read_failed(folder: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The photos an extraction could not read (``failed.csv``: id, path, error), even
+    when it ended early."""
+    path = Path(folder) / "failed.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
 
 
 def pool_tokens(tokens, grid: tuple[int, int], out: int):

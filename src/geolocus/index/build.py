@@ -177,9 +177,8 @@ def write_report(db_path: Path, stage: str, problems: list[Problem], replace_sta
     """Write ``report.csv``: earlier stages' rows kept (or this stage's replaced), then ours."""
     path = Path(db_path) / REPORT
     rows: list[dict[str, str]] = []
-    if path.is_file():
-        with contextlib.suppress(OSError, csv.Error), open(path, newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if not (replace_stage and r["stage"] == stage)]
+    with contextlib.suppress(OSError, csv.Error):
+        rows = [r for r in read_report(db_path) if not (replace_stage and r["stage"] == stage)]
     rows += [
         {"stage": stage, "id": p.id, "path": p.path, "problem": p.problem, "detail": p.detail}
         for p in problems
@@ -241,11 +240,9 @@ def _features(
 
 def _failed(folder: Path) -> list[Problem]:
     """The unreadable photos an extraction listed, even when it ended in an error."""
-    path = folder / "failed.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [Problem(r["id"], r["path"], "unreadable", r["error"]) for r in csv.DictReader(fh)]
+    from geolocus.encoders.features import read_failed
+
+    return [Problem(r["id"], r["path"], "unreadable", r["error"]) for r in read_failed(folder)]
 
 
 def _store_rows(inputs: Inputs, store: Any) -> tuple[np.ndarray, list[str]]:
@@ -296,13 +293,19 @@ def build_database(
             f"none of the photos has a position ({len(inputs.problems)} left out, "
             f"see {path / REPORT})"
         )
-    # validate the factory before the long part
-    probe = Database.create(
-        path, dim=embedder.dim, model=embedder.name, factory=factory, overwrite=True
+    # the (empty, unsaved) database first: its factory is validated before the long part
+    db = Database.create(
+        path,
+        dim=embedder.dim,
+        model=embedder.name,
+        model_version=embedder.version,
+        factory=factory,
+        overwrite=True,
+        extra={"build_key": key, "embedder": embedder.describe(), "images": inputs.root},
     )
-    if not probe.index.is_trained and len(inputs) < probe._training_size():
+    if not db.index.is_trained and len(inputs) < db._training_size():
         raise InputError(
-            f"FAISS index {factory!r} must be trained on at least {probe._training_size()} "
+            f"FAISS index {factory!r} must be trained on at least {db._training_size()} "
             f"vectors, and there are {len(inputs)} photos; use 'Flat' for small databases"
         )
     folder = path / FEATURES / "build"
@@ -316,15 +319,6 @@ def build_database(
     problems = inputs.problems + bad
     rows, paths = _store_rows(inputs, store)
     vectors = embed_store(embedder, store)
-    db = Database.create(
-        path,
-        dim=embedder.dim,
-        model=embedder.name,
-        model_version=embedder.version,
-        factory=factory,
-        overwrite=True,
-        extra={"build_key": key, "embedder": embedder.describe(), "images": inputs.root},
-    )
     if old is not None:  # the next save replaces the old generation's files
         db.manifest.generation = old.manifest.generation
         (path / REPORT).unlink(missing_ok=True)  # the old database's rows (add stages too)

@@ -9,24 +9,19 @@ an error (and reported once), so it is not retried either.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from geolocus.errors import ImageError
-from geolocus.files import atomic_write
+from geolocus.files import atomic_write, sha256_file
 from geolocus.ocr.backends import OCRBackend, TextBox
 
 
 def file_hash(path: str | os.PathLike[str]) -> str:
     """SHA-256 of a file's bytes (the cache key)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 class OCRCache:

@@ -25,6 +25,7 @@ from PIL import Image
 from torch import nn
 
 from geolocus.data.images import to_rgb
+from geolocus.files import sha256_file
 from geolocus.nn import eval_mode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -155,11 +156,7 @@ def file_identity(path: str | os.PathLike[str]) -> str:
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _HASHES[key] = "sha256:" + h.hexdigest()[:16]
+        _HASHES[key] = "sha256:" + sha256_file(p)[:16]
     return _HASHES[key]
 
 
