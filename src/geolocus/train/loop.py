@@ -104,8 +104,6 @@ def fit(
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=config.step_size, gamma=config.gamma)
     start, history = 0, []
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    if model_config is None and hasattr(model, "config_dict"):
-        model_config = model.config_dict()
     if resume and ckpt is not None and ckpt.exists():
         state = load_checkpoint(ckpt, model, opt, sched)
         start, history = int(state.get("epoch", 0)), list(state.get("history", []))
@@ -174,7 +172,7 @@ def fit(
                 save_checkpoint(
                     ckpt,
                     model,
-                    model_config or {},
+                    model_config,
                     opt,
                     sched,
                     {"epoch": epoch + 1, "history": history},

@@ -41,7 +41,7 @@ def train_from_config(
     must match).
     """
     from geolocus.models import model_class
-    from geolocus.train.checkpoint import load_checkpoint, read_config
+    from geolocus.train.checkpoint import read_config
     from geolocus.train.data import load_training_set
 
     train = TrainConfig(**cfg.get("train", {}))
@@ -82,8 +82,8 @@ def train_from_config(
                 f"{ckpt} was trained with another model config (differs in {', '.join(diff)}); "
                 "train afresh without --resume or restore those values"
             )
-        load_checkpoint(ckpt, model)  # the codebook etc. before prepare()
-    model.prepare(data)
+    else:  # a resumed run gets its fitted parts (the codebook) back from the checkpoint
+        model.prepare(data)
     res = fit(
         model,
         data.batches(train.batch_size, seed=train.seed),
