@@ -168,6 +168,8 @@ def test_config_errors_are_one_line(tmp_path, tiny_store, capsys):
     assert err.count("geolocus: error:") == 4 and "nope" in err
     with pytest.raises(InputError, match="say which"):
         apply_overrides({"model": {"seed": 1}, "train": {"seed": 2}}, ["seed=3"])
+    with pytest.raises(InputError, match="say which"):  # not a [train] key of configs
+        apply_overrides({}, ["extra=1"])
     assert apply_overrides({}, ["epochs=3", "model.retrieval=head"]) == {
         "train": {"epochs": 3},
         "model": {"retrieval": "head"},

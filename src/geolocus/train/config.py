@@ -37,6 +37,8 @@ from geolocus.errors import InputError
 from geolocus.train.loop import TrainConfig
 
 SECTIONS = ("model", "data", "train", "output")
+#: The [train] keys: TrainConfig's fields (``extra`` is for code, not configs).
+TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"extra"}
 DATA_KEYS = {"labels", "images", "features", "cache", "folds", "holdout"}
 OUTPUT_KEYS = {"path", "checkpoint"}
 
@@ -52,7 +54,6 @@ def parse_value(text: str) -> Any:
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
     """``section.key=value`` (or ``key=value`` when one section has that key)."""
     cfg = copy.deepcopy(config)
-    train_keys = {f.name for f in fields(TrainConfig)}
     for item in overrides:
         if "=" not in item:
             raise InputError(f"--set expects KEY=VALUE, got {item!r}")
@@ -63,7 +64,7 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
             owners = [s for s in SECTIONS if key in cfg.get(s, {})]
             if len(owners) == 1:
                 section = owners[0]
-            elif not owners and key in train_keys:
+            elif not owners and key in TRAIN_KEYS:
                 section = "train"
             else:
                 where = " or ".join(f"{s}.{key}" for s in owners) or f"SECTION.{key}"
@@ -104,10 +105,9 @@ def check_config(cfg: dict, where: str = "config") -> None:
         raise InputError(f"{where}: [data] needs labels (a CSV with IMG_ID,LAT,LON)")
     if "images" not in data and "features" not in data:
         raise InputError(f"{where}: [data] needs images (a folder) or features (a store)")
-    train_keys = {f.name for f in fields(TrainConfig)} - {"extra"}
-    bad = sorted(set(cfg.get("train", {})) - train_keys)
+    bad = sorted(set(cfg.get("train", {})) - TRAIN_KEYS)
     if bad:
-        known = ", ".join(sorted(train_keys))
+        known = ", ".join(sorted(TRAIN_KEYS))
         raise InputError(f"{where}: unknown [train] key(s) {', '.join(bad)}; known: {known}")
     out = cfg.get("output", {})
     bad = sorted(set(out) - OUTPUT_KEYS)
