@@ -43,7 +43,13 @@ from geolocus.errors import InputError
 from geolocus.models.base import ModelConfig, retrieval_dim, retrieval_vector
 from geolocus.models.fusion import BiCrossAttention, SegmentationView, SelfAttention, sincos_2d
 from geolocus.models.geoclip import ImageHead, LocationHead
-from geolocus.models.losses import INIT_LOGIT_SCALE, info_nce, logit_scale_param, scale_of
+from geolocus.models.losses import (
+    INIT_LOGIT_SCALE,
+    in_batch_accuracy,
+    info_nce,
+    logit_scale_param,
+    scale_of,
+)
 from geolocus.nn import eval_mode
 from geolocus.segment.codebook import TokenCodebook
 
@@ -186,8 +192,6 @@ class DualGeo(LocationHead):
             out["loss_seg"] = loss_seg
         if self.training:
             self.enqueue(gps, pos)
-        with torch.no_grad():
-            target = torch.arange(len(fused), device=fused.device)
-            out["acc"] = ((fused @ keys.T).argmax(dim=1) == target).float().mean()
-            out["logit_scale"] = scale_of(self.logit_scale).detach()
+        out["acc"] = in_batch_accuracy(fused, keys)
+        out["logit_scale"] = scale_of(self.logit_scale)
         return {"loss": loss, **{k: v.detach() for k, v in out.items()}}

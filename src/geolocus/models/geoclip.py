@@ -29,10 +29,11 @@ from geolocus.models.gallery import GPSGallery, fingerprint
 from geolocus.models.losses import (
     INIT_LOGIT_SCALE,
     KM_PER_DEGREE,  # noqa: F401  (re-exported)
-    MAX_LOGIT_SCALE,
     GPSQueue,
+    in_batch_accuracy,
     info_nce,
     jitter_gps,
+    logit_scale_param,
     scale_of,
 )
 from geolocus.nn import eval_mode
@@ -246,7 +247,7 @@ class GeoCLIP(ImageViewModel):
         self.config = cfg
         hidden = cfg.hidden_dim or cfg.embed_dim
         self.image_head = ImageHead(cfg.embed_dim, hidden, cfg.dim, cfg.dropout)
-        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+        self.logit_scale = logit_scale_param(cfg.init_logit_scale)
         self._init_location()
 
     # -- construction ---------------------------------------------------------------------------
@@ -289,7 +290,7 @@ class GeoCLIP(ImageViewModel):
         """``(B, M)`` logits: scale · cosine(image, location)."""
         img = F.normalize(self.encode_image(image_emb), dim=-1)
         loc = F.normalize(self.encode_location(gps).to(img.dtype), dim=-1)
-        return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() * img @ loc.T
+        return scale_of(self.logit_scale) * img @ loc.T
 
     # -- training -------------------------------------------------------------------------------
 
@@ -320,9 +321,7 @@ class GeoCLIP(ImageViewModel):
         loss = info_nce(img, keys, self.logit_scale)
         if update_queue and self.training:
             self.enqueue(gps, pos)
-        with torch.no_grad():
-            target = torch.arange(len(img), device=img.device)
-            acc = ((img @ keys.T).argmax(dim=1) == target).float().mean()
+        acc = in_batch_accuracy(img, keys)
         return {"loss": loss, "acc": acc, "logit_scale": scale_of(self.logit_scale).detach()}
 
     # -- prediction -----------------------------------------------------------------------------
@@ -333,23 +332,3 @@ class GeoCLIP(ImageViewModel):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k gallery locations per image: ``coords (B, k, 2)``, ``probs (B, k)``."""
         return self.search_gallery(image_emb, None, gallery, k)
-
-    def save(
-        self,
-        path,
-        extra_meta: dict[str, str] | None = None,
-        include_location_encoder: bool | None = None,
-    ) -> None:
-        """Write the model in the common format (:mod:`geolocus.models.format`).
-
-        A frozen pretrained location encoder is left out by default (it is
-        rebuilt from the ``geoclip`` wheel on load): the file then holds only
-        the head and the logit scale.
-        """
-        from geolocus.models.format import write_model_file
-
-        state = self.saved_state()
-        if include_location_encoder:
-            state.update({f"location_encoder.{k}": v for k, v in
-                          self.location_encoder.state_dict().items()})  # fmt: skip
-        write_model_file(path, state, self.model_type, self.config_dict(), extra_meta)

@@ -27,6 +27,14 @@ def scale_of(log_scale: torch.Tensor) -> torch.Tensor:
     return log_scale.clamp(max=MAX_LOGIT_SCALE).exp()
 
 
+@torch.no_grad()
+def in_batch_accuracy(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Share of queries whose own key (row ``i`` of ``keys``) scores highest: the
+    training accuracy that the logs show."""
+    target = torch.arange(len(query), device=query.device)
+    return ((query @ keys.T).argmax(dim=1) == target).float().mean()
+
+
 def info_nce(query: torch.Tensor, keys: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of each query over ``keys``, whose first ``B`` rows are the positives.
 

@@ -39,6 +39,7 @@ from geolocus.models.losses import (
     INIT_LOGIT_SCALE,
     clip_loss,
     hardest_negative_triplet,
+    in_batch_accuracy,
     info_nce,
     logit_scale_param,
     same_place,
@@ -129,7 +130,5 @@ class TransGeoCLIP(ImageViewModel):
             loss = loss + out["loss_it"] + out["loss_tg"] + cfg.triplet_weight * out["triplet"]
         if self.training:
             self.enqueue(gps, pos if self.queue.stores_embeddings else None)
-        with torch.no_grad():
-            target = torch.arange(len(img), device=img.device)
-            out["acc"] = ((img @ keys.T).argmax(dim=1) == target).float().mean()
+        out["acc"] = in_batch_accuracy(img, keys)
         return {"loss": loss, **{k: v.detach() for k, v in out.items()}}
