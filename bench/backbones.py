@@ -32,11 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from geolocus.data.im2gps3k import grouped_folds, im2gps3k_dir
+from geolocus.data.im2gps3k import im2gps3k_dir, photographer
 from geolocus.data.images import load_image
 from geolocus.data.tables import read_coords
-from geolocus.eval import THRESHOLDS_KM, score_errors
-from geolocus.geo import haversine_km
+from geolocus.eval import score_errors
+from geolocus.eval.folds import grouped_folds
+from geolocus.geo import THRESHOLDS_KM, haversine_km
 
 OFFLINE = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "vit-s14-focus"]
 HUB_RANDOM = ["clip-vit-l14", "streetclip", "dinov2-small", "dinov2-base", "dinov2-large"]
@@ -127,7 +128,8 @@ def predict(
     fit_on: tuple[np.ndarray, np.ndarray] | None,
 ) -> np.ndarray:
     """Positions (lat, lon) for query rows ``q`` from database rows ``db``."""
-    from geolocus.refine import Neighbours, create
+    from geolocus.data import Neighbours
+    from geolocus.refine import create
 
     idx, sim = neighbours(feats[q], feats[db], v.metric, K if v.refine != "nearest" else 1)
     if v.refine == "nearest":
@@ -297,14 +299,13 @@ def throughput(names: list[str], data: Path, n_load: int, n_fwd: int, batch: int
 def compare(a: str, b: str, data: Path, cache: Path, threads: int, n_boot: int = 2000) -> None:
     """Accuracy difference A - B of the plain nearest neighbour (cosine and centred cosine),
     with a 95 % interval from a bootstrap that resamples photographers, not photos."""
-    from geolocus.data.im2gps3k import photographer
 
     stores, _ = extract_all([a, b], [], data, cache, threads)
     labels = read_coords(data / "labels.csv", "labels").set_index("IMG_ID")
     ids = stores[a].ids
     assert stores[b].ids == ids
     coords = labels.loc[ids, ["LAT", "LON"]].to_numpy(float)
-    folds = grouped_folds(ids, 3)
+    folds = grouped_folds(ids, 3, group=photographer)
     owners = np.array([photographer(i) for i in ids])
     groups = [np.flatnonzero(owners == o) for o in np.unique(owners)]
     rng = np.random.default_rng(0)
@@ -384,7 +385,7 @@ def main() -> None:
         for name, store in stores.items():
             ids = store.ids
             coords = labels.loc[ids, ["LAT", "LON"]].to_numpy(float)
-            folds = grouped_folds(ids, 3)
+            folds = grouped_folds(ids, 3, group=photographer)
             vs = variants_for(name, store)
             if not args.no_refiners:
                 vs = with_refiners(vs)

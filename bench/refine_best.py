@@ -37,11 +37,12 @@ from collections.abc import Callable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from geolocus.data import read_coords, read_neighbours
-from geolocus.data.im2gps3k import grouped_folds
-from geolocus.eval import THRESHOLDS_KM, score_errors
-from geolocus.geo import SphericalKDE, dbscan_sphere, distance_km, spherical_mean
-from geolocus.refine import BestRefiner, Neighbours
+from geolocus.data import Neighbours, read_coords, read_neighbours
+from geolocus.data.im2gps3k import photographer
+from geolocus.eval import score_errors
+from geolocus.eval.folds import grouped_folds
+from geolocus.geo import THRESHOLDS_KM, SphericalKDE, dbscan_sphere, distance_km, spherical_mean
+from geolocus.refine import BestRefiner
 from geolocus.refine.features import FeatureSpec, candidate_features, prior_weights
 from geolocus.refine.learned import fit_weights, mass_within, threshold_gains
 
@@ -130,7 +131,7 @@ def main() -> None:
     lab = read_coords(args.labels, "labels").set_index("IMG_ID")
     nb = nb.subset(np.isin(nb.ids, lab.index))
     truth = lab.loc[list(nb.ids), ["LAT", "LON"]].to_numpy()
-    folds = grouped_folds(nb.ids, args.folds, salt=args.salt)
+    folds = grouped_folds(nb.ids, args.folds, group=photographer, salt=args.salt)
     gains = threshold_gains(nb.near, truth)
     dist = distance_km(nb.near, truth[:, None, :])
     n, k = gains.shape

@@ -31,10 +31,11 @@ import time
 import numpy as np
 
 from geolocus.data import read_coords, read_neighbours
-from geolocus.data.im2gps3k import grouped_folds
-from geolocus.eval import THRESHOLDS_KM, score_errors
+from geolocus.data.im2gps3k import photographer
+from geolocus.eval import score_errors
 from geolocus.eval.crossval import cross_val_predict
-from geolocus.geo import haversine_km
+from geolocus.eval.folds import grouped_folds
+from geolocus.geo import THRESHOLDS_KM, haversine_km
 from geolocus.ocr.collection import photo_evidence
 from geolocus.refine import BestRefiner
 
@@ -198,7 +199,7 @@ def main() -> None:
             print(f"    {nb.ids[i][:24]}  {e.summary()}  | {' | '.join(e.lines)[:80]}")
             shown += 1
 
-    fold = grouped_folds(nb.ids, args.folds, salt=args.salt)
+    fold = grouped_folds(nb.ids, args.folds, group=photographer, salt=args.salt)
     has = np.array([e is not None and e.has_text for e in evidence])
     rows = [("best, no text", None, False)]
     rows.append(("best + text (all)", evidence, True))

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from geolocus.data.im2gps3k import grouped_folds, im2gps3k_dir
+from geolocus.data.im2gps3k import im2gps3k_dir, photographer
 from geolocus.data.images import load_image
 from geolocus.data.tables import read_coords
+from geolocus.eval.folds import grouped_folds
 
 TILE = 150
 
@@ -45,7 +46,7 @@ def main() -> None:
     torch.set_num_threads(2)
     data = im2gps3k_dir()
     ids = read_coords(data / "labels.csv", "labels")["IMG_ID"].tolist()
-    folds = grouped_folds(ids, 3)
+    folds = grouped_folds(ids, 3, group=photographer)
     name = args.backbone or DEFAULT_ENCODER
     found = sorted(glob.glob(f"{args.cache}/{name}-im2gps3k-*"))
     if not found:

@@ -46,11 +46,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geolocus.data.im2gps3k import grouped_folds, im2gps3k_dir
+from geolocus.data.im2gps3k import im2gps3k_dir, photographer
 from geolocus.data.tables import read_coords
 from geolocus.encoders.image import DEFAULT_ENCODER
-from geolocus.eval import THRESHOLDS_KM, results_table, score_errors
-from geolocus.geo import haversine_km
+from geolocus.eval import results_table, score_errors
+from geolocus.eval.folds import grouped_folds
+from geolocus.geo import THRESHOLDS_KM, haversine_km
 
 K = 20  # neighbours for the refiners
 GALLERY_DEV = 10_000  # gallery subset used for tuning
@@ -107,7 +108,8 @@ def knn(q: np.ndarray, db: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def refined(method: str, near: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    from geolocus.refine import Neighbours, create
+    from geolocus.data import Neighbours
+    from geolocus.refine import create
 
     nb = Neighbours(
         ids=np.arange(len(near)), near=near, far=np.zeros((len(near), 0, 2)), near_scores=scores
@@ -164,7 +166,15 @@ def load_data(args) -> Data:
         from geolocus.train.data import place_text_embeddings
 
         text = place_text_embeddings(gps)
-    return Data(ids, gps, emb, tokens, text, store.meta["encoder"], grouped_folds(ids, 3))
+    return Data(
+        ids,
+        gps,
+        emb,
+        tokens,
+        text,
+        store.meta["encoder"],
+        grouped_folds(ids, 3, group=photographer),
+    )
 
 
 class Galleries:
@@ -248,7 +258,7 @@ def train_model(
 
 def tune(variant: str, d: Data, train_rows: np.ndarray, gal: Galleries, args) -> dict:
     """Best (lr, epochs) on a photographer-grouped dev quarter of the training folds."""
-    inner = grouped_folds([d.ids[i] for i in train_rows], 4, salt="stage1-dev")
+    inner = grouped_folds([d.ids[i] for i in train_rows], 4, group=photographer, salt="stage1-dev")
     fit_rows, dev_rows = train_rows[inner != 0], train_rows[inner == 0]
     curves = {}
     ab = {}

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from geolocus.cli.main import main
-from geolocus.data.im2gps3k import grouped_folds, photographer
+from geolocus.data.im2gps3k import photographer
+from geolocus.eval.folds import grouped_folds
 from geolocus.models.embedder import BackboneEmbedder
 from geolocus.pipeline import benchmark as bm
 from test_pipeline import PLACES, ColourEncoder, photo
@@ -37,7 +38,7 @@ def _emb() -> BackboneEmbedder:
 
 def test_cv3_predicts_every_photo_once_from_other_photographers(data, tmp_path):
     ids = [line.split(",")[0] for line in (data / "labels.csv").read_text().splitlines()[1:]]
-    folds = grouped_folds(ids, 3)
+    folds = grouped_folds(ids, 3, group=photographer)
     assert all(len({folds[i] for i, x in enumerate(ids) if photographer(x) == p}) == 1
                for p in {photographer(x) for x in ids})  # fmt: skip
     res = bm.cross_validate(

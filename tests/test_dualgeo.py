@@ -7,9 +7,9 @@ import torch
 from safetensors import safe_open
 
 from geolocus.errors import InputError
+from geolocus.modelfile import META_MODEL
 from geolocus.models import create_model, list_models, load_model
 from geolocus.models.dualgeo import DualGeo, DualGeoConfig
-from geolocus.models.format import META_MODEL
 from stage1_helpers import overfit, random_coords
 
 SMALL = {

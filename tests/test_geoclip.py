@@ -14,11 +14,11 @@ from safetensors.torch import save_file
 from geolocus.encoders.location import GeoCLIPLocationEncoder
 from geolocus.errors import InputError
 from geolocus.geo import haversine_km
+from geolocus.modelfile import META_CONFIG
 from geolocus.models import gallery as gallery_mod
 from geolocus.models.gallery import GPSGallery, fingerprint
 from geolocus.models.geoclip import (
     IMAGE_HEAD_KEY_MAP,
-    META_CONFIG,
     GeoCLIP,
     GeoCLIPConfig,
     jitter_gps,

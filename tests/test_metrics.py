@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from geolocus.errors import InputError
-from geolocus.eval import THRESHOLDS_KM, evaluate, score_errors
-from geolocus.geo import MAX_DISTANCE_KM
+from geolocus.eval import evaluate, score_errors
+from geolocus.geo import MAX_DISTANCE_KM, THRESHOLDS_KM
 
 # Figures from ../shared/README.md (GeoEstimation, Müller-Budack et al. 2018).
 REFERENCE = {

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 
 from geolocus.cli.main import main
-from geolocus.data import read_coords, read_neighbours
-from geolocus.data.im2gps3k import grouped_folds
+from geolocus.data import Neighbours, read_coords, read_neighbours
+from geolocus.data.im2gps3k import photographer
 from geolocus.errors import InputError
 from geolocus.eval import score_errors
 from geolocus.eval.crossval import cross_val_predict
+from geolocus.eval.folds import grouped_folds
 from geolocus.geo import distance_km
 from geolocus.ocr import PlaceMatch, TextEvidence
-from geolocus.refine import BestRefiner, Neighbours, available, create
+from geolocus.refine import BestRefiner, available, create
 from geolocus.refine.features import FeatureSpec, candidate_features, prior_weights
 from geolocus.refine.learned import mass_within
 from geolocus.refine.text import text_feature_names, text_features
@@ -204,7 +205,7 @@ def test_cross_validated_best_beats_dualgeo_on_shared_neighbours(im2gps3k):
     nb = read_neighbours(im2gps3k / "g3_neighbours.csv")
     lab = read_coords(im2gps3k / "labels.csv").set_index("IMG_ID")
     truth = lab.loc[list(nb.ids), ["LAT", "LON"]].to_numpy()
-    folds = grouped_folds(nb.ids, 5)
+    folds = grouped_folds(nb.ids, 5, group=photographer)
 
     def cv(name: str) -> list[float]:
         pred = cross_val_predict(lambda: create(name), nb, truth, folds)
@@ -273,7 +274,7 @@ def test_text_features_of_evidence():
 
 def test_text_evidence_beats_neighbours_alone():
     nb, truth, ev = text_world(400, seed=11)
-    folds = grouped_folds(nb.ids, 4)
+    folds = grouped_folds(nb.ids, 4, group=photographer)
     plain = cross_val_predict(lambda: BestRefiner(sharpness=2.0, l2=1e-3), nb, truth, folds)
     nbt = nb.with_evidence(ev)
     text = cross_val_predict(lambda: BestRefiner(sharpness=2.0, l2=1e-3), nbt, truth, folds)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geolocus.data import read_coords, read_neighbours
+from geolocus.data import Neighbours, read_coords, read_neighbours
 from geolocus.errors import InputError
 from geolocus.eval import score_errors
 from geolocus.geo import haversine_km
-from geolocus.refine import Neighbours, available, create
+from geolocus.refine import available, create
 
 
 def _one(near, far=None):

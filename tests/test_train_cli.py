@@ -13,8 +13,8 @@ import torch
 from geolocus.cli.main import main
 from geolocus.encoders.features import extract_features
 from geolocus.errors import InputError
+from geolocus.modelfile import read_metadata
 from geolocus.models import load_model
-from geolocus.models.format import read_metadata
 from geolocus.train.checkpoint import load_checkpoint
 from geolocus.train.config import apply_overrides, checkpoint_path, load_config
 from stage1_helpers import TinyEncoder, photo_set
@@ -140,14 +140,15 @@ path = "{tmp_path / "g.safetensors"}"
 
 
 def test_holdout_fold_leaves_photographers_out(tmp_path, tiny_store):
-    from geolocus.data.im2gps3k import grouped_folds
+    from geolocus.data.im2gps3k import photographer
+    from geolocus.eval.folds import grouped_folds
     from geolocus.train.data import load_training_set
 
     store, labels = tiny_store
     full = load_training_set(backbone="tiny", labels=labels, features=store, progress=False)
     part = load_training_set(backbone="tiny", labels=labels, features=store, folds=3, holdout=0,
                              tokens=True, progress=False)  # fmt: skip
-    folds = grouped_folds(full.ids, 3)
+    folds = grouped_folds(full.ids, 3, group=photographer)
     assert set(part.ids) == {i for i, f in zip(full.ids, folds, strict=True) if f != 0}
     assert part.tokens.shape == (len(part), 16, 16) and part.embeddings.shape == (len(part), 16)
     b = part.batch(np.arange(3))

@@ -35,10 +35,11 @@ def refine_cv(
     import numpy as np
 
     from geolocus.data import read_coords, read_neighbours
-    from geolocus.data.im2gps3k import grouped_folds
+    from geolocus.data.im2gps3k import photographer
     from geolocus.errors import InputError
     from geolocus.eval import published_results, results_table, score_errors
     from geolocus.eval.crossval import cross_val_predict
+    from geolocus.eval.folds import grouped_folds
     from geolocus.geo import haversine_km
     from geolocus.refine import create
 
@@ -55,7 +56,7 @@ def refine_cv(
         from geolocus.ocr.collection import photo_evidence
 
         nb = nb.with_evidence(photo_evidence(list(nb.ids), images, ocr_cache))
-    fold = grouped_folds(nb.ids, folds)
+    fold = grouped_folds(nb.ids, folds, group=photographer)
     rows: list = []
     for m in [m.strip() for m in methods.split(",") if m.strip()]:
         create(m)  # fail early on an unknown name

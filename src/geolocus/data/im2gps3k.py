@@ -1,17 +1,15 @@
-"""The IM2GPS3k benchmark (Vo et al., ICCV 2017) and its photographer-grouped folds.
+"""The IM2GPS3k benchmark (Vo et al., ICCV 2017) and its photographers.
 
 IM2GPS3k's file names end with the Flickr owner id (``..._1125_78841376@N00.jpg``).
 One photographer often shot several photos at one place, so any split used for
-training or cross-validation keeps each photographer on one side.
+training or cross-validation keeps each photographer on one side
+(:func:`geolocus.eval.folds.grouped_folds` with ``group=photographer``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
-
-import numpy as np
 
 from geolocus.errors import InputError
 
@@ -52,29 +50,3 @@ def photographer(img_id: str) -> str:
     the whole stem when the name has no such field."""
     stem = Path(str(img_id)).stem
     return stem.rsplit("_", 1)[-1] if "_" in stem else stem
-
-
-def grouped_folds(ids: list[str] | np.ndarray, k: int = 3, salt: str = "geolocus") -> np.ndarray:
-    """Fold number in ``[0, k)`` for each id, keeping each photographer in one fold.
-
-    IM2GPS3k has only ~200 photographers for ~3000 photos, some with hundreds,
-    so folds are balanced greedily: photographers from the largest down (ties
-    broken by a salted hash, so the split is deterministic and does not depend
-    on the order of ``ids``) each go to the fold with the fewest photos so far.
-    """
-    if k < 2:
-        raise ValueError("k must be at least 2")
-    owners = np.array([photographer(i) for i in ids], dtype=object)
-    uniq, counts = np.unique(owners, return_counts=True)
-
-    def tiebreak(owner: str) -> int:
-        return int.from_bytes(hashlib.sha256(f"{salt}:{owner}".encode()).digest()[:8], "big")
-
-    order = sorted(range(len(uniq)), key=lambda j: (-counts[j], tiebreak(str(uniq[j]))))
-    sizes = np.zeros(k, dtype=int)
-    assign: dict[str, int] = {}
-    for j in order:
-        f = int(np.argmin(sizes))
-        assign[str(uniq[j])] = f
-        sizes[f] += counts[j]
-    return np.array([assign[str(o)] for o in owners], dtype=int)

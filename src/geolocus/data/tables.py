@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from geolocus.data.neighbours import Neighbours
 from geolocus.errors import InputError
 from geolocus.files import atomic_write
 from geolocus.geo import validate_latlon
@@ -118,11 +119,9 @@ def write_coords(
 _NEIGH_RE = re.compile(r"^(near|far)_(\d+)_(lat|lon|score)$", re.IGNORECASE)
 
 
-def read_neighbours(path: str | os.PathLike[str]):
+def read_neighbours(path: str | os.PathLike[str]) -> Neighbours:
     """Read a neighbour table (the format of ``g3_neighbours.csv``) into
-    :class:`~geolocus.refine.Neighbours`."""
-    from geolocus.refine.neighbours import Neighbours
-
+    :class:`~geolocus.data.Neighbours`."""
     p = Path(path)
     df = _read_csv(p, "neighbours")
     lower = {c.strip().lower(): c for c in df.columns}

@@ -1,7 +1,6 @@
 """Evaluation as in the literature: accuracy at 1/25/200/750/2500 km, median error, GeoScore."""
 
 from geolocus.eval.metrics import (
-    THRESHOLDS_KM,
     Scores,
     errors_km,
     evaluate,
@@ -11,7 +10,6 @@ from geolocus.eval.published import PublishedResult, published_results
 from geolocus.eval.report import results_table
 
 __all__ = [
-    "THRESHOLDS_KM",
     "PublishedResult",
     "Scores",
     "errors_km",

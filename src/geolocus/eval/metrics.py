@@ -19,10 +19,8 @@ import numpy as np
 import pandas as pd
 
 from geolocus.errors import InputError
-from geolocus.geo import MAX_DISTANCE_KM, haversine_km
+from geolocus.geo import MAX_DISTANCE_KM, THRESHOLDS_KM, haversine_km
 
-THRESHOLDS_KM: tuple[int, ...] = (1, 25, 200, 750, 2500)
-THRESHOLD_NAMES = {1: "street", 25: "city", 200: "region", 750: "country", 2500: "continent"}
 GEOSCORE_SCALE_KM = 1492.7
 
 

@@ -7,7 +7,7 @@ from importlib import resources
 
 import pandas as pd
 
-from geolocus.eval.metrics import THRESHOLDS_KM
+from geolocus.geo import THRESHOLDS_KM
 
 
 @dataclass(frozen=True)

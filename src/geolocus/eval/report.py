@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from geolocus.eval.metrics import THRESHOLDS_KM, Scores
+from geolocus.eval.metrics import Scores
 from geolocus.eval.published import PublishedResult
+from geolocus.geo import THRESHOLDS_KM
 
 
 def results_table(

@@ -15,6 +15,8 @@ from geolocus.geo.projection import (
 from geolocus.geo.sphere import (
     EARTH_RADIUS_KM,
     MAX_DISTANCE_KM,
+    THRESHOLD_NAMES,
+    THRESHOLDS_KM,
     distance_km,
     fibonacci_sphere,
     from_unit,
@@ -28,6 +30,8 @@ from geolocus.geo.sphere import (
 __all__ = [
     "EARTH_RADIUS_KM",
     "MAX_DISTANCE_KM",
+    "THRESHOLDS_KM",
+    "THRESHOLD_NAMES",
     "SphericalKDE",
     "dbscan_sphere",
     "distance_km",

@@ -17,6 +17,10 @@ from geolocus.errors import InvalidCoordinatesError
 EARTH_RADIUS_KM = 6371.0088
 #: Half the circumference: the largest possible great-circle distance.
 MAX_DISTANCE_KM = float(np.pi * EARTH_RADIUS_KM)
+#: The literature's accuracy thresholds (street, city, region, country, continent): what
+#: evaluation scores and what the refiners that learn are fitted to.
+THRESHOLDS_KM: tuple[int, ...] = (1, 25, 200, 750, 2500)
+THRESHOLD_NAMES = {1: "street", 25: "city", 200: "region", 750: "country", 2500: "continent"}
 
 
 def _is_torch(x: Any) -> bool:

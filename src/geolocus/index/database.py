@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from geolocus.data.neighbours import Neighbours
 from geolocus.errors import InputError
 from geolocus.files import atomic_path, atomic_write
 from geolocus.geo import validate_latlon
-from geolocus.refine.neighbours import Neighbours
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

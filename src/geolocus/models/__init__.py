@@ -1,5 +1,5 @@
 """Trainable geo-localization models over frozen backbone features: GeoCLIP, DualGeo,
-TransGeoCLIP, all saved in one file format (:mod:`geolocus.models.format`).
+TransGeoCLIP, all saved in one file format (:mod:`geolocus.modelfile`).
 
 >>> model = load_model("runs/dualgeo.safetensors")      # any geolocus model file, eval mode
 >>> model.backbone                                     # e.g. "efficientnet-lite0"
@@ -58,7 +58,7 @@ def load_model(path: str | os.PathLike[str], map_location: str = "cpu") -> GeoMo
     tokens, k)``. Raises :class:`~geolocus.errors.InputError` for a file that is
     not a geolocus model.
     """
-    from geolocus.models.format import META_CONFIG, META_MODEL, read_model_file
+    from geolocus.modelfile import META_CONFIG, META_MODEL, read_model_file
 
     meta, state = read_model_file(path, map_location)
     cls = model_class(meta[META_MODEL])

@@ -10,7 +10,7 @@ costs only the heads. Every model exposes
 - ``loss(batch) -> {"loss": ..., ...}`` for :func:`geolocus.train.fit`;
 - ``gps_candidates(embedding, tokens, k)`` where it has a location head.
 
-``save(path)`` writes the common format of :mod:`geolocus.models.format`;
+``save(path)`` writes the common format of :mod:`geolocus.modelfile`;
 frozen parts rebuilt from a wheel (GeoCLIP's pretrained location encoder)
 are left out of the file.
 """
@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from geolocus.errors import InputError
-from geolocus.models.format import write_model_file
+from geolocus.modelfile import model_type_of, write_model_file
+from geolocus.models import load_model
 
 #: Ways to build the retrieval vector: the model's head alone, the backbone's raw
 #: embedding alone, or both (each L2-normalised, concatenated, scaled by 1/√2).
@@ -176,9 +177,6 @@ class GeoModel(nn.Module):
     def load(cls, path: str | os.PathLike[str], map_location: str = "cpu") -> GeoModel:
         """Rebuild a model of this type written by :meth:`save` (or a checkpoint), in eval
         mode (see :func:`geolocus.models.load_model`)."""
-        from geolocus.models import load_model
-        from geolocus.models.format import model_type_of
-
         found = model_type_of(path)
         if found != cls.model_type:
             raise InputError(f"{path} holds a {found!r} model, not {cls.model_type!r}")

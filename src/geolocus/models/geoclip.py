@@ -24,7 +24,6 @@ from torch import nn
 
 from geolocus.errors import InputError
 from geolocus.models.base import GeoModel, ModelConfig, retrieval_dim, retrieval_vector
-from geolocus.models.format import META_CONFIG, META_FORMAT  # noqa: F401  (re-exported)
 from geolocus.models.gallery import GPSGallery, fingerprint
 from geolocus.models.losses import (
     INIT_LOGIT_SCALE,

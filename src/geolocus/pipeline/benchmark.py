@@ -1,6 +1,6 @@
 """End-to-end evaluation on IM2GPS3k photos: the geolocator as a user runs it.
 
-Two protocols, both photographer-grouped (:func:`geolocus.data.im2gps3k.grouped_folds`),
+Two protocols, both photographer-grouped (:func:`geolocus.eval.folds.grouped_folds`),
 so no photographer is ever in the database and among the queries at once:
 
 - ``cv3``: 3-fold cross-validation over all 2997 photos. For each fold, a
@@ -29,7 +29,21 @@ from typing import Any
 
 import numpy as np
 
+from geolocus.data.im2gps3k import im2gps3k_dir, photographer
+from geolocus.data.tables import read_coords
+from geolocus.encoders.features import FeatureStore, cache_dir, extract_features, feature_key
 from geolocus.errors import InputError
+from geolocus.eval import published_results, results_table, score_errors
+from geolocus.eval.folds import grouped_folds
+from geolocus.geo import haversine_km
+from geolocus.index import Database
+from geolocus.index.build import Inputs, build_database, embed_store
+from geolocus.models.embedder import create_embedder
+from geolocus.pipeline.formats import write_map
+from geolocus.pipeline.geolocator import Geolocator
+from geolocus.pipeline.results import place_label, top1
+from geolocus.places import Gazetteer
+from geolocus.refine import create
 
 #: The floor: accuracy (%) at 25, 200, 750, 2500 km of the best single point on Earth
 #: for all of IM2GPS3k (one constant guess for every photo, chosen knowing the answers).
@@ -55,7 +69,6 @@ class BenchmarkResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def rows(self, compare: bool = True) -> list[tuple[str, Any]]:
-        from geolocus.eval import published_results
 
         rows: list[tuple[str, Any]] = list(self.scores.items())
         if compare:
@@ -63,7 +76,6 @@ class BenchmarkResult:
         return rows
 
     def table(self, markdown: bool = False, compare: bool = True) -> str:
-        from geolocus.eval import results_table
 
         return results_table(self.rows(compare), markdown=markdown)
 
@@ -80,8 +92,6 @@ class BenchmarkResult:
 
 
 def _labels(data: str | os.PathLike[str] | None):
-    from geolocus.data.im2gps3k import im2gps3k_dir
-    from geolocus.data.tables import read_coords
 
     d = im2gps3k_dir(data).resolve()
     lab = read_coords(d / "labels.csv", "labels")
@@ -101,13 +111,6 @@ def cached_features(
 ):
     """The backbone features of ``paths`` under ``cache`` (computed once): a store that
     also holds full tokens is reused when the embedder needs none."""
-    from geolocus.encoders.features import (
-        FeatureStore,
-        cache_dir,
-        extract_features,
-        feature_key,
-    )
-
     enc = embedder.encoder
     folder = cache_dir(cache, enc, tag)
     if not embedder.tokens:
@@ -141,14 +144,6 @@ def cross_validate(
     embedder: Any | None = None,
 ) -> BenchmarkResult:
     """The ``cv3`` protocol (see the module docstring)."""
-    from geolocus.data.im2gps3k import grouped_folds, photographer
-    from geolocus.index import Database
-    from geolocus.index.build import embed_store
-    from geolocus.models.embedder import create_embedder
-    from geolocus.pipeline.geolocator import Geolocator
-    from geolocus.pipeline.results import top1
-    from geolocus.refine import create
-
     for r in refiners:
         create(r)  # fail early on an unknown name
     t0 = time.perf_counter()
@@ -160,7 +155,7 @@ def cross_validate(
     have = set(store.ids)
     readable = np.array([i in have for i in ids])
     vectors = embed_store(embedder, store)
-    fold = grouped_folds(ids, folds)
+    fold = grouped_folds(ids, folds, group=photographer)
     pred = {r: np.full((len(ids), 2), np.nan) for r in refiners}
     n_db = []
     t1 = time.perf_counter()
@@ -215,9 +210,6 @@ def cross_validate(
 
 def _score(pred: np.ndarray, truth: np.ndarray, ids: list[str]):
     """Scores of ``pred`` (NaN rows: photos not predicted, counted as misses and named)."""
-    from geolocus.eval import score_errors
-    from geolocus.geo import haversine_km
-
     ok = ~np.isnan(pred[:, 0])
     d = haversine_km(pred[ok, 0], pred[ok, 1], truth[ok, 0], truth[ok, 1])
     missing = [i for i, good in zip(ids, ok, strict=True) if not good]
@@ -240,15 +232,9 @@ def holdout(
     embedder: Any | None = None,
 ) -> tuple[BenchmarkResult, list[Any], np.ndarray]:
     """The ``holdout`` protocol: returns the result, the predictions and their truth."""
-    from geolocus.data.im2gps3k import grouped_folds, photographer
-    from geolocus.index.build import Inputs, build_database
-    from geolocus.models.embedder import create_embedder
-    from geolocus.pipeline.geolocator import Geolocator
-    from geolocus.pipeline.results import top1
-
     t0 = time.perf_counter()
     _, ids, paths, truth = _labels(data)
-    fold = grouped_folds(ids, folds)
+    fold = grouped_folds(ids, folds, group=photographer)
     if not 0 <= test_fold < folds:
         raise InputError(f"--test-fold must be between 0 and {folds - 1}")
     train = np.flatnonzero(fold != test_fold)
@@ -300,10 +286,6 @@ def holdout(
 
 def examples_table(preds: list[Any], truth: np.ndarray) -> str:
     """A few photos: guess 1 with its place, confidence and radius, and the true place."""
-    from geolocus.geo import haversine_km
-    from geolocus.pipeline.results import place_label
-    from geolocus.places import Gazetteer
-
     gaz = Gazetteer.load()
     head = ["photo", "guess 1", "confidence", "± km", "true place", "error km"]
     body = []
@@ -329,6 +311,4 @@ def examples_table(preds: list[Any], truth: np.ndarray) -> str:
 
 def write_truth_map(pred: Any, truth: Any, path: str | os.PathLike[str]) -> Path:
     """The HTML map of one benchmark photo, its true position shown."""
-    from geolocus.pipeline.formats import write_map
-
     return write_map(pred, path, truth=np.asarray(truth, dtype=float))

@@ -21,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from geolocus.data.neighbours import Neighbours
 from geolocus.errors import InputError
 from geolocus.files import atomic_write
+from geolocus.index.build import database_vectors
 from geolocus.index.database import Database
-from geolocus.refine import KDERefiner, Neighbours, Refiner
+from geolocus.refine import KDERefiner, Refiner
 
 #: At most this many database photos serve as leave-one-out queries (a random sample).
 MAX_FIT_QUERIES = 5000
@@ -74,8 +76,6 @@ def loo_neighbours(
 ) -> tuple[Neighbours, np.ndarray]:
     """Neighbours of (a sample of) the database's own photos, each left out of its own
     search, and their true positions."""
-    from geolocus.index.build import database_vectors
-
     n = len(db)
     if n < 3:
         raise InputError(f"fitting a refiner on the database needs at least 3 photos, it has {n}")

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from geolocus.data.neighbours import Neighbours
 from geolocus.geo import haversine_km
 from geolocus.places import Place
-from geolocus.refine.neighbours import Neighbours
 
 #: Beyond this distance from the nearest named place, a label says how far it is.
 NEAR_PLACE_KM = 25.0

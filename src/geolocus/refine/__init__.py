@@ -8,7 +8,6 @@ from __future__ import annotations
 from geolocus.errors import InputError
 from geolocus.refine.base import Ranking, Refiner
 from geolocus.refine.learned import BestRefiner
-from geolocus.refine.neighbours import Neighbours
 from geolocus.refine.rules import DualGeoRefiner, KDERefiner, NearestRefiner
 
 _REGISTRY: dict[str, type[Refiner]] = {
@@ -43,7 +42,6 @@ __all__ = [
     "DualGeoRefiner",
     "KDERefiner",
     "NearestRefiner",
-    "Neighbours",
     "Ranking",
     "Refiner",
     "available",

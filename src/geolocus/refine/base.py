@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from geolocus.refine.neighbours import Neighbours
+from geolocus.data.neighbours import Neighbours
 
 
 @dataclass

@@ -25,8 +25,9 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from geolocus.data.neighbours import Neighbours
 from geolocus.geo import distance_km
-from geolocus.refine.neighbours import Neighbours
+from geolocus.refine.text import text_feature_names, text_features
 
 #: Scales (km) at which agreeing neighbours are counted: street to continent.
 VOTE_SCALES_KM: tuple[float, ...] = (1, 5, 25, 100, 200, 500, 750, 1500, 2500)
@@ -59,8 +60,6 @@ class FeatureSpec:
         if self.rank:
             out.append("rank")
         if self.text:
-            from geolocus.refine.text import text_feature_names
-
             out += text_feature_names()
         return out
 
@@ -92,8 +91,6 @@ def candidate_features(neighbours: Neighbours, spec: FeatureSpec | None = None) 
         hi = min(n, lo + _CHUNK)
         out[lo:hi, :, :n_geo] = _block(neighbours.near[lo:hi], neighbours.far[lo:hi], spec)
     if spec.text:
-        from geolocus.refine.text import text_features
-
         out[:, :, n_geo:] = text_features(neighbours.near, neighbours.evidence)
     return out
 

@@ -31,12 +31,15 @@ from typing import Any
 
 import numpy as np
 
+from geolocus.data.im2gps3k import photographer
+from geolocus.data.neighbours import Neighbours
 from geolocus.errors import InputError
-from geolocus.eval.metrics import THRESHOLDS_KM
-from geolocus.geo import distance_km
+from geolocus.eval.folds import grouped_folds
+from geolocus.files import atomic_write
+from geolocus.geo import THRESHOLDS_KM, distance_km
 from geolocus.refine.base import Ranking, Refiner, order_rows
 from geolocus.refine.features import FeatureSpec, candidate_features, prior_weights
-from geolocus.refine.neighbours import Neighbours
+from geolocus.refine.text import text_features
 
 #: Saved-model format tag and version (``BestRefiner.save`` / ``load``).
 MODEL_FORMAT = "geolocus-refiner-best"
@@ -164,7 +167,7 @@ class BestRefiner(Refiner):
 
     ``text``: also score what the query photos' text says about each candidate
     (:mod:`geolocus.refine.text`; the neighbours' ``evidence``, see
-    :class:`~geolocus.refine.Neighbours`). ``None`` (default): exactly when the
+    :class:`~geolocus.data.Neighbours`). ``None`` (default): exactly when the
     neighbours given to ``fit`` carry evidence. The text weights are fitted in a
     second stage on top of the neighbour model, L2-pulled towards zero by
     ``text_l2`` (chosen from ``text_l2_grid`` by the same inner CV when ``None``),
@@ -223,7 +226,6 @@ class BestRefiner(Refiner):
         if use_text:
             # Second stage: the text weights on top of the fixed neighbour model, so that
             # queries without text keep exactly the ranking of 'best' without text.
-            from geolocus.refine.text import text_features
 
             xt = text_features(neighbours.near, neighbours.evidence)
             if self.text_l2 is None:
@@ -244,10 +246,8 @@ class BestRefiner(Refiner):
         self, ids: np.ndarray, xt: np.ndarray, gains: np.ndarray, offset: np.ndarray
     ) -> float:
         """The text L2 weight with the best inner cross-validated mean accuracy."""
-        from geolocus.data.im2gps3k import grouped_folds
-
         grid = self.text_l2_grid
-        folds = grouped_folds(ids, self.inner_folds, salt="best-inner")
+        folds = grouped_folds(ids, self.inner_folds, group=photographer, salt="best-inner")
         if len(np.unique(folds)) < 2:
             return grid[0]
         best, best_gain = grid[0], -np.inf
@@ -268,9 +268,7 @@ class BestRefiner(Refiner):
         self, ids: np.ndarray, x: np.ndarray, gains: np.ndarray, w0: np.ndarray
     ) -> tuple[float, float]:
         """The grid point with the best inner cross-validated mean accuracy (first on ties)."""
-        from geolocus.data.im2gps3k import grouped_folds
-
-        folds = grouped_folds(ids, self.inner_folds, salt="best-inner")
+        folds = grouped_folds(ids, self.inner_folds, group=photographer, salt="best-inner")
         if len(np.unique(folds)) < 2:  # too few photographers to split: keep the first setting
             return self.grid[0]
         best, best_gain = self.grid[0], -np.inf
@@ -360,8 +358,6 @@ class BestRefiner(Refiner):
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the fitted model as JSON, atomically."""
-        from geolocus.files import atomic_write
-
         d = self.to_dict()
         with atomic_write(path) as fh:
             json.dump(d, fh, indent=1)

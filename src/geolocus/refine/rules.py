@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from geolocus.geo import SphericalKDE, dbscan_sphere, largest_cluster, spherical_mean
+from geolocus.data.neighbours import Neighbours
+from geolocus.geo import THRESHOLDS_KM, SphericalKDE, dbscan_sphere, largest_cluster, spherical_mean
 from geolocus.geo.sphere import haversine_km
 from geolocus.refine.base import Ranking, Refiner, order_rows
-from geolocus.refine.neighbours import Neighbours
 
 
 def _rank_prior(k: int) -> np.ndarray:
@@ -86,8 +86,6 @@ class KDERefiner(Refiner):
         return out
 
     def fit(self, neighbours: Neighbours, truth: np.ndarray) -> KDERefiner:
-        from geolocus.eval.metrics import THRESHOLDS_KM
-
         best, best_acc = self.bandwidth_km, -1.0
         for bw in self.bandwidths_km:
             top = order_rows(neighbours.near, self._scores(neighbours, bw)).top1()

@@ -144,7 +144,7 @@ class TokenCodebook(nn.Module):
     # -- files ------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        from geolocus.models.format import write_model_file
+        from geolocus.modelfile import write_model_file
 
         cfg = {"classes": self.classes, "dim": self.dim, "backbone": self.backbone}
         write_model_file(path, dict(self.state_dict()), CODEBOOK_TYPE, cfg)
@@ -154,7 +154,7 @@ class TokenCodebook(nn.Module):
         """A codebook from a codebook file or from a model file that holds one (DualGeo)."""
         import json
 
-        from geolocus.models.format import META_CONFIG, META_MODEL, read_model_file
+        from geolocus.modelfile import META_CONFIG, META_MODEL, read_model_file
 
         meta, tensors = read_model_file(path)
         cfg = json.loads(meta[META_CONFIG])

@@ -1,4 +1,4 @@
-"""Training checkpoints in the common model-file format (:mod:`geolocus.models.format`).
+"""Training checkpoints in the common model-file format (:mod:`geolocus.modelfile`).
 
 A checkpoint is a model file — the model's tensors under their own names,
 ``geolocus.model`` and ``geolocus.config`` in the metadata, so
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from geolocus.errors import InputError
-from geolocus.models.format import (
+from geolocus.modelfile import (
     META_CONFIG,
     OPTIM_PREFIX,
     read_metadata,

@@ -212,11 +212,12 @@ def load_training_set(
     Features come from ``features`` (a feature-store folder of ``backbone``)
     or are extracted from the ``images`` folder (``images/IMG_ID``) into
     ``cache``. With ``folds`` and ``holdout``, the photographer-grouped fold
-    ``holdout`` of :func:`geolocus.data.im2gps3k.grouped_folds` is left out.
+    ``holdout`` of :func:`geolocus.eval.folds.grouped_folds` (by photographer) is left out.
     ``text`` names a text encoder: the place sentences' embeddings are added.
     """
-    from geolocus.data.im2gps3k import grouped_folds
+    from geolocus.data.im2gps3k import photographer
     from geolocus.data.tables import read_coords
+    from geolocus.eval.folds import grouped_folds
 
     lab = read_coords(labels, "labels")
     ids = [str(i) for i in lab["IMG_ID"].tolist()]
@@ -249,7 +250,7 @@ def load_training_set(
     if folds and holdout is not None:
         if not 0 <= holdout < folds:
             raise InputError(f"holdout must be in [0, {folds}), got {holdout}")
-        keep &= grouped_folds(ids, folds) != holdout
+        keep &= grouped_folds(ids, folds, group=photographer) != holdout
     ids = [i for i, k in zip(ids, keep, strict=True) if k]
     rows = store.rows(ids)
     emb_text = place_text_embeddings(gps[keep], text, progress=progress) if text else None

@@ -1,4 +1,8 @@
-"""The input of stage 2: each query's retrieved neighbours, near and far."""
+"""The stage-1 to stage-2 contract: each query's retrieved neighbours, near and far.
+
+The database search (:mod:`geolocus.index`) and the neighbours CSV
+(:func:`geolocus.data.read_neighbours`) produce it; the refiners
+(:mod:`geolocus.refine`) consume it. It lives below both so neither imports the other."""
 
 from __future__ import annotations
 
