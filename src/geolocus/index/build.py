@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from geolocus.data.images import list_images, read_exif_gps
+from geolocus.data.tables import read_coords
 from geolocus.errors import ImageError, InputError
 from geolocus.files import atomic_write
 from geolocus.index.database import Database
@@ -115,8 +117,6 @@ def gather_inputs(
     ``problems``. Files named in the labels but not picked up by extension are
     included, so that a non-image named there is reported as unreadable.
     """
-    from geolocus.data.images import list_images, read_exif_gps
-
     if (labels is None) == (not exif):
         raise InputError("give exactly one source of positions: --labels CSV or --exif")
     root = Path(images).expanduser().resolve()
@@ -125,8 +125,6 @@ def gather_inputs(
     ids: list[str] = []
     coords: list[tuple[float, float]] = []
     if labels is not None:
-        from geolocus.data.tables import read_coords
-
         tab = read_coords(labels, "labels")
         pos = {
             str(i).strip().removeprefix("./"): (float(a), float(b))

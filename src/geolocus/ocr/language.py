@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from geolocus.files import cache_dir, cached_arrays
+
 #: Texts with fewer letters than this get no language.
 MIN_LETTERS = 8
 
@@ -29,8 +31,6 @@ def available() -> bool:
 
 def _cache_file() -> Path:
     from importlib.metadata import version
-
-    from geolocus.files import cache_dir
 
     return cache_dir() / f"langid-{version('langid')}-v1.npz"
 
@@ -61,8 +61,6 @@ def _decode_model() -> dict[str, np.ndarray]:
 @functools.cache
 def _identifier():
     from langid.langid import LanguageIdentifier
-
-    from geolocus.files import cached_arrays
 
     arrays = cached_arrays(_cache_file(), _decode_model)
     pc = arrays["nb_pc"]

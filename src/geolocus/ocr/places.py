@@ -35,6 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+from geolocus.files import cache_dir, cached_arrays
+from geolocus.geo import spherical_mean
+
 #: Shortest name matched, in letters (spaced scripts) and characters (CJK).
 MIN_LETTERS = 4
 MIN_CJK = 2
@@ -119,7 +122,6 @@ class PlaceMatch:
 
 def _build() -> dict[str, np.ndarray]:
     """The name index as arrays (what :class:`PlaceMatcher` loads; cached on disk)."""
-    from geolocus.geo import spherical_mean
     from geolocus.places._data import _package_file, load_tables
 
     t = load_tables()
@@ -241,7 +243,6 @@ def _build() -> dict[str, np.ndarray]:
 
 def _cache_file() -> Path:
     """Cache path keyed by the sources: GeoNames tables, the word lists, this format."""
-    from geolocus.files import cache_dir
     from geolocus.places._data import _cache_key
 
     h = hashlib.sha1(f"v{_FORMAT}:{_cache_key()}".encode())
@@ -272,8 +273,6 @@ class PlaceMatcher:
     @functools.cache
     def load(cls) -> PlaceMatcher:
         """The shared matcher: from the disk cache, else built (seconds) and cached."""
-        from geolocus.files import cached_arrays
-
         return cls(cached_arrays(_cache_file(), _build))
 
     def _candidates(self, line: str) -> list[str]:

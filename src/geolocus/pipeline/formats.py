@@ -8,6 +8,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from geolocus.errors import InputError
 from geolocus.pipeline.results import Prediction
 
 FORMATS = ("table", "json", "csv", "geojson")
@@ -136,7 +137,6 @@ def render(predictions: Sequence[Prediction], fmt: str) -> str:
         return to_csv(predictions)
     if fmt == "geojson":
         return to_geojson(predictions) + "\n"
-    from geolocus.errors import InputError
 
     raise InputError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
 

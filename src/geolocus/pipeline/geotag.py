@@ -26,7 +26,15 @@ from typing import Any
 import numpy as np
 
 from geolocus.errors import InputError
+from geolocus.eval import results_table, score_errors
+from geolocus.eval.crossval import cross_val_predict
 from geolocus.files import atomic_write, write_text_atomic
+from geolocus.geo import haversine_km
+from geolocus.index.build import build_database, gather_inputs
+from geolocus.models.embedder import create_embedder
+from geolocus.pipeline.fitting import loo_neighbours, needs_fit
+from geolocus.pipeline.geolocator import Geolocator
+from geolocus.refine import create
 
 WORK = ".geolocus"
 PARTIAL = "geotag-partial.csv"
@@ -81,12 +89,6 @@ def leave_one_out_check(geolocator: Any, folds: int = 5) -> Any:
     A refiner that learns is cross-validated (fitted on the other folds' photos), so
     the estimate is not scored on what it was fitted on.
     """
-    from geolocus.eval import score_errors
-    from geolocus.eval.crossval import cross_val_predict
-    from geolocus.geo import haversine_km
-    from geolocus.pipeline.fitting import loo_neighbours, needs_fit
-    from geolocus.refine import create
-
     nb, truth = loo_neighbours(geolocator.database, geolocator.k, geolocator.k_far)
     refiner = geolocator.refiner
     if needs_fit(refiner) and len(nb) >= 2 * folds:
@@ -153,10 +155,6 @@ def geotag(
     made). ``refine`` defaults to ``best`` (fitted on the collection by leave-one-out)
     when at least :data:`MIN_FOR_BEST` photos are geotagged, else ``nearest``.
     """
-    from geolocus.index.build import build_database, gather_inputs
-    from geolocus.models.embedder import create_embedder
-    from geolocus.pipeline.geolocator import Geolocator
-
     root = Path(collection).expanduser().resolve()
     if not root.is_dir():
         raise InputError(f"{root} is not a folder of photos")
@@ -213,7 +211,6 @@ def geotag(
 
 
 def check_table(scores: Any) -> str:
-    from geolocus.eval import results_table
 
     return results_table([("leave-one-out on the geotagged photos", scores)])
 
