@@ -28,6 +28,7 @@ from geolocus.ocr import (
 )
 from geolocus.ocr import countries as ctry
 from geolocus.ocr.places import normalise
+from geolocus.refine import BestRefiner
 
 FONTS = [
     Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
@@ -270,7 +271,9 @@ def test_refine_cli_with_photos(tmp_path: Path) -> None:
         acc[name] = float(np.mean(d < 25))
     assert acc["text"] > max(0.85, acc["plain"] + 0.15), acc
     saved = json.loads((tmp_path / "m.json").read_text())
-    assert saved["spec"]["text"] and "txt_place_25km" in saved["feature_names"]
+    back = BestRefiner.load(tmp_path / "m.json")
+    assert saved["refiner"] == "best" and back.spec_.text
+    assert "txt_place_25km" in back.spec_.names()
     # a saved text model reused with --model and --images gives the same answers
     calls = ColourBackend.calls
     out2 = tmp_path / "again.csv"

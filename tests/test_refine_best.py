@@ -154,12 +154,12 @@ def test_save_load_roundtrip(tmp_path):
     np.testing.assert_array_equal(back.rank(nb).scores, r.rank(nb).scores)
     np.testing.assert_array_equal(back.predict(nb), r.predict(nb))
     d = json.loads(path.read_text())
-    d["coef"] = d["coef"][:-1]
+    d["fitted"]["coef_"]["ndarray"] = d["fitted"]["coef_"]["ndarray"][:-1]
     (tmp_path / "bad.json").write_text(json.dumps(d))
     with pytest.raises(InputError, match="malformed"):
         BestRefiner.load(tmp_path / "bad.json")
     (tmp_path / "other.json").write_text('{"format": "something else"}')
-    with pytest.raises(InputError, match="not a saved 'best' refiner"):
+    with pytest.raises(InputError, match="not a saved geolocus refiner"):
         BestRefiner.load(tmp_path / "other.json")
     with pytest.raises(InputError, match="not found"):
         BestRefiner.load(tmp_path / "missing.json")
@@ -197,7 +197,7 @@ def test_cli_fit_save_and_reuse(tmp_path, capsys):
     assert _acc(pred, truth, 25) >= 0.9
     kde = ["refine", "--neighbours", str(nfile), "--method", "kde", "--out", str(out2)]
     assert main([*kde, "--model", str(model)]) == 2
-    assert "no saved form" in capsys.readouterr().err
+    assert "saved refiner is 'best', not 'kde'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -280,16 +280,16 @@ def test_text_evidence_beats_neighbours_alone():
     text = cross_val_predict(lambda: BestRefiner(sharpness=2.0, l2=1e-3), nbt, truth, folds)
     assert _acc(text, truth, 25) >= _acc(plain, truth, 25) + 0.2
     fitted = BestRefiner(sharpness=2.0, l2=1e-3).fit(nbt, truth)
-    w = dict(zip(fitted.spec.names(), fitted.coef_, strict=True))
+    w = dict(zip(fitted.spec_.names(), fitted.coef_, strict=True))
     assert w["txt_place_25km"] > 0.5  # learned to trust a named place
 
 
 def test_text_model_ranks_photos_without_text_as_before(tmp_path):
     nb, truth, ev = text_world(150, seed=12)
     plain = BestRefiner(sharpness=2.0, l2=1e-3).fit(nb, truth)
-    assert not plain.spec.text and len(plain.coef_) == len(FeatureSpec().names())
+    assert not plain.spec_.text and len(plain.coef_) == len(FeatureSpec().names())
     text = BestRefiner(sharpness=2.0, l2=1e-3).fit(nb.with_evidence(ev), truth)
-    assert text.spec.text and text.text_l2_ in text.text_l2_grid
+    assert text.spec_.text and text.text_l2_ in text.text_l2_grid
     none = np.array([e is None for e in ev])
     s_plain = plain.decision_function(nb)
     s_text = text.decision_function(nb.with_evidence(ev))
@@ -302,7 +302,7 @@ def test_text_model_ranks_photos_without_text_as_before(tmp_path):
     path = tmp_path / "text.json"
     text.save(path)
     back = BestRefiner.load(path)
-    assert back.spec.text and back.text_l2_ == text.text_l2_
+    assert back.spec_.text and back.text_l2_ == text.text_l2_
     np.testing.assert_allclose(back.decision_function(nb.with_evidence(ev)), s_text)
     # subsets keep each query's evidence
     sub = nb.with_evidence(ev).subset(np.arange(10, 20))

@@ -24,6 +24,10 @@ class ImageError(InputError):
     """A photo that cannot be read safely (missing, corrupt, too large, not an image)."""
 
 
+class NotFittedError(InputError):
+    """An estimator (a stage-2 refiner) used before ``fit`` or loading what it learned."""
+
+
 class ModelUnavailableError(GeolocusError):
     """A model or its weights are not installed on this machine."""
 

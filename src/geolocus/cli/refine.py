@@ -62,8 +62,8 @@ def refine(
         raise InputError("--fit and --labels go together")
     if model is not None and fit is not None:
         raise InputError("give either --model or --fit/--labels, not both")
-    if (model is not None or save_model is not None) and not hasattr(refiner, "save"):
-        raise InputError(f"method {method!r} has no saved form; --model/--save-model need best")
+    if (model is not None or save_model is not None) and not refiner.learns:
+        raise InputError(f"method {method!r} learns nothing: --model/--save-model need kde or best")
     if save_model is not None and fit is None:
         raise InputError("--save-model saves what --fit learned: give --fit and --labels")
     if (images is not None or fit_images is not None) and method != "best":
@@ -92,13 +92,14 @@ def refine(
             )
         refiner.fit(fit_nb, lab.loc[list(fit_nb.ids), ["LAT", "LON"]].to_numpy())
     elif refiner.requires_fit:
-        hint = " (or --model)" if hasattr(refiner, "save") else ""
-        raise InputError(f"method {method!r} learns from data: give --fit and --labels{hint}")
+        raise InputError(
+            f"method {method!r} learns from data: give --fit and --labels (or --model)"
+        )
     if save_model is not None:
         refiner.save(save_model)
         typer.echo(f"saved the fitted {method} refiner to {save_model}")
     nb = read_neighbours(neighbours)
-    uses_text = getattr(getattr(refiner, "spec", None), "text", False)
+    uses_text = refiner.reads_text
     if images is not None and uses_text:
         nb = evidence(nb, images)
     elif images is not None:

@@ -17,7 +17,6 @@ import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -26,16 +25,11 @@ from geolocus.errors import InputError
 from geolocus.files import atomic_write
 from geolocus.index.build import database_vectors
 from geolocus.index.database import Database
-from geolocus.refine import KDERefiner, Refiner
+from geolocus.refine import Refiner
 
 #: At most this many database photos serve as leave-one-out queries (a random sample).
 MAX_FIT_QUERIES = 5000
 CACHE_FOLDER = "refiners"
-
-
-def needs_fit(refiner: Refiner) -> bool:
-    """Whether the refiner learns something from labelled queries (as cross-validation does)."""
-    return refiner.requires_fit or type(refiner).fit is not Refiner.fit
 
 
 def _regroup(nb: Neighbours, k: int, groups: Callable[[str], str]) -> Neighbours:
@@ -91,23 +85,6 @@ def loo_neighbours(
     return nb, db.coords[rows]
 
 
-def _state(refiner: Refiner) -> dict[str, Any] | None:
-    if hasattr(refiner, "to_dict"):
-        return refiner.to_dict()
-    if isinstance(refiner, KDERefiner):
-        return {"bandwidth_km": refiner.bandwidth_km}
-    return None
-
-
-def _restore(refiner: Refiner, state: dict[str, Any]) -> Refiner:
-    if hasattr(type(refiner), "from_dict"):
-        return type(refiner).from_dict(state)
-    if isinstance(refiner, KDERefiner):
-        refiner.bandwidth_km = float(state["bandwidth_km"])
-        return refiner
-    raise InputError(f"cannot restore a cached {refiner.name!r} refiner")
-
-
 def _identity(db: Database, refiner: Refiner, k: int, k_far: int, grouped: bool) -> dict:
     m = db.manifest
     return {
@@ -131,7 +108,7 @@ def fit_on_database(
     nprobe: int | None = None,
 ) -> Refiner:
     """``refiner`` fitted on the database by leave-one-out (or restored from the cache)."""
-    if not needs_fit(refiner):
+    if not refiner.learns:
         return refiner
     ident = _identity(db, refiner, k, k_far, groups is not None)
     tag = "-grouped" if groups is not None else ""
@@ -140,14 +117,15 @@ def fit_on_database(
         with contextlib.suppress(OSError, ValueError, KeyError, InputError):
             saved = json.loads(path.read_text())
             if saved.get("identity") == ident:
-                return _restore(refiner, saved["state"])
+                restored = type(refiner).from_state(saved["state"])
+                if restored.get_params() == refiner.get_params():
+                    return restored
     nb, truth = loo_neighbours(db, k, k_far, groups=groups, nprobe=nprobe)
     refiner.fit(nb, truth)
-    state = _state(refiner)
-    if cache and state is not None:
+    if cache:
         try:
             with atomic_write(path) as fh:
-                json.dump({"identity": ident, "state": state}, fh, indent=1)
+                json.dump({"identity": ident, "state": refiner.get_state()}, fh, indent=1)
         except OSError:
             pass  # a read-only database folder: fit again next time
     return refiner

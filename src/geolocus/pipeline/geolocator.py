@@ -117,8 +117,7 @@ class Geolocator:
         self.nprobe = nprobe
         self.warn = warn
         self.refiner = create(refiner) if isinstance(refiner, str) else refiner
-        fitted = any(k.endswith("_") and not k.startswith("_") for k in vars(self.refiner))
-        if isinstance(refiner, str) or (self.refiner.requires_fit and not fitted):
+        if isinstance(refiner, str) or (self.refiner.requires_fit and not self.refiner.is_fitted()):
             # a refiner given fitted (or configured by hand) is used as it is
             self.refiner = fit_on_database(
                 self.refiner,

@@ -32,7 +32,7 @@ from geolocus.files import atomic_write, write_text_atomic
 from geolocus.geo import haversine_km
 from geolocus.index.build import build_database, gather_inputs
 from geolocus.models.embedder import create_embedder
-from geolocus.pipeline.fitting import loo_neighbours, needs_fit
+from geolocus.pipeline.fitting import loo_neighbours
 from geolocus.pipeline.geolocator import Geolocator
 from geolocus.refine import create
 
@@ -91,7 +91,7 @@ def leave_one_out_check(geolocator: Any, folds: int = 5) -> Any:
     """
     nb, truth = loo_neighbours(geolocator.database, geolocator.k, geolocator.k_far)
     refiner = geolocator.refiner
-    if needs_fit(refiner) and len(nb) >= 2 * folds:
+    if refiner.learns and len(nb) >= 2 * folds:
         fold = np.random.default_rng(0).permutation(len(nb)) % folds
         top = cross_val_predict(lambda: create(refiner.name), nb, truth, fold)
     else:

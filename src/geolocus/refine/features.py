@@ -21,12 +21,13 @@ which scale, and how highly they were ranked; and how many of the "dissimilar"
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from geolocus.data.neighbours import Neighbours
 from geolocus.geo import distance_km
+from geolocus.refine.base import state_type
 from geolocus.refine.text import text_feature_names, text_features
 
 #: Scales (km) at which agreeing neighbours are counted: street to continent.
@@ -39,9 +40,10 @@ FAR_SCALES_KM: tuple[float, ...] = (750, 1500, 2500, 5000)
 _CHUNK = 2048  # queries per block, to bound the (chunk, K, K) distance arrays
 
 
+@state_type
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Which features :func:`candidate_features` computes (saved with a fitted model)."""
+    """Which features :func:`candidate_features` computes (saved with a fitted refiner)."""
 
     vote_scales_km: tuple[float, ...] = VOTE_SCALES_KM
     rank_bins: tuple[tuple[int, int | None], ...] = RANK_BINS
@@ -62,19 +64,6 @@ class FeatureSpec:
         if self.text:
             out += text_feature_names()
         return out
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FeatureSpec:
-        return cls(
-            vote_scales_km=tuple(float(s) for s in d["vote_scales_km"]),
-            rank_bins=tuple((int(a), None if b is None else int(b)) for a, b in d["rank_bins"]),
-            far_scales_km=tuple(float(s) for s in d["far_scales_km"]),
-            rank=bool(d["rank"]),
-            text=bool(d.get("text", False)),
-        )
 
 
 def _fmt(x: float) -> str:

@@ -24,10 +24,7 @@ confidence that the answer is within a distance (see docs/refine.md).
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 
@@ -35,15 +32,11 @@ from geolocus.data.im2gps3k import photographer
 from geolocus.data.neighbours import Neighbours
 from geolocus.errors import InputError
 from geolocus.eval.folds import grouped_folds
-from geolocus.files import atomic_write
 from geolocus.geo import THRESHOLDS_KM, distance_km
 from geolocus.refine.base import Ranking, Refiner, order_rows
 from geolocus.refine.features import FeatureSpec, candidate_features, prior_weights
 from geolocus.refine.text import text_features
 
-#: Saved-model format tag and version (``BestRefiner.save`` / ``load``).
-MODEL_FORMAT = "geolocus-refiner-best"
-MODEL_VERSION = 1
 #: Candidate L2 weights of the text features (second stage) for the inner cross-validation.
 TEXT_L2_GRID: tuple[float, ...] = (1e-5, 1e-4, 1e-3)
 #: Candidate values of ``(sharpness, l2)`` for the inner cross-validation.
@@ -177,6 +170,7 @@ class BestRefiner(Refiner):
 
     name = "best"
     requires_fit = True
+    learns = True
 
     def __init__(
         self,
@@ -195,7 +189,7 @@ class BestRefiner(Refiner):
         self.text_l2_grid = tuple(text_l2_grid)
         self.sharpness = sharpness
         self.l2 = l2
-        self.spec = spec or FeatureSpec()
+        self.spec = spec
         self.grid = grid
         self.inner_folds = inner_folds
         self.thresholds_km = tuple(thresholds_km)
@@ -213,10 +207,10 @@ class BestRefiner(Refiner):
             raise InputError(
                 "refiner 'best' with text needs the query photos' evidence (give the images)"
             )
-        self.spec = replace(self.spec, text=False)
-        x = candidate_features(neighbours, self.spec)
+        spec = replace(self.spec or FeatureSpec(), text=False)
+        x = candidate_features(neighbours, spec)
         gains = threshold_gains(neighbours.near, truth, self.thresholds_km)
-        w0 = prior_weights(self.spec, self.thresholds_km, neighbours.k)
+        w0 = prior_weights(spec, self.thresholds_km, neighbours.k)
         if self.sharpness is None or self.l2 is None:
             self.sharpness_, self.l2_ = self._select(neighbours.ids, x, gains, w0)
         else:
@@ -235,9 +229,10 @@ class BestRefiner(Refiner):
             wt = fit_weights(
                 xt, gains, np.zeros(xt.shape[-1]), self.sharpness_, self.text_l2_, offset=scores
             )
-            self.spec = replace(self.spec, text=True)
+            spec = replace(spec, text=True)
             self.coef_ = np.concatenate([self.coef_, wt])
             scores = scores + xt @ wt
+        self.spec_ = spec
         self.temperature_ = fit_temperature(scores, _closest_sets(neighbours.near, truth))
         self.k_near_, self.k_far_ = neighbours.k, neighbours.far.shape[1]
         return self
@@ -286,11 +281,8 @@ class BestRefiner(Refiner):
 
     # -- predicting ------------------------------------------------------------------------
 
-    def _check_fitted(self, neighbours: Neighbours) -> None:
-        if not hasattr(self, "coef_"):
-            raise InputError(
-                "refiner 'best' is not fitted: call fit(neighbours, truth) or load a saved model"
-            )
+    def _check_input(self, neighbours: Neighbours) -> None:
+        self.check_fitted()
         if neighbours.k != self.k_near_ or neighbours.far.shape[1] != self.k_far_:
             raise InputError(
                 f"refiner 'best' was fitted on {self.k_near_} near and {self.k_far_} far "
@@ -299,77 +291,17 @@ class BestRefiner(Refiner):
 
     def decision_function(self, neighbours: Neighbours) -> np.ndarray:
         """Raw candidate scores ``(N, K)`` in retrieval order (higher is better)."""
-        self._check_fitted(neighbours)
-        return candidate_features(neighbours, self.spec) @ self.coef_
+        self._check_input(neighbours)
+        return candidate_features(neighbours, self.spec_) @ self.coef_
 
     def rank(self, neighbours: Neighbours) -> Ranking:
         p = _softmax(self.decision_function(neighbours) / self.temperature_)
         return order_rows(neighbours.near, p)
 
-    # -- persistence -----------------------------------------------------------------------
+    @property
+    def reads_text(self) -> bool:
+        return self.is_fitted() and self.spec_.text
 
-    def to_dict(self) -> dict[str, Any]:
-        if not hasattr(self, "coef_"):
-            raise InputError("refiner 'best' is not fitted: nothing to save")
-        return {
-            "format": MODEL_FORMAT,
-            "version": MODEL_VERSION,
-            "spec": self.spec.to_dict(),
-            "feature_names": self.spec.names(),
-            "coef": self.coef_.tolist(),
-            "temperature": self.temperature_,
-            "sharpness": self.sharpness_,
-            "l2": self.l2_,
-            "text_l2": getattr(self, "text_l2_", None),
-            "thresholds_km": list(self.thresholds_km),
-            "k_near": self.k_near_,
-            "k_far": self.k_far_,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BestRefiner:
-        if not isinstance(d, dict) or d.get("format") != MODEL_FORMAT:
-            raise InputError("not a saved 'best' refiner (format tag missing or wrong)")
-        if d.get("version") != MODEL_VERSION:
-            raise InputError(
-                f"saved 'best' refiner has version {d.get('version')!r}, "
-                f"this geolocus reads version {MODEL_VERSION}"
-            )
-        try:
-            spec = FeatureSpec.from_dict(d["spec"])
-            coef = np.asarray(d["coef"], dtype=float)
-            if coef.shape != (len(spec.names()),) or not np.all(np.isfinite(coef)):
-                raise ValueError("coefficients do not match the feature list")
-            r = cls(
-                text=spec.text,
-                sharpness=float(d["sharpness"]),
-                l2=float(d["l2"]),
-                spec=spec,
-                thresholds_km=tuple(float(t) for t in d["thresholds_km"]),
-            )
-            r.sharpness_, r.l2_ = r.sharpness, r.l2
-            if spec.text:
-                r.text_l2_ = r.text_l2 = float(d["text_l2"])
-            r.coef_, r.temperature_ = coef, float(d["temperature"])
-            r.k_near_, r.k_far_ = int(d["k_near"]), int(d["k_far"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise InputError(f"saved 'best' refiner is malformed: {e}") from None
-        return r
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the fitted model as JSON, atomically."""
-        d = self.to_dict()
-        with atomic_write(path) as fh:
-            json.dump(d, fh, indent=1)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> BestRefiner:
-        """Read a model written by :meth:`save` (a clear error if it is not one)."""
-        try:
-            with open(path, encoding="utf-8") as fh:
-                d = json.load(fh)
-        except FileNotFoundError:
-            raise InputError(f"model file not found: {path}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"cannot read model file {path}: {e}") from None
-        return cls.from_dict(d)
+    def _check_state(self) -> None:
+        if self.coef_.shape != (len(self.spec_.names()),) or not np.all(np.isfinite(self.coef_)):
+            raise ValueError("coefficients do not match the feature list")

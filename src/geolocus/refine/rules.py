@@ -64,10 +64,12 @@ class KDERefiner(Refiner):
     snapped to the nearest neighbour (the density is evaluated at each neighbour).
 
     ``fit`` chooses the bandwidth from ``bandwidths_km`` that maximises the mean
-    accuracy over the standard thresholds on the given queries.
+    accuracy over the standard thresholds on the given queries (``bandwidth_km_``);
+    unfitted, it ranks with ``bandwidth_km``.
     """
 
     name = "kde"
+    learns = True
 
     def __init__(
         self,
@@ -93,11 +95,12 @@ class KDERefiner(Refiner):
             acc = float(np.mean([np.mean(d <= t) for t in THRESHOLDS_KM]))
             if acc > best_acc:
                 best, best_acc = bw, acc
-        self.bandwidth_km = float(best)
+        self.bandwidth_km_ = float(best)
         return self
 
     def rank(self, neighbours: Neighbours) -> Ranking:
-        s = self._scores(neighbours, self.bandwidth_km)
+        bandwidth = getattr(self, "bandwidth_km_", self.bandwidth_km)
+        s = self._scores(neighbours, bandwidth)
         # turn log-densities into a distribution over candidates
         p = np.exp(s - s.max(axis=1, keepdims=True))
         return order_rows(neighbours.near, p / p.sum(axis=1, keepdims=True))
