@@ -129,12 +129,12 @@ def predict(
 ) -> np.ndarray:
     """Positions (lat, lon) for query rows ``q`` from database rows ``db``."""
     from geolocus.data import Neighbours
-    from geolocus.refine import create
+    from geolocus.refine import create_refiner
 
     idx, sim = neighbours(feats[q], feats[db], v.metric, K if v.refine != "nearest" else 1)
     if v.refine == "nearest":
         return coords[db][idx[:, 0]]
-    ref = create(v.refine)
+    ref = create_refiner(v.refine)
     if v.refine == "kde" and fit_on is not None:  # bandwidth chosen inside the training folds
         fq, fdb = fit_on
         fidx, fsim = neighbours(feats[fq], feats[fdb], v.metric, K)

@@ -109,12 +109,12 @@ def knn(q: np.ndarray, db: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def refined(method: str, near: np.ndarray, scores: np.ndarray) -> np.ndarray:
     from geolocus.data import Neighbours
-    from geolocus.refine import create
+    from geolocus.refine import create_refiner
 
     nb = Neighbours(
         ids=np.arange(len(near)), near=near, far=np.zeros((len(near), 0, 2)), near_scores=scores
     )
-    return create(method).predict(nb)
+    return create_refiner(method).predict(nb)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from geolocus.eval.crossval import cross_val_predict
 from geolocus.eval.folds import grouped_folds
 from geolocus.geo import distance_km
 from geolocus.ocr import PlaceMatch, TextEvidence
-from geolocus.refine import BestRefiner, available, create
+from geolocus.refine import BestRefiner, create_refiner, list_refiners
 from geolocus.refine.features import FeatureSpec, candidate_features, prior_weights
 from geolocus.refine.learned import mass_within
 from geolocus.refine.text import text_feature_names, text_features
@@ -73,17 +73,17 @@ def _acc(pred: np.ndarray, truth: np.ndarray, km: float) -> float:
 
 
 def test_registered_and_needs_fit():
-    assert "best" in available()
-    r = create("best")
+    assert "best" in list_refiners()
+    r = create_refiner("best")
     assert isinstance(r, BestRefiner) and r.requires_fit
 
 
 def test_learns_to_beat_nearest_in_a_dense_world():
     nb, truth = dense_world(300, seed=1)
     tr, te = np.arange(300) < 200, np.arange(300) >= 200
-    best = create("best").fit(nb.subset(tr), truth[tr])
+    best = create_refiner("best").fit(nb.subset(tr), truth[tr])
     got = _acc(best.predict(nb.subset(te)), truth[te], 25)
-    nearest = _acc(create("nearest").predict(nb.subset(te)), truth[te], 25)
+    nearest = _acc(create_refiner("nearest").predict(nb.subset(te)), truth[te], 25)
     assert got >= 0.9 and got > nearest + 0.4
 
 
@@ -208,7 +208,7 @@ def test_cross_validated_best_beats_dualgeo_on_shared_neighbours(im2gps3k):
     folds = grouped_folds(nb.ids, 5, group=photographer)
 
     def cv(name: str) -> list[float]:
-        pred = cross_val_predict(lambda: create(name), nb, truth, folds)
+        pred = cross_val_predict(lambda: create_refiner(name), nb, truth, folds)
         return score_errors(distance_km(pred, truth)).row()
 
     best, dual = cv("best"), cv("dualgeo")

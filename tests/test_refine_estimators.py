@@ -11,7 +11,7 @@ import pytest
 
 from geolocus.cli.main import main
 from geolocus.errors import GeolocusError, InputError, NotFittedError
-from geolocus.refine import Refiner, available, create
+from geolocus.refine import Refiner, create_refiner, list_refiners
 from test_refine_best import dense_world
 
 
@@ -20,10 +20,10 @@ def world():
     return dense_world(90, seed=11)
 
 
-@pytest.mark.parametrize("name", available())
+@pytest.mark.parametrize("name", list_refiners())
 def test_fit_never_changes_the_settings(world, name):
     nb, truth = world
-    r = create(name)
+    r = create_refiner(name)
     before = copy.deepcopy(r.get_params())
     assert not r.is_fitted()
     r.fit(nb, truth)
@@ -31,10 +31,10 @@ def test_fit_never_changes_the_settings(world, name):
     assert r.is_fitted() == r.learns  # a refiner that learns shows it in `name_` attributes
 
 
-@pytest.mark.parametrize("name", available())
+@pytest.mark.parametrize("name", list_refiners())
 def test_predict_before_fit(world, name):
     nb, _ = world
-    r = create(name)
+    r = create_refiner(name)
     if r.requires_fit:
         with pytest.raises(NotFittedError, match=f"refiner '{name}' is not fitted"):
             r.predict(nb)
@@ -48,11 +48,11 @@ def test_not_fitted_is_a_one_line_user_error():
     assert issubclass(NotFittedError, GeolocusError) and issubclass(NotFittedError, InputError)
 
 
-@pytest.mark.parametrize("name", available())
+@pytest.mark.parametrize("name", list_refiners())
 def test_save_and_load_give_identical_predictions(world, tmp_path, name):
     nb, truth = world
     train, test = nb.subset(slice(0, 60)), nb.subset(slice(60, None))
-    r = create(name).fit(train, truth[:60])
+    r = create_refiner(name).fit(train, truth[:60])
     path = tmp_path / f"{name}.json"
     r.save(path)
     for back in (Refiner.load(path), type(r).load(path)):
@@ -66,7 +66,7 @@ def test_save_and_load_give_identical_predictions(world, tmp_path, name):
 
 def test_kde_learns_its_bandwidth_without_forgetting_the_setting(world):
     nb, truth = world
-    r = create("kde", bandwidth_km=800.0, bandwidths_km=(1.0, 2.0))
+    r = create_refiner("kde", bandwidth_km=800.0, bandwidths_km=(1.0, 2.0))
     r.fit(nb, truth)
     assert r.bandwidth_km == 800.0 and r.bandwidth_km_ in (1.0, 2.0)
 
@@ -74,9 +74,9 @@ def test_kde_learns_its_bandwidth_without_forgetting_the_setting(world):
 def test_a_file_of_another_refiner_or_kind_is_refused(world, tmp_path):
     nb, truth = world
     path = tmp_path / "kde.json"
-    create("kde").fit(nb, truth).save(path)
+    create_refiner("kde").fit(nb, truth).save(path)
     with pytest.raises(InputError, match="saved refiner is 'kde', not 'best'"):
-        type(create("best")).load(path)
+        type(create_refiner("best")).load(path)
     state = json.loads(path.read_text())
     state["fitted"]["__class__"] = 1
     (tmp_path / "evil.json").write_text(json.dumps(state))

@@ -9,7 +9,7 @@ from geolocus.data import Neighbours, read_coords, read_neighbours
 from geolocus.errors import InputError
 from geolocus.eval import score_errors
 from geolocus.geo import haversine_km
-from geolocus.refine import available, create
+from geolocus.refine import create_refiner, list_refiners
 
 
 def _one(near, far=None):
@@ -19,31 +19,31 @@ def _one(near, far=None):
 
 
 def test_registry():
-    assert {"nearest", "dualgeo", "kde"} <= set(available())
+    assert {"nearest", "dualgeo", "kde"} <= set(list_refiners())
     with pytest.raises(InputError, match="unknown refine method"):
-        create("nope")
+        create_refiner("nope")
 
 
 def test_nearest_takes_the_first():
     nb = _one([[1, 1], [50, 50], [50.01, 50.01]])
-    assert create("nearest").predict(nb).tolist() == [[1.0, 1.0]]
+    assert create_refiner("nearest").predict(nb).tolist() == [[1.0, 1.0]]
 
 
 def test_dualgeo_takes_the_member_of_the_largest_cluster_nearest_its_centre():
     # an outlier first, then three points near Paris; the middle one is closest to their centre
     nb = _one([[-33.9, 18.4], [48.80, 2.30], [48.86, 2.35], [48.92, 2.40]])
-    pred = create("dualgeo").predict(nb)
+    pred = create_refiner("dualgeo").predict(nb)
     assert pred.tolist() == [[48.86, 2.35]]
 
 
 def test_dualgeo_without_any_cluster_falls_back_to_retrieval_order():
     nb = _one([[0, 0], [40, 40], [-40, 100]])
-    assert create("dualgeo").predict(nb).tolist() == [[0.0, 0.0]]
+    assert create_refiner("dualgeo").predict(nb).tolist() == [[0.0, 0.0]]
 
 
 def test_kde_picks_the_dense_candidate_and_scores_form_a_distribution():
     nb = _one([[10, 10], [-20, 30], [-20.05, 30.05], [-19.95, 30.0]])
-    r = create("kde").rank(nb)
+    r = create_refiner("kde").rank(nb)
     assert haversine_km(*r.candidates[0, 0], -20, 30) < 10
     assert r.scores.sum() == pytest.approx(1.0)
     assert np.all(np.diff(r.scores[0]) <= 0)
@@ -55,7 +55,7 @@ def test_rules_on_shared_neighbours(im2gps3k):
     t = lab.loc[list(nb.ids), ["LAT", "LON"]].to_numpy()
 
     def acc(name):
-        p = create(name).predict(nb)
+        p = create_refiner(name).predict(nb)
         return score_errors(haversine_km(p[:, 0], p[:, 1], t[:, 0], t[:, 1])).row()
 
     nearest, dualgeo = acc("nearest"), acc("dualgeo")

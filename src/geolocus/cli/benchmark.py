@@ -41,7 +41,7 @@ def refine_cv(
     from geolocus.eval.crossval import cross_val_predict
     from geolocus.eval.folds import grouped_folds
     from geolocus.geo import haversine_km
-    from geolocus.refine import create
+    from geolocus.refine import create_refiner
 
     nb = read_neighbours(neighbours)
     lab = read_coords(labels, "labels").set_index("IMG_ID")
@@ -59,8 +59,8 @@ def refine_cv(
     fold = grouped_folds(nb.ids, folds, group=photographer)
     rows: list = []
     for m in [m.strip() for m in methods.split(",") if m.strip()]:
-        create(m)  # fail early on an unknown name
-        pred = cross_val_predict(lambda m=m: create(m), nb, truth, fold)
+        create_refiner(m)  # fail early on an unknown name
+        pred = cross_val_predict(lambda m=m: create_refiner(m), nb, truth, fold)
         d = haversine_km(pred[:, 0], pred[:, 1], truth[:, 0], truth[:, 1])
         label = f"{m} + photo text" if images is not None and m == "best" else m
         rows.append((label, score_errors(d)))

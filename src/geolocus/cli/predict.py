@@ -66,9 +66,9 @@ def predict(
         raise InputError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if lmm is not None and not lmm_model:
         raise InputError("--lmm needs --lmm-model NAME")
-    from geolocus.refine import create
+    from geolocus.refine import create_refiner
 
-    create(refine)  # an unknown name fails before the model is loaded
+    create_refiner(refine)  # an unknown name fails before the model is loaded
     paths = expand_inputs(photos)
     if not paths:
         raise InputError("no photos given (the folders named hold none)")

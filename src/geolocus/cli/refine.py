@@ -55,9 +55,9 @@ def refine(
     """
     from geolocus.data import read_coords, read_neighbours, write_coords
     from geolocus.errors import InputError
-    from geolocus.refine import create
+    from geolocus.refine import create_refiner
 
-    refiner = create(method)
+    refiner = create_refiner(method)
     if (fit is None) != (labels is None):
         raise InputError("--fit and --labels go together")
     if model is not None and fit is not None:

@@ -12,37 +12,31 @@ the types. Importing this package does not import torch; the classes load on fir
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from typing import TYPE_CHECKING, Any
 
 from geolocus.errors import InputError
+from geolocus.registry import Registry
 
 if TYPE_CHECKING:
     from geolocus.models.base import GeoModel
 
-#: Model type (as stored in files) -> "module:Class".
-_MODELS: dict[str, str] = {
-    "geoclip": "geolocus.models.geoclip:GeoCLIP",
-    "dualgeo": "geolocus.models.dualgeo:DualGeo",
-    "transgeoclip": "geolocus.models.transgeoclip:TransGeoCLIP",
-}
+#: Model type (as stored in files) -> its class, imported on first use.
+MODELS: Registry[GeoModel] = Registry("model type")
+MODELS.register("geoclip", "geolocus.models.geoclip:GeoCLIP")
+MODELS.register("dualgeo", "geolocus.models.dualgeo:DualGeo")
+MODELS.register("transgeoclip", "geolocus.models.transgeoclip:TransGeoCLIP")
 
 
 def list_models() -> list[str]:
     """The model types :func:`create_model` and :func:`load_model` know."""
-    return list(_MODELS)
+    return MODELS.names()
 
 
 def model_class(model_type: str) -> type[GeoModel]:
-    try:
-        module, name = _MODELS[model_type].split(":")
-    except KeyError:
-        raise InputError(
-            f"unknown model type {model_type!r}; choose one of: {', '.join(_MODELS)}"
-        ) from None
-    return getattr(importlib.import_module(module), name)
+    """The class of a model type (imported now)."""
+    return MODELS.get(model_type)  # type: ignore[return-value]
 
 
 def create_model(model_type: str, **config: Any) -> GeoModel:
@@ -70,4 +64,4 @@ def load_model(path: str | os.PathLike[str], map_location: str = "cpu") -> GeoMo
     return model.to(map_location).eval()
 
 
-__all__ = ["create_model", "list_models", "load_model", "model_class"]
+__all__ = ["MODELS", "create_model", "list_models", "load_model", "model_class"]

@@ -21,10 +21,12 @@ import os
 from PIL import Image
 
 from geolocus.ocr.backends import (
+    OCR_BACKENDS,
     OCRBackend,
     TextBox,
     available_backends,
     create_backend,
+    list_backends,
     register_backend,
 )
 from geolocus.ocr.cache import OCRCache, file_hash
@@ -61,6 +63,7 @@ def _default_backend(name: str) -> OCRBackend:
 
 __all__ = [
     "NO_TEXT",
+    "OCR_BACKENDS",
     "OCRBackend",
     "OCRCache",
     "PlaceMatch",
@@ -70,6 +73,7 @@ __all__ = [
     "available_backends",
     "create_backend",
     "file_hash",
+    "list_backends",
     "read_text",
     "register_backend",
     "script_of",

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from geolocus.errors import InputError, ModelUnavailableError
+from geolocus.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -214,15 +215,21 @@ class TesseractBackend(OCRBackend):
         return sorted(out, key=lambda b: -b.score)
 
 
-_BACKENDS: dict[str, type[OCRBackend]] = {
-    cls.name: cls for cls in (RapidOCRBackend, TesseractBackend)
-}
+#: The OCR engines by name (:func:`available_backends`: those installed here).
+OCR_BACKENDS: Registry[OCRBackend] = Registry("OCR backend")
+OCR_BACKENDS.register(RapidOCRBackend.name, RapidOCRBackend)
+OCR_BACKENDS.register(TesseractBackend.name, TesseractBackend)
 
 
 def register_backend(cls: type[OCRBackend]) -> type[OCRBackend]:
-    """Add a backend class to the registry (usable as a decorator)."""
-    _BACKENDS[cls.name] = cls
+    """Add a backend class under its ``name`` (usable as a decorator)."""
+    OCR_BACKENDS.register(cls.name, cls)
     return cls
+
+
+def list_backends() -> list[str]:
+    """Names of every registered backend, installed or not."""
+    return OCR_BACKENDS.names()
 
 
 def available_backends() -> list[str]:
@@ -238,10 +245,4 @@ def available_backends() -> list[str]:
 def create_backend(name: str = "rapidocr", **kwargs) -> OCRBackend:
     """A backend by name (``rapidocr``, ``tesseract`` or a registered one); a clear error
     if it is missing."""
-    try:
-        cls = _BACKENDS[name]
-    except KeyError:
-        raise InputError(
-            f"unknown OCR backend {name!r}; choose one of: {', '.join(sorted(_BACKENDS))}"
-        ) from None
-    return cls(**kwargs)
+    return OCR_BACKENDS.create(name, **kwargs)

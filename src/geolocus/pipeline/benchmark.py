@@ -43,7 +43,7 @@ from geolocus.pipeline.formats import write_map
 from geolocus.pipeline.geolocator import Geolocator
 from geolocus.pipeline.results import place_label, top1
 from geolocus.places import Gazetteer
-from geolocus.refine import create
+from geolocus.refine import create_refiner
 
 #: The floor: accuracy (%) at 25, 200, 750, 2500 km of the best single point on Earth
 #: for all of IM2GPS3k (one constant guess for every photo, chosen knowing the answers).
@@ -145,7 +145,7 @@ def cross_validate(
 ) -> BenchmarkResult:
     """The ``cv3`` protocol (see the module docstring)."""
     for r in refiners:
-        create(r)  # fail early on an unknown name
+        create_refiner(r)  # fail early on an unknown name
     t0 = time.perf_counter()
     _, ids, paths, truth = _labels(data)
     embedder = embedder if embedder is not None else create_embedder(model)

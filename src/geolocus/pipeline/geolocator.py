@@ -33,10 +33,8 @@ from geolocus.index.database import Database
 from geolocus.pipeline.candidates import MERGE_KM, SUPPORT_KM, distinct_places, pool_candidates
 from geolocus.pipeline.fitting import fit_on_database
 from geolocus.pipeline.results import Guess, Prediction
-from geolocus.refine import Refiner, create
+from geolocus.refine import DEFAULT_REFINER, Refiner, create_refiner
 
-#: Refiner used when none is named.
-DEFAULT_REFINER = "dualgeo"
 #: How many candidate places the multimodal model is shown, and far neighbours.
 LMM_CANDIDATES = 10
 LMM_FAR = 10
@@ -116,7 +114,7 @@ class Geolocator:
         self.batch_size, self.loader_threads = max(1, int(batch_size)), max(1, int(loader_threads))
         self.nprobe = nprobe
         self.warn = warn
-        self.refiner = create(refiner) if isinstance(refiner, str) else refiner
+        self.refiner = create_refiner(refiner) if isinstance(refiner, str) else refiner
         if isinstance(refiner, str) or (self.refiner.requires_fit and not self.refiner.is_fitted()):
             # a refiner given fitted (or configured by hand) is used as it is
             self.refiner = fit_on_database(

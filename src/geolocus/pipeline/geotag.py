@@ -34,7 +34,7 @@ from geolocus.index.build import build_database, gather_inputs
 from geolocus.models.embedder import create_embedder
 from geolocus.pipeline.fitting import loo_neighbours
 from geolocus.pipeline.geolocator import Geolocator
-from geolocus.refine import create
+from geolocus.refine import create_refiner
 
 WORK = ".geolocus"
 PARTIAL = "geotag-partial.csv"
@@ -93,7 +93,7 @@ def leave_one_out_check(geolocator: Any, folds: int = 5) -> Any:
     refiner = geolocator.refiner
     if refiner.learns and len(nb) >= 2 * folds:
         fold = np.random.default_rng(0).permutation(len(nb)) % folds
-        top = cross_val_predict(lambda: create(refiner.name), nb, truth, fold)
+        top = cross_val_predict(lambda: create_refiner(refiner.name), nb, truth, fold)
     else:
         top = refiner.predict(nb)
     return score_errors(haversine_km(top[:, 0], top[:, 1], truth[:, 0], truth[:, 1]))

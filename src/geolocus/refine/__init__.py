@@ -1,50 +1,43 @@
 """Stage 2, geo-cognitive refinement: choose the answer among retrieved candidates.
 
-``create(name)`` builds a refiner by name; ``available()`` lists the names.
+``create_refiner(name)`` builds a refiner by name; ``list_refiners()`` lists the
+names; :data:`REFINERS` is the registry a new refiner class is added to.
 """
 
 from __future__ import annotations
 
-from geolocus.errors import InputError
-from geolocus.refine.base import Ranking, Refiner
+from typing import Any
+
+from geolocus.refine.base import REFINERS, Ranking, Refiner
 from geolocus.refine.learned import BestRefiner
 from geolocus.refine.rules import DualGeoRefiner, KDERefiner, NearestRefiner
 
-_REGISTRY: dict[str, type[Refiner]] = {
-    cls.name: cls for cls in (NearestRefiner, DualGeoRefiner, KDERefiner, BestRefiner)
-}
+for _cls in (NearestRefiner, DualGeoRefiner, KDERefiner, BestRefiner):
+    REFINERS.register(_cls.name, _cls)
+
+#: Refiner used when none is named.
+DEFAULT_REFINER = "dualgeo"
 
 
-def register(cls: type[Refiner]) -> type[Refiner]:
-    """Add a refiner class to the registry (usable as a decorator)."""
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def available() -> list[str]:
+def list_refiners() -> list[str]:
     """Names of the registered refiners."""
-    return sorted(_REGISTRY)
+    return REFINERS.names()
 
 
-def create(name: str, **kwargs) -> Refiner:
+def create_refiner(name: str, **kwargs: Any) -> Refiner:
     """A new refiner by registry name."""
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise InputError(
-            f"unknown refine method {name!r}; choose one of: {', '.join(available())}"
-        ) from None
-    return cls(**kwargs)
+    return REFINERS.create(name, **kwargs)
 
 
 __all__ = [
+    "DEFAULT_REFINER",
+    "REFINERS",
     "BestRefiner",
     "DualGeoRefiner",
     "KDERefiner",
     "NearestRefiner",
     "Ranking",
     "Refiner",
-    "available",
-    "create",
-    "register",
+    "create_refiner",
+    "list_refiners",
 ]

@@ -21,6 +21,7 @@ import numpy as np
 from geolocus.data.neighbours import Neighbours
 from geolocus.errors import InputError, NotFittedError
 from geolocus.files import atomic_write
+from geolocus.registry import Registry
 
 
 @dataclass
@@ -104,13 +105,12 @@ class Refiner:
                 f"saved refiner has version {state.get('version')!r}, "
                 f"this geolocus reads version {STATE_VERSION}"
             )
-        kinds = {c.name: c for c in _subclasses(Refiner) if c.name}
         name = state.get("refiner")
-        if name not in kinds or not issubclass(kinds[name], cls):
-            want = repr(cls.name) if cls.name else "a known refiner"
-            raise InputError(f"saved refiner is {name!r}, not {want}")
+        kind = REFINERS.get(str(name))
+        if not issubclass(kind, cls):
+            raise InputError(f"saved refiner is {name!r}, not {cls.name!r}")
         try:
-            r = kinds[name](**{k: _decode(v) for k, v in state["params"].items()})
+            r = kind(**{k: _decode(v) for k, v in state["params"].items()})
             for k, v in state["fitted"].items():
                 if not k.endswith("_") or k.startswith("_"):
                     raise ValueError(f"{k!r} is not a learned attribute")
@@ -163,13 +163,6 @@ class Refiner:
 #: Saved-refiner format tag and version (:meth:`Refiner.save` / :meth:`Refiner.load`).
 STATE_FORMAT = "geolocus-refiner"
 STATE_VERSION = 2
-
-
-def _subclasses(cls: type) -> list[type]:
-    out = []
-    for c in cls.__subclasses__():
-        out += [c, *_subclasses(c)]
-    return out
 
 
 def _encode(v: Any) -> Any:
@@ -226,6 +219,10 @@ def state_type(cls: type) -> type:
     """Allow instances of the dataclass ``cls`` in a saved refiner state (a decorator)."""
     _STATE_TYPES[cls.__name__] = cls
     return cls
+
+
+#: The refiners by name (filled by :mod:`geolocus.refine`).
+REFINERS: Registry[Refiner] = Registry("refine method")
 
 
 def order_rows(candidates: np.ndarray, scores: np.ndarray) -> Ranking:

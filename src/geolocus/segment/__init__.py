@@ -16,7 +16,7 @@ import importlib
 from typing import Any
 
 import geolocus.segment.catalog  # noqa: F401  (registers the SegFormer weights)
-from geolocus.errors import InputError
+from geolocus.registry import Registry
 from geolocus.segment.catalog import SEGFORMER_ADE
 
 _LAZY = {
@@ -29,7 +29,10 @@ _LAZY = {
     "palette": "geolocus.segment.viz",
 }
 
-SEGMENTERS = ("codebook", SEGFORMER_ADE)
+#: Segmenters by name, each built by its class's ``create`` (imported on first use).
+SEGMENTERS: Registry[Any] = Registry("segmenter")
+SEGMENTERS.register("codebook", "geolocus.segment.codebook:PseudoSegmenter.create")
+SEGMENTERS.register(SEGFORMER_ADE, "geolocus.segment.segformer:SegFormerSegmenter.create")
 
 __all__ = [*_LAZY, "SEGMENTERS", "create_segmenter", "list_segmenters"]
 
@@ -41,7 +44,7 @@ def __getattr__(name: str) -> Any:
 
 
 def list_segmenters() -> list[str]:
-    return list(SEGMENTERS)
+    return SEGMENTERS.names()
 
 
 def create_segmenter(name: str = "codebook", **kwargs: Any):
@@ -53,12 +56,4 @@ def create_segmenter(name: str = "codebook", **kwargs: Any):
     ``segformer-b0-ade``: ``weights=`` a local model folder, ``pretrained=False``
     for random weights (tests), other keywords go to its config.
     """
-    if name == "codebook":
-        from geolocus.segment.codebook import PseudoSegmenter
-
-        return PseudoSegmenter.create(**kwargs)
-    if name == SEGFORMER_ADE:
-        from geolocus.segment.segformer import SegFormerSegmenter
-
-        return SegFormerSegmenter.create(**kwargs)
-    raise InputError(f"unknown segmenter {name!r}; choose one of: {', '.join(SEGMENTERS)}")
+    return SEGMENTERS.create(name, **kwargs)

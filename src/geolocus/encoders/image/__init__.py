@@ -12,10 +12,9 @@ the classes are loaded on first use.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from geolocus.encoders.image.catalog import SPECS, EncoderSpec
-from geolocus.errors import ModelUnavailableError
+from geolocus.encoders.image.catalog import IMAGE_ENCODERS, EncoderSpec
 
 if TYPE_CHECKING:
     from geolocus.encoders.image.base import ImageEncoder, ImageFeatures, Preprocessing
@@ -28,18 +27,14 @@ def list_encoders(offline: bool | None = None) -> list[str]:
     """Names of the known backbones (``offline=True``: only those installable from PyPI)."""
     return [
         n
-        for n, s in SPECS.items()
-        if offline is None or offline == (not s.source.startswith("hub:"))
+        for n in IMAGE_ENCODERS.names()
+        if offline is None or offline == (not get_spec(n).source.startswith("hub:"))
     ]
 
 
 def get_spec(name: str) -> EncoderSpec:
-    try:
-        return SPECS[name]
-    except KeyError:
-        raise ModelUnavailableError(
-            f"unknown image encoder {name!r}; choose one of: {', '.join(list_encoders())}"
-        ) from None
+    """The spec of a backbone (how to build it, where its weights live)."""
+    return cast(EncoderSpec, IMAGE_ENCODERS.get(name))
 
 
 def create_encoder(
@@ -57,8 +52,10 @@ def create_encoder(
     Other ``options`` are builder-specific: ``gem_p`` for EfficientNet,
     ``pooling`` for ``vit-s14-focus``.
     """
-    spec = get_spec(name or DEFAULT_ENCODER)
-    return spec.build(pretrained=pretrained, weights=weights, **options).eval()
+    encoder = IMAGE_ENCODERS.create(
+        name or DEFAULT_ENCODER, pretrained=pretrained, weights=weights, **options
+    )
+    return encoder.eval()
 
 
 def __getattr__(attr: str):
@@ -71,6 +68,7 @@ def __getattr__(attr: str):
 
 __all__ = [
     "DEFAULT_ENCODER",
+    "IMAGE_ENCODERS",
     "EncoderSpec",
     "ImageEncoder",
     "ImageFeatures",

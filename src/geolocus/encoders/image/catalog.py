@@ -11,7 +11,10 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from geolocus.errors import ModelUnavailableError
+from geolocus.registry import Registry
 from geolocus.weights import WeightsInfo, hf_cache, package_file, register_weights, user_weights
 
 KIND = "image-encoder"
@@ -33,6 +36,8 @@ class EncoderSpec:
     def build(self, **kwargs):
         module, func = self.builder.split(":")
         return getattr(importlib.import_module(module), func)(self, **kwargs)
+
+    __call__ = build  # a spec is the factory its registry entry holds
 
 
 def _pkg(dist: str, rel: str) -> Callable[[], Path | None]:
@@ -56,11 +61,12 @@ _LITE_FILES = {
     "lite2": "efficientnet-lite2-9656183e.pth",
 }
 
-SPECS: dict[str, EncoderSpec] = {}
+#: The backbones by name; each entry is its :class:`EncoderSpec` (a factory).
+IMAGE_ENCODERS: Registry[Any] = Registry("image encoder", ModelUnavailableError)
 
 
 def _add(spec: EncoderSpec) -> None:
-    SPECS[spec.name] = spec
+    IMAGE_ENCODERS.register(spec.name, spec)
     register_weights(
         WeightsInfo(
             name=spec.name,

@@ -17,6 +17,7 @@ from typing import Any
 
 import geolocus.encoders.location.pretrained  # noqa: F401  (registers GeoCLIP's weights)
 from geolocus.errors import InputError
+from geolocus.registry import Registry
 
 _LAZY = {
     "GeoCLIPLocationEncoder": "geolocus.encoders.location.geoclip",
@@ -27,7 +28,27 @@ _LAZY = {
     "project_geoclip": "geolocus.encoders.location.rff",
 }
 
-ENCODERS = ("geoclip", "transgeo")
+
+def _geoclip(pretrained: bool = True, **kwargs: Any) -> Any:
+    from geolocus.encoders.location.geoclip import GeoCLIPLocationEncoder
+
+    if pretrained:
+        if kwargs:
+            raise InputError(f"pretrained geoclip takes no options, got {sorted(kwargs)}")
+        return GeoCLIPLocationEncoder.from_pretrained()
+    return GeoCLIPLocationEncoder(**kwargs)
+
+
+def _transgeo(pretrained: bool = True, **kwargs: Any) -> Any:
+    from geolocus.encoders.location.transgeo import TransGeoLocationEncoder
+
+    return TransGeoLocationEncoder(**kwargs)  # no published weights: always random
+
+
+#: Location encoders by name.
+ENCODERS: Registry[Any] = Registry("location encoder")
+ENCODERS.register("geoclip", _geoclip)
+ENCODERS.register("transgeo", _transgeo)
 
 __all__ = [*_LAZY, "ENCODERS", "create_location_encoder", "list_location_encoders"]
 
@@ -39,7 +60,7 @@ def __getattr__(name: str) -> Any:
 
 
 def list_location_encoders() -> list[str]:
-    return list(ENCODERS)
+    return ENCODERS.names()
 
 
 def create_location_encoder(name: str = "geoclip", pretrained: bool = True, **kwargs: Any):
@@ -50,16 +71,4 @@ def create_location_encoder(name: str = "geoclip", pretrained: bool = True, **kw
     weights and is always randomly initialised (``pretrained`` is ignored).
     Keyword arguments go to the class.
     """
-    if name == "geoclip":
-        from geolocus.encoders.location.geoclip import GeoCLIPLocationEncoder
-
-        if pretrained:
-            if kwargs:
-                raise InputError(f"pretrained geoclip takes no options, got {sorted(kwargs)}")
-            return GeoCLIPLocationEncoder.from_pretrained()
-        return GeoCLIPLocationEncoder(**kwargs)
-    if name == "transgeo":
-        from geolocus.encoders.location.transgeo import TransGeoLocationEncoder
-
-        return TransGeoLocationEncoder(**kwargs)
-    raise InputError(f"unknown location encoder {name!r}; choose from {', '.join(ENCODERS)}")
+    return ENCODERS.create(name, pretrained=pretrained, **kwargs)
