@@ -259,7 +259,7 @@ def test_refine_cli_with_photos(tmp_path: Path) -> None:
             str(images),
             "--out",
             str(tmp_path / "text.csv"),
-            "--save-model",
+            "--save-refiner",
             str(tmp_path / "m.json"),
         ]
     ) in (0, None)
@@ -281,7 +281,7 @@ def test_refine_cli_with_photos(tmp_path: Path) -> None:
         [
             *common,
             *ocr,
-            "--model",
+            "--refiner-file",
             str(tmp_path / "m.json"),
             "--images",
             str(images),
@@ -314,7 +314,7 @@ def test_refine_cli_with_photos(tmp_path: Path) -> None:
             [
                 *common,
                 *ocr,
-                "--model",
+                "--refiner-file",
                 str(tmp_path / "m.json"),
                 "--images",
                 str(images),

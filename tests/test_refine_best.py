@@ -190,13 +190,13 @@ def test_cli_fit_save_and_reuse(tmp_path, capsys):
     assert main([*base, "--out", str(out1)]) == 2
     assert "give --fit and --labels" in capsys.readouterr().err
     fit = ["--fit", str(nfile), "--labels", str(lfile)]
-    assert main([*base, "--out", str(out1), *fit, "--save-model", str(model)]) == 0
-    assert main([*base, "--out", str(out2), "--model", str(model)]) == 0
+    assert main([*base, "--out", str(out1), *fit, "--save-refiner", str(model)]) == 0
+    assert main([*base, "--out", str(out2), "--refiner-file", str(model)]) == 0
     assert out1.read_text() == out2.read_text()
     pred = read_coords(out1).set_index("IMG_ID").loc[list(nb.ids), ["LAT", "LON"]].to_numpy()
     assert _acc(pred, truth, 25) >= 0.9
     kde = ["refine", "--neighbours", str(nfile), "--method", "kde", "--out", str(out2)]
-    assert main([*kde, "--model", str(model)]) == 2
+    assert main([*kde, "--refiner-file", str(model)]) == 2
     assert "saved refiner is 'best', not 'kde'" in capsys.readouterr().err
 
 

@@ -95,7 +95,7 @@ def test_cli_refiner_file_that_is_not_one(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "geolocus-refiner", "version": 1}')
     rc = main(["refine", "--neighbours", str(nbf), "--method", "best", "--out",
-               str(tmp_path / "o.csv"), "--model", str(bad)])  # fmt: skip
+               str(tmp_path / "o.csv"), "--refiner-file", str(bad)])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert err.strip().splitlines() == [

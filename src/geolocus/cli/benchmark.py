@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+from geolocus.cli.options import db_option, refiner_names, refiner_option
+from geolocus.refine import list_refiners
+
 app = typer.Typer(help="Reproducible experiments: cross-validated tables.", no_args_is_help=True)
 
 
@@ -13,9 +16,7 @@ app = typer.Typer(help="Reproducible experiments: cross-validated tables.", no_a
 def refine_cv(
     neighbours: Path = typer.Option(..., "--neighbours", help="Neighbours CSV (dev queries)."),
     labels: Path = typer.Option(..., "--labels", help="IMG_ID,LAT,LON of those queries."),
-    methods: str = typer.Option(
-        "nearest,dualgeo,kde,best", "--methods", help="Comma-separated refiners to compare."
-    ),
+    methods: str = refiner_option("--methods", default=",".join(list_refiners()), several=True),
     folds: int = typer.Option(5, "--folds", help="Photographer-grouped cross-validation folds."),
     compare: bool = typer.Option(True, "--compare/--no-compare", help="Add published rows."),
     oracle: bool = typer.Option(True, "--oracle/--no-oracle", help="Add the best-of-K row."),
@@ -32,44 +33,29 @@ def refine_cv(
     Queries are split into folds by photographer (the owner id ending each
     IM2GPS3k file name); each fold is predicted by a refiner fitted on the others.
     """
-    import numpy as np
+    from geolocus.eval import results_table
+    from geolocus.pipeline.refining import (
+        OCRSettings,
+        cross_validate_refiners,
+        labelled_neighbours,
+        with_photo_text,
+    )
 
-    from geolocus.data import read_coords, read_neighbours
-    from geolocus.data.im2gps3k import photographer
-    from geolocus.errors import InputError
-    from geolocus.eval import published_results, results_table, score_errors
-    from geolocus.eval.crossval import cross_val_predict
-    from geolocus.eval.folds import grouped_folds
-    from geolocus.geo import haversine_km
-    from geolocus.refine import create_refiner
-
-    nb = read_neighbours(neighbours)
-    lab = read_coords(labels, "labels").set_index("IMG_ID")
-    have = np.isin(nb.ids, lab.index)
-    if not have.all():
-        typer.echo(f"note: {int((~have).sum())} queries without labels are left out", err=True)
-        nb = nb.subset(have)
-    if len(nb) < folds:
-        raise InputError(f"need at least {folds} labelled queries for {folds}-fold CV")
-    truth = lab.loc[list(nb.ids), ["LAT", "LON"]].to_numpy()
+    names = refiner_names(methods)
+    nb, truth, n_missing = labelled_neighbours(neighbours, labels, drop_unlabelled=True)
+    if n_missing:
+        typer.echo(f"note: {n_missing} queries without labels are left out", err=True)
     if images is not None:  # the text in each photo, for the refiners that use it (best)
-        from geolocus.ocr.collection import photo_evidence
-
-        nb = nb.with_evidence(photo_evidence(list(nb.ids), images, ocr_cache))
-    fold = grouped_folds(nb.ids, folds, group=photographer)
-    rows: list = []
-    for m in [m.strip() for m in methods.split(",") if m.strip()]:
-        create_refiner(m)  # fail early on an unknown name
-        pred = cross_val_predict(lambda m=m: create_refiner(m), nb, truth, fold)
-        d = haversine_km(pred[:, 0], pred[:, 1], truth[:, 0], truth[:, 1])
-        label = f"{m} + photo text" if images is not None and m == "best" else m
-        rows.append((label, score_errors(d)))
-        typer.echo(f"{m}: done", err=True)
-    if oracle:
-        d = haversine_km(nb.near[..., 0], nb.near[..., 1], truth[:, None, 0], truth[:, None, 1])
-        rows.append((f"oracle (best of {nb.k})", score_errors(d.min(axis=1))))
-    if compare:
-        rows += [(r.system, r) for r in published_results("im2gps3k")]
+        nb = with_photo_text(nb, images, OCRSettings(cache=ocr_cache))
+    rows = cross_validate_refiners(
+        nb,
+        truth,
+        names,
+        folds,
+        oracle=oracle,
+        compare=compare,
+        progress=lambda m: typer.echo(f"{m}: done", err=True),
+    )
     typer.echo(results_table(rows, markdown=markdown))
 
 
@@ -81,16 +67,14 @@ def im2gps3k(
     model: str | None = typer.Option(
         None, "--model", help="Backbone name, 'geoclip' or a model file (default: offline default)."
     ),
-    refine: str = typer.Option(
-        "dualgeo", "--refine", help="Refiner, or a comma-separated list to compare (cv3)."
-    ),
+    refine: str = refiner_option(note="cv3: a comma-separated list compares several."),
     data: Path | None = typer.Option(
         None, "--data", help="IM2GPS3k folder (labels.csv, images/); default: ../shared/data."
     ),
     cache: Path = typer.Option(
         Path("cache/features"), "--cache", help="cv3: where backbone features are cached."
     ),
-    db: Path = typer.Option(Path("out/demo-db"), "--db", help="holdout: database folder."),
+    db: Path = db_option(Path("out/demo-db"), help="holdout: database folder."),
     test_fold: int = typer.Option(0, "--test-fold", help="holdout: the fold geolocated."),
     sample: int = typer.Option(
         300, "--sample", help="holdout: photos of that fold geolocated (0: all)."
@@ -116,7 +100,7 @@ def im2gps3k(
     from geolocus.files import atomic_write
     from geolocus.pipeline import benchmark as bm
 
-    methods = [m.strip() for m in refine.split(",") if m.strip()]
+    methods = refiner_names(refine)
     if protocol == "cv3":
         res = bm.cross_validate(model, methods, data=data, cache=cache)
     elif protocol == "holdout":

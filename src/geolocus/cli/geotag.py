@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from geolocus.cli.options import batch_size_option, refiner_option
+
 
 def geotag(
     collection: Path = typer.Argument(..., help="Folder of photos, some with EXIF GPS."),
@@ -15,8 +17,8 @@ def geotag(
     model: str | None = typer.Option(
         None, "--model", help="Backbone or model file (default: the offline default backbone)."
     ),
-    refine: str | None = typer.Option(
-        None, "--refine", help="Stage 2 (default: best from 50 geotagged photos, else nearest)."
+    refine: str | None = refiner_option(
+        default=None, note="Default: best from 50 geotagged photos, else nearest."
     ),
     xmp: bool = typer.Option(
         False, "--xmp", help="Also write XMP sidecars (photo.jpg.xmp); existing ones are kept."
@@ -24,7 +26,7 @@ def geotag(
     check: bool = typer.Option(
         True, "--check/--no-check", help="Estimate accuracy by leave-one-out on geotagged photos."
     ),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Photos per forward pass."),
+    batch_size: int = batch_size_option(16),
 ) -> None:
     """Geolocate the photos of a collection that have no GPS from the ones that do.
 

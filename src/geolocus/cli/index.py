@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from geolocus.cli.options import batch_size_option, db_option
+
 app = typer.Typer(
     help="Retrieval databases of geotagged photos: build, add, info.", no_args_is_help=True
 )
@@ -45,7 +47,7 @@ def build(
     factory: str = typer.Option(
         "Flat", "--factory", help="FAISS index: Flat (exact), or e.g. 'IVF256,Flat', 'HNSW32,Flat'."
     ),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Photos per forward pass."),
+    batch_size: int = batch_size_option(32),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace a database built from other photos or another model."
     ),
@@ -70,13 +72,13 @@ def build(
 
 @app.command("add")
 def add(
-    db: Path = typer.Option(..., "--db", help="Database folder (from 'geolocus index build')."),
+    db: Path = db_option(),
     images: Path = typer.Option(..., "--images", help="Folder of photos to add."),
     labels: Path | None = typer.Option(None, "--labels", help=_LABELS_HELP),
     exif: bool = typer.Option(
         False, "--exif", help="Take each photo's position from its EXIF GPS."
     ),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Photos per forward pass."),
+    batch_size: int = batch_size_option(32),
 ) -> None:
     """Add photos to a database, with the model it was built with.
 

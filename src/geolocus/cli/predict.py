@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from geolocus.cli.options import batch_size_option, db_option, refiner_option
+
 
 def _map_paths(base: Path, n: int) -> list[Path]:
     if n == 1:
@@ -18,16 +20,14 @@ def predict(
     photos: list[Path] = typer.Argument(
         ..., help="Photos, folders of photos, or .txt files listing one photo path per line."
     ),
-    db: Path = typer.Option(..., "--db", help="Database folder (from 'geolocus index build')."),
+    db: Path = db_option(),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Distinct places to answer per photo."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json, csv or geojson."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the answer here, not stdout."),
     map_path: Path | None = typer.Option(
         None, "--map", help="Write an offline HTML map (one file per photo when several)."
     ),
-    refine: str = typer.Option(
-        "dualgeo", "--refine", help="Stage 2: nearest, dualgeo, kde or best (fitted on the db)."
-    ),
+    refine: str = refiner_option(note="One that learns is fitted on the database."),
     model: str | None = typer.Option(
         None, "--model", help="Check that the database was built with this model."
     ),
@@ -42,7 +42,7 @@ def predict(
         "--lmm-fallback",
         help="If the --lmm server fails, warn and keep the geometric answer.",
     ),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Photos per forward pass."),
+    batch_size: int = batch_size_option(16),
     progress: bool = typer.Option(False, "--progress", help="Show a progress bar on stderr."),
 ) -> None:
     """Where were these photos taken? Top-k places, confidence, radius and place name.

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import typer
+
+from geolocus.cli.options import refiner_option
 
 
 def refine(
     neighbours: Path = typer.Option(
         ..., "--neighbours", help="Neighbours CSV: IMG_ID, near_<i>_lat/lon, far_<i>_lat/lon."
     ),
-    method: str = typer.Option(
-        "dualgeo", "--method", "-m", help="Refiner: nearest, dualgeo, kde or best."
-    ),
+    method: str = refiner_option("--method", "-m"),
     out: Path = typer.Option(..., "--out", help="Where to write IMG_ID,LAT,LON predictions."),
     fit: Path | None = typer.Option(
         None, "--fit", help="Neighbours CSV of queries with known positions, to fit the refiner."
@@ -22,11 +21,13 @@ def refine(
     labels: Path | None = typer.Option(
         None, "--labels", help="IMG_ID,LAT,LON of the --fit queries."
     ),
-    save_model: Path | None = typer.Option(
-        None, "--save-model", help="Also write the fitted refiner here (JSON; method best)."
+    save_refiner: Path | None = typer.Option(
+        None, "--save-refiner", help="Also write the fitted refiner here (JSON; kde or best)."
     ),
-    model: Path | None = typer.Option(
-        None, "--model", help="Use a refiner saved with --save-model instead of --fit/--labels."
+    refiner_file: Path | None = typer.Option(
+        None,
+        "--refiner-file",
+        help="Use a refiner saved with --save-refiner instead of --fit/--labels.",
     ),
     images: Path | None = typer.Option(
         None,
@@ -48,67 +49,31 @@ def refine(
 
     Methods: nearest (the first neighbour), dualgeo (DualGeo's cluster
     re-ranking), kde (kernel-density mode; --fit tunes its bandwidth), best
-    (a learned re-ranker; needs --fit and --labels, or --model). With --images,
-    best also weighs what the text in each photo says (script, language, place
-    names; docs/ocr.md): the first run reads every photo (about a second each),
-    later runs reuse the cache.
+    (a learned re-ranker; needs --fit and --labels, or --refiner-file). With
+    --images, best also weighs what the text in each photo says (script,
+    language, place names; docs/ocr.md): the first run reads every photo (about
+    a second each), later runs reuse the cache.
     """
-    from geolocus.data import read_coords, read_neighbours, write_coords
+    from geolocus.data import write_coords
     from geolocus.errors import InputError
-    from geolocus.refine import create_refiner
+    from geolocus.pipeline.refining import OCRSettings, get_refiner, refine_table
 
-    refiner = create_refiner(method)
-    if (fit is None) != (labels is None):
-        raise InputError("--fit and --labels go together")
-    if model is not None and fit is not None:
-        raise InputError("give either --model or --fit/--labels, not both")
-    if (model is not None or save_model is not None) and not refiner.learns:
-        raise InputError(f"method {method!r} learns nothing: --model/--save-model need kde or best")
-    if save_model is not None and fit is None:
-        raise InputError("--save-model saves what --fit learned: give --fit and --labels")
-    if (images is not None or fit_images is not None) and method != "best":
-        raise InputError(f"--images is used by method best only, not {method!r}")
-    fit_images = fit_images or images
-
-    def evidence(nb, folder):
-        from geolocus.ocr.collection import photo_evidence
-
-        return nb.with_evidence(
-            photo_evidence(list(nb.ids), folder, ocr_cache, backend=ocr_backend)
-        )
-
-    if model is not None:
-        refiner = type(refiner).load(model)
-    elif fit is not None and labels is not None:
-        fit_nb = read_neighbours(fit)
-        if fit_images is not None:
-            fit_nb = evidence(fit_nb, fit_images)
-        lab = read_coords(labels, "labels").set_index("IMG_ID")
-        missing = ~np.isin(fit_nb.ids, lab.index)
-        if missing.any():
-            raise InputError(
-                f"{int(missing.sum())} --fit queries have no row in --labels, "
-                f"first {fit_nb.ids[missing][0]!r}"
-            )
-        refiner.fit(fit_nb, lab.loc[list(fit_nb.ids), ["LAT", "LON"]].to_numpy())
-    elif refiner.requires_fit:
-        raise InputError(
-            f"method {method!r} learns from data: give --fit and --labels (or --model)"
-        )
-    if save_model is not None:
-        refiner.save(save_model)
-        typer.echo(f"saved the fitted {method} refiner to {save_model}")
-    nb = read_neighbours(neighbours)
-    uses_text = refiner.reads_text
-    if images is not None and uses_text:
-        nb = evidence(nb, images)
-    elif images is not None:
-        typer.echo("note: this model was fitted without photos: --images is not used", err=True)
-    elif uses_text:
-        typer.echo(
-            "note: this model reads photo text but no --images were given: "
-            "every query is ranked as a photo without text",
-            err=True,
-        )
-    write_coords(out, nb.ids, refiner.predict(nb))
-    typer.echo(f"wrote {len(nb)} predictions ({method}) to {out}")
+    if save_refiner is not None and fit is None:
+        raise InputError("--save-refiner saves what --fit learned: give --fit and --labels")
+    ocr = OCRSettings(ocr_cache, ocr_backend)
+    refiner = get_refiner(
+        method,
+        fit=fit,
+        labels=labels,
+        refiner_file=refiner_file,
+        fit_images=fit_images or images,
+        ocr=ocr,
+    )
+    if save_refiner is not None:
+        refiner.save(save_refiner)
+        typer.echo(f"saved the fitted {method} refiner to {save_refiner}")
+    done = refine_table(refiner, neighbours, images=images, ocr=ocr)
+    for note in done.notes:
+        typer.echo(f"note: {note}", err=True)
+    write_coords(out, done.neighbours.ids, done.positions)
+    typer.echo(f"wrote {len(done.neighbours)} predictions ({method}) to {out}")

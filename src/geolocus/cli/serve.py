@@ -6,12 +6,14 @@ from pathlib import Path
 
 import typer
 
+from geolocus.cli.options import db_option, refiner_option
+
 
 def serve(
-    db: Path = typer.Option(..., "--db", help="Database folder (from 'geolocus index build')."),
+    db: Path = db_option(),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
-    refine: str = typer.Option("dualgeo", "--refine", help="Stage 2: nearest, dualgeo, kde, best."),
+    refine: str = refiner_option(),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Distinct places per photo."),
     lmm: str | None = typer.Option(None, "--lmm", help="URL of an OpenAI-compatible vision API."),
     lmm_model: str | None = typer.Option(None, "--lmm-model", help="Model name for --lmm."),

@@ -2,21 +2,46 @@
 
 ``create_refiner(name)`` builds a refiner by name; ``list_refiners()`` lists the
 names; :data:`REFINERS` is the registry a new refiner class is added to.
+Importing this package imports no refiner (the classes load on first use), so
+the command line can list the names cheaply.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from geolocus.refine.base import REFINERS, Ranking, Refiner
-from geolocus.refine.learned import BestRefiner
-from geolocus.refine.rules import DualGeoRefiner, KDERefiner, NearestRefiner
+from geolocus.registry import Registry
 
-for _cls in (NearestRefiner, DualGeoRefiner, KDERefiner, BestRefiner):
-    REFINERS.register(_cls.name, _cls)
+if TYPE_CHECKING:
+    from geolocus.refine.base import Ranking, Refiner
+    from geolocus.refine.learned import BestRefiner
+    from geolocus.refine.rules import DualGeoRefiner, KDERefiner, NearestRefiner
+
+#: The refiners by name (each class's ``name``), imported on first use.
+REFINERS: Registry[Refiner] = Registry("refine method")
+REFINERS.register("nearest", "geolocus.refine.rules:NearestRefiner")
+REFINERS.register("dualgeo", "geolocus.refine.rules:DualGeoRefiner")
+REFINERS.register("kde", "geolocus.refine.rules:KDERefiner")
+REFINERS.register("best", "geolocus.refine.learned:BestRefiner")
 
 #: Refiner used when none is named.
 DEFAULT_REFINER = "dualgeo"
+
+_LAZY = {
+    "Ranking": "geolocus.refine.base",
+    "Refiner": "geolocus.refine.base",
+    "BestRefiner": "geolocus.refine.learned",
+    "DualGeoRefiner": "geolocus.refine.rules",
+    "KDERefiner": "geolocus.refine.rules",
+    "NearestRefiner": "geolocus.refine.rules",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def list_refiners() -> list[str]:

@@ -21,7 +21,7 @@ import numpy as np
 from geolocus.data.neighbours import Neighbours
 from geolocus.errors import InputError, NotFittedError
 from geolocus.files import atomic_write
-from geolocus.registry import Registry
+from geolocus.refine import REFINERS
 
 
 @dataclass
@@ -56,6 +56,8 @@ class Refiner:
     requires_fit: ClassVar[bool] = False
     #: Whether ``fit`` learns anything (the default ``fit`` learns nothing).
     learns: ClassVar[bool] = False
+    #: Whether it can weigh the text read in the query photos (``Neighbours.evidence``).
+    can_read_text: ClassVar[bool] = False
 
     # -- settings and learned state --------------------------------------------------------
 
@@ -219,10 +221,6 @@ def state_type(cls: type) -> type:
     """Allow instances of the dataclass ``cls`` in a saved refiner state (a decorator)."""
     _STATE_TYPES[cls.__name__] = cls
     return cls
-
-
-#: The refiners by name (filled by :mod:`geolocus.refine`).
-REFINERS: Registry[Refiner] = Registry("refine method")
 
 
 def order_rows(candidates: np.ndarray, scores: np.ndarray) -> Ranking:

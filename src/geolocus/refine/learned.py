@@ -171,6 +171,7 @@ class BestRefiner(Refiner):
     name = "best"
     requires_fit = True
     learns = True
+    can_read_text = True
 
     def __init__(
         self,
