@@ -87,6 +87,11 @@ def test_a_file_of_another_refiner_or_kind_is_refused(world, tmp_path):
     (tmp_path / "evil2.json").write_text(json.dumps(state))
     with pytest.raises(InputError, match="unknown saved type 'Popen'"):
         Refiner.load(tmp_path / "evil2.json")
+    state = json.loads(path.read_text())
+    state["fitted"]["bandwidth_km_"] = {"ndarray": [1.0], "dtype": "object"}
+    (tmp_path / "evil3.json").write_text(json.dumps(state))
+    with pytest.raises(InputError, match="must be numeric"):
+        Refiner.load(tmp_path / "evil3.json")
 
 
 def test_cli_refiner_file_that_is_not_one(tmp_path, capsys):

@@ -192,7 +192,10 @@ def _decode(v: Any) -> Any:
     if not isinstance(v, dict):
         return v
     if "ndarray" in v:
-        return np.asarray(v["ndarray"], dtype=np.dtype(v["dtype"]))
+        dtype = np.dtype(v["dtype"])
+        if dtype.kind not in "biuf":
+            raise ValueError(f"a saved array must be numeric, not {dtype}")
+        return np.asarray(v["ndarray"], dtype=dtype)
     if "tuple" in v:
         return tuple(_decode(x) for x in v["tuple"])
     if "dict" in v:
