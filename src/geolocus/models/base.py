@@ -30,6 +30,7 @@ from torch import nn
 from geolocus.errors import InputError
 from geolocus.modelfile import model_type_of, write_model_file
 from geolocus.models import load_model
+from geolocus.models.gallery import GPSGallery
 
 #: Ways to build the retrieval vector: the model's head alone, the backbone's raw
 #: embedding alone, or both (each L2-normalised, concatenated, scaled by 1/√2).
@@ -122,8 +123,6 @@ class GeoModel(nn.Module):
 
     def gallery(self, coords: Any | None = None, **kwargs: Any):
         """A GPS gallery encoded with this model's location encoder (GeoCLIP's 100K default)."""
-        from geolocus.models.gallery import GPSGallery
-
         enc = getattr(self, "location_encoder", None)
         if enc is None:
             raise InputError(f"{self.model_type} has no location encoder")

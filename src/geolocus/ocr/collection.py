@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from geolocus.errors import InputError
+from geolocus.ocr.backends import create_backend
 from geolocus.ocr.cache import OCRCache
 from geolocus.ocr.evidence import TextEvidence, text_evidence
+from geolocus.ocr.places import PlaceMatcher
 
 #: Where the CLI keeps OCR results unless told otherwise (git-ignored in the repository).
 DEFAULT_CACHE = Path("cache/ocr")
@@ -44,16 +46,11 @@ def photo_evidence(
     """
     paths = query_photos(ids, images)
     if read_only:
-        from geolocus.ocr.backends import create_backend
-
         tag = create_backend(backend).tag
         ocr = OCRCache(cache, None)
         boxes = [ocr.lookup(p, tag) for p in paths]
     else:
-        from geolocus.ocr.backends import create_backend
-
         boxes = OCRCache(cache, create_backend(backend)).many(paths, progress=progress)
-    from geolocus.ocr.places import PlaceMatcher
 
     matcher = PlaceMatcher.load()
     return [None if b is None else text_evidence(b, matcher) for b in boxes]
