@@ -1,7 +1,7 @@
 """The geolocator (Python API): candidates to places, refiners, bad photos, EXIF, LMM, formats.
 
-A "colour world" makes the answers checkable: every place has its own colour,
-a tiny backbone embeds a photo by its mean colour per quadrant, so a red photo
+A "colour world" (:mod:`fakes`) makes the answers checkable: every place has its own
+colour, a tiny backbone embeds a photo by its mean colour per quadrant, so a red photo
 must be placed where the red photos of the database were taken.
 """
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,71 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
-from geolocus.encoders.image.base import ImageEncoder, ImageFeatures, Preprocessing
+from fakes import PLACES, ColourEncoder, bomb, photo
 from geolocus.errors import InputError, ServiceError
 from geolocus.geo import haversine_km
 from geolocus.models.embedder import BackboneEmbedder, ModelEmbedder
 from geolocus.pipeline import Geolocator, render, to_csv, to_geojson, to_json, write_map
 from geolocus.pipeline.candidates import distinct_places, pool_candidates, score_weights
-
-PLACES = {  # name: (lat, lon, colour)
-    "paris": (48.8566, 2.3522, (220, 30, 30)),
-    "tokyo": (35.6762, 139.6503, (30, 30, 220)),
-    "sydney": (-33.8688, 151.2093, (30, 200, 30)),
-    "nairobi": (-1.2921, 36.8219, (220, 220, 30)),
-}
-
-
-class ColourEncoder(ImageEncoder):
-    """Mean colour of each quadrant (12-d), centred so that colours differ in angle."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.name = "colour-test"
-        self.dim, self.token_dim, self.image_size = 12, 3, 16
-        self.preprocessing = Preprocessing(size=16, resize=16, mean=(0.5,) * 3, std=(0.5,) * 3)
-        self.weights_id, self.pooling = "colour-v1", "quadrants"
-        self.calls = 0
-
-    def forward(self, pixels: torch.Tensor) -> ImageFeatures:
-        self.calls += 1
-        q = torch.nn.functional.adaptive_avg_pool2d(pixels, 2)  # (B, 3, 2, 2)
-        tokens = q.flatten(2).transpose(1, 2)  # (B, 4, 3)
-        return ImageFeatures(embedding=tokens.flatten(1), tokens=tokens, grid=(2, 2))
-
-
-def photo(path: Path, colour, seed: int = 0, size=(40, 32), exif_gps=None) -> Path:
-    """A JPEG of one colour with a little noise (and optionally an EXIF GPS block)."""
-    rng = np.random.default_rng(seed)
-    a = np.clip(np.array(colour)[None, None, :] + rng.normal(0, 12, (size[1], size[0], 3)), 0, 255)
-    im = Image.fromarray(a.astype(np.uint8))
-    kw = {}
-    if exif_gps is not None:
-        lat, lon = exif_gps
-        exif = Image.Exif()
-        exif.get_ifd(0x8825).update(
-            {
-                1: "N" if lat >= 0 else "S",
-                2: (abs(lat), 0.0, 0.0),
-                3: "E" if lon >= 0 else "W",
-                4: (abs(lon), 0.0, 0.0),
-            }
-        )
-        kw["exif"] = exif
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path, quality=95, **kw)
-    return path
-
-
-def bomb(path: Path) -> Path:
-    """A 1x1 PNG whose header declares 20000 x 20000 pixels."""
-    b = io.BytesIO()
-    Image.new("L", (1, 1)).save(b, "PNG")
-    data = bytearray(b.getvalue())
-    data[16:24] = struct.pack(">II", 20000, 20000)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    path.write_bytes(bytes(data))
-    return path
 
 
 def colour_world(folder: Path, per_place: int = 5) -> tuple[list[str], list[str], np.ndarray]:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from fakes import PLACES, bomb, photo
 from geolocus.cli.main import main
-from test_pipeline import PLACES, bomb, photo
 
 
 @pytest.fixture(scope="module")
