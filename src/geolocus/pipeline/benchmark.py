@@ -145,7 +145,7 @@ def cross_validate(
     from geolocus.index import Database
     from geolocus.index.build import embed_store
     from geolocus.models.embedder import create_embedder
-    from geolocus.pipeline.geolocator import Geolocator
+    from geolocus.pipeline.geolocator import Geolocator, PlaceSettings, RetrievalSettings
     from geolocus.pipeline.results import top1
     from geolocus.refine import create
 
@@ -183,13 +183,12 @@ def cross_validate(
                 tok = None if store.tokens is None else np.asarray(store.tokens[qr], np.float32)
                 gps = embedder.gps_candidates(np.asarray(store.embeddings[qr], np.float32), tok, 10)
             for r in refiners:
-                geo = Geolocator(
+                geo = Geolocator.from_database(
                     db,
-                    embedder,
                     r,
-                    k=k,
-                    k_far=k_far,
-                    place_names=False,
+                    embedder=embedder,
+                    retrieval=RetrievalSettings(k=k, k_far=k_far),
+                    places=PlaceSettings(names=False),
                     fit_groups=photographer,
                     cache_refiner=False,
                     warmup=False,
@@ -243,7 +242,7 @@ def holdout(
     from geolocus.data.im2gps3k import grouped_folds, photographer
     from geolocus.index.build import Inputs, build_database
     from geolocus.models.embedder import create_embedder
-    from geolocus.pipeline.geolocator import Geolocator
+    from geolocus.pipeline.geolocator import Geolocator, PlaceSettings, RetrievalSettings
     from geolocus.pipeline.results import top1
 
     t0 = time.perf_counter()
@@ -267,13 +266,12 @@ def holdout(
     if progress:
         print(built.summary(), file=sys.stderr)
     t1 = time.perf_counter()
-    geo = Geolocator(
+    geo = Geolocator.from_database(
         built.database,
-        embedder,
         refine,
-        top_k=top_k,
-        k=k,
-        k_far=k_far,
+        embedder=embedder,
+        retrieval=RetrievalSettings(k=k, k_far=k_far),
+        places=PlaceSettings(top_k=top_k),
         fit_groups=photographer,  # as in cv3: the queries' photographers are not in the db
     )
     t_load = time.perf_counter() - t1

@@ -87,7 +87,8 @@ def leave_one_out_check(geolocator: Any, folds: int = 5) -> Any:
     from geolocus.pipeline.fitting import loo_neighbours, needs_fit
     from geolocus.refine import create
 
-    nb, truth = loo_neighbours(geolocator.database, geolocator.k, geolocator.k_far)
+    r = geolocator.retrieval
+    nb, truth = loo_neighbours(geolocator.database, r.k, r.k_far)
     refiner = geolocator.refiner
     if needs_fit(refiner) and len(nb) >= 2 * folds:
         fold = np.random.default_rng(0).permutation(len(nb)) % folds
@@ -155,7 +156,11 @@ def geotag(
     """
     from geolocus.index.build import build_database, gather_inputs
     from geolocus.models.embedder import create_embedder
-    from geolocus.pipeline.geolocator import Geolocator
+    from geolocus.pipeline.geolocator import (
+        Geolocator,
+        PlaceSettings,
+        RetrievalSettings,
+    )
 
     root = Path(collection).expanduser().resolve()
     if not root.is_dir():
@@ -176,7 +181,13 @@ def geotag(
     built = build_database(db_path, inputs, embedder, overwrite=True, progress=progress)
     log(built.summary())
     name = refine or ("best" if len(inputs) >= MIN_FOR_BEST else "nearest")
-    geo = Geolocator(built.database, embedder, name, top_k=1, batch_size=batch_size)
+    geo = Geolocator.from_database(
+        built.database,
+        name,
+        embedder=embedder,
+        retrieval=RetrievalSettings(batch_size=batch_size),
+        places=PlaceSettings(top_k=1),
+    )
     result = GeotagResult(geotagged=len(inputs), refiner=name)
     result.failed = [{"IMG_ID": p.id, "ERROR": p.detail} for p in unreadable]
     if check and len(inputs) >= 3:

@@ -223,7 +223,7 @@ def make_server(
                         "version": __version__,
                         "database": {"photos": len(db), "model": db.manifest.model},
                         "refiner": geolocator.refiner.name,
-                        "top_k": geolocator.top_k,
+                        "top_k": geolocator.places.top_k,
                     },
                 )
             else:
