@@ -20,7 +20,7 @@ from PIL import Image
 from fakes import PLACES, ColourEncoder, bomb, photo
 from geolocus.errors import InputError, ServiceError
 from geolocus.geo import haversine_km
-from geolocus.models.embedder import BackboneEmbedder, ModelEmbedder
+from geolocus.models.embedder import BackboneEmbedder, Embedder, ModelEmbedder
 from geolocus.pipeline import (
     GallerySettings,
     Geolocator,
@@ -378,8 +378,27 @@ def test_output_formats_parse(world, tmp_path):
         render(preds, "xml")
 
 
+class _ProtocolOnly:
+    """An embedder seen through the :class:`Embedder` protocol: any other attribute fails,
+    so a caller that needs more than the protocol lists fails its test."""
+
+    NAMES = frozenset(
+        {*Embedder.__annotations__, *(n for n, v in vars(Embedder).items() if callable(v))}
+        - set(vars(object))
+    )
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str):
+        if name not in self.NAMES:
+            raise AttributeError(f"{name!r} is not part of the Embedder protocol")
+        return getattr(self._inner, name)
+
+
 def test_location_head_adds_gallery_candidates(world):
-    """A GeoCLIP head over the colour backbone: gallery candidates join the answer."""
+    """A GeoCLIP head over the colour backbone: gallery candidates join the answer. The
+    database is built and searched through the Embedder protocol alone."""
     from geolocus.models.gallery import GPSGallery
     from geolocus.models.geoclip import GeoCLIP, GeoCLIPConfig
 
@@ -395,8 +414,12 @@ def test_location_head_adds_gallery_candidates(world):
     model = GeoCLIP(cfg)
     coords = np.array([p[:2] for p in PLACES.values()] + [(0.0, 0.0), (60.0, 30.0)])
     gal = GPSGallery.build(model.location_encoder, coords, cache=False, progress=False)
-    emb = ModelEmbedder(model, ColourEncoder(), "geoclip-test", "id-1", gallery=gal)
+    full = ModelEmbedder(model, ColourEncoder(), "geoclip-test", "id-1", gallery=gal)
+    assert isinstance(full, Embedder) and isinstance(BackboneEmbedder(ColourEncoder()), Embedder)
+    emb = _ProtocolOnly(full)
     assert emb.has_gps and emb.dim == 16
+    with pytest.raises(AttributeError, match="not part of the Embedder protocol"):
+        emb.features  # noqa: B018
     ids, paths, ll = colour_world(tmp / "db2_photos", per_place=3)
     from geolocus.index.build import Inputs, build_database
 

@@ -25,11 +25,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from geolocus.errors import InputError
+
+if TYPE_CHECKING:
+    from geolocus.models.embedder import Embedder
 
 #: The floor: accuracy (%) at 25, 200, 750, 2500 km of the best single point on Earth
 #: for all of IM2GPS3k (one constant guess for every photo, chosen knowing the answers).
@@ -91,7 +94,7 @@ def _labels(data: str | os.PathLike[str] | None):
 
 
 def cached_features(
-    embedder: Any,
+    embedder: Embedder,
     paths: list[str],
     ids: list[str],
     cache: str | os.PathLike[str],
@@ -138,7 +141,7 @@ def cross_validate(
     k: int = 20,
     k_far: int = 20,
     progress: bool = True,
-    embedder: Any | None = None,
+    embedder: Embedder | None = None,
 ) -> BenchmarkResult:
     """The ``cv3`` protocol (see the module docstring)."""
     from geolocus.data.im2gps3k import grouped_folds, photographer
@@ -236,7 +239,7 @@ def holdout(
     k: int = 20,
     k_far: int = 20,
     progress: bool = True,
-    embedder: Any | None = None,
+    embedder: Embedder | None = None,
 ) -> tuple[BenchmarkResult, list[Any], np.ndarray]:
     """The ``holdout`` protocol: returns the result, the predictions and their truth."""
     from geolocus.data.im2gps3k import grouped_folds, photographer

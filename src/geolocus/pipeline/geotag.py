@@ -21,12 +21,16 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from geolocus.errors import InputError
 from geolocus.files import atomic_write, write_text_atomic
+
+if TYPE_CHECKING:
+    from geolocus.models.embedder import Embedder
+    from geolocus.pipeline.geolocator import Geolocator
 
 WORK = ".geolocus"
 PARTIAL = "geotag-partial.csv"
@@ -74,7 +78,7 @@ def _read_partial(path: Path) -> dict[str, dict[str, Any]]:
         return {r["IMG_ID"]: r for r in csv.DictReader(fh) if r.get("IMG_ID")}
 
 
-def leave_one_out_check(geolocator: Any, folds: int = 5) -> Any:
+def leave_one_out_check(geolocator: Geolocator, folds: int = 5) -> Any:
     """Accuracy on the database's own photos, each searched without itself: an estimate
     of how well the photos without a position are placed.
 
@@ -140,7 +144,7 @@ def geotag(
     out: str | os.PathLike[str],
     *,
     model: str | None = None,
-    embedder: Any | None = None,
+    embedder: Embedder | None = None,
     refine: str | None = None,
     db: str | os.PathLike[str] | None = None,
     check: bool = True,
