@@ -59,7 +59,7 @@ def refine_cv(
     rows: list = []
     for m in [m.strip() for m in methods.split(",") if m.strip()]:
         create(m)  # fail early on an unknown name
-        pred = cross_val_predict(lambda m=m: create(m), nb, truth, fold)
+        pred = cross_val_predict(lambda m=m: create(m), nb, truth, fold)  # type: ignore[misc]
         d = haversine_km(pred[:, 0], pred[:, 1], truth[:, 0], truth[:, 1])
         label = f"{m} + photo text" if images is not None and m == "best" else m
         rows.append((label, score_errors(d)))

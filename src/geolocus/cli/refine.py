@@ -78,7 +78,7 @@ def refine(
         )
 
     if model is not None:
-        refiner = type(refiner).load(model)
+        refiner = type(refiner).load(model)  # type: ignore[attr-defined]
     elif fit is not None and labels is not None:
         fit_nb = read_neighbours(fit)
         if fit_images is not None:
@@ -95,7 +95,7 @@ def refine(
         hint = " (or --model)" if hasattr(refiner, "save") else ""
         raise InputError(f"method {method!r} learns from data: give --fit and --labels{hint}")
     if save_model is not None:
-        refiner.save(save_model)
+        refiner.save(save_model)  # type: ignore[attr-defined]
         typer.echo(f"saved the fitted {method} refiner to {save_model}")
     nb = read_neighbours(neighbours)
     uses_text = getattr(getattr(refiner, "spec", None), "text", False)

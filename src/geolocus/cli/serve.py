@@ -38,7 +38,7 @@ def serve(
 
         raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     h, p = server.server_address[:2]
-    typer.echo(f"geolocus: serving {db} on http://{h}:{p}/ (Ctrl-C to stop)", err=True)
+    typer.echo(f"geolocus: serving {db} on http://{h!s}:{p}/ (Ctrl-C to stop)", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

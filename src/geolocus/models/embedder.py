@@ -300,9 +300,9 @@ def create_embedder(
         from geolocus.encoders.image.base import file_identity
         from geolocus.models import load_model
 
-        model = load_model(p)
-        enc = create_encoder(model.backbone, pretrained=pretrained, **encoder_options)
-        return ModelEmbedder(model, enc, str(p.resolve()), file_identity(p))
+        trained = load_model(p)
+        enc = create_encoder(trained.backbone, pretrained=pretrained, **encoder_options)
+        return ModelEmbedder(trained, enc, str(p.resolve()), file_identity(p))
     if p.suffix or os.sep in s or "/" in s:
         raise InputError(f"model file not found: {s}")
     raise ModelUnavailableError(

@@ -50,6 +50,10 @@ LMM_CANDIDATES = 10
 LMM_FAR = 10
 
 
+#: One input as read: (pixels, the image kept for the LMM, EXIF GPS, error).
+_Loaded = tuple["np.ndarray | None", Any, Any, "str | None"]
+
+
 def _warn(msg: str) -> None:
     print(f"geolocus: warning: {msg}", file=sys.stderr)
 
@@ -258,7 +262,7 @@ class Geolocator:
 
     # -- reading photos -----------------------------------------------------------------------
 
-    def _load(self, item: Any, i: int) -> tuple[np.ndarray | None, Any, Any, str | None]:
+    def _load(self, item: Any, i: int) -> _Loaded:
         """(pixels, image kept for the LMM, EXIF GPS, error) of one input."""
         from PIL import Image
 
@@ -289,7 +293,10 @@ class Geolocator:
     # -- prediction ---------------------------------------------------------------------------
 
     def predict(
-        self, images: Any, progress: bool = False, on_result: Callable | None = None
+        self,
+        images: Any,
+        progress: bool = False,
+        on_result: Callable[[Prediction], None] | None = None,
     ) -> list[Prediction]:
         """Geolocate photos: paths, bytes, binary files or Pillow images (one or a list).
 
@@ -308,7 +315,7 @@ class Geolocator:
         bs = self.retrieval.batch_size
         batches = [range(s, min(n, s + bs)) for s in range(0, n, bs)]
 
-        def load_batch(rows: range) -> list:
+        def load_batch(rows: range) -> list[_Loaded]:
             return [self._load(items[i], i) for i in rows]
 
         bar = None
@@ -351,9 +358,11 @@ class Geolocator:
                     )
                     for i, p in zip(good, preds, strict=True):
                         out[i] = p
-                for i in rows:
-                    if on_result is not None:
-                        on_result(out[i])
+                done = [out[i] for i in rows]
+                if on_result is not None:
+                    for pred in done:
+                        if pred is not None:  # every row of the batch is answered by now
+                            on_result(pred)
                 if bar is not None:
                     bar.update(len(rows))
         if bar is not None:

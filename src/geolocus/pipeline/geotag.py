@@ -219,8 +219,8 @@ def geotag(
     rows = [done[p.id] for p in targets if p.id in done]
     result.predicted = [r for r in rows if not r.get("ERROR")]
     result.failed += [r for r in rows if r.get("ERROR")]
-    with atomic_write(out, newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=FIELDS)
+    with atomic_write(out, newline="", encoding="utf-8") as out_fh:
+        w = csv.DictWriter(out_fh, fieldnames=FIELDS)
         w.writeheader()
         w.writerows(rows)
     partial.unlink(missing_ok=True)

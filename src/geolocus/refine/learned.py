@@ -349,7 +349,7 @@ class BestRefiner(Refiner):
                 spec=spec,
                 thresholds_km=tuple(float(t) for t in d["thresholds_km"]),
             )
-            r.sharpness_, r.l2_ = r.sharpness, r.l2
+            r.sharpness_, r.l2_ = r.sharpness, r.l2  # type: ignore[assignment]  # set just above
             if spec.text:
                 r.text_l2_ = r.text_l2 = float(d["text_l2"])
             r.coef_, r.temperature_ = coef, float(d["temperature"])

@@ -93,7 +93,7 @@ def parse_answer(text: str) -> tuple[float, float, str]:
         lat = obj.get("latitude", obj.get("lat"))
         lon = obj.get("longitude", obj.get("lon", obj.get("lng")))
         try:
-            lat, lon = float(lat), float(lon)
+            lat, lon = float(lat), float(lon)  # type: ignore[arg-type]  # None: TypeError below
         except (TypeError, ValueError):
             continue
         if np.isfinite(lat) and np.isfinite(lon) and abs(lat) <= 90 and abs(lon) <= 180:
