@@ -42,6 +42,7 @@ from geolocus.refine import Refiner, create
 
 if TYPE_CHECKING:
     from geolocus.places import Gazetteer
+    from geolocus.refine.lmm import Chooser
 
 #: Refiner used when none is named.
 DEFAULT_REFINER = "dualgeo"
@@ -119,7 +120,7 @@ class LMMSettings:
     :class:`geolocus.refine.lmm.LMMClient`); with ``fallback`` a server failure warns once
     and keeps the geometric answer instead of raising :class:`ServiceError`."""
 
-    client: Any
+    client: Chooser
     fallback: bool = False
 
     @classmethod

@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -54,6 +55,15 @@ class LMMAnswer:
     reason: str = ""
     samples: list[tuple[float, float]] = field(default_factory=list)
     used_fallback: bool = False
+
+
+class Chooser(Protocol):
+    """What chooses among candidate places for a photo: :class:`LMMClient`, or a stand-in."""
+
+    def ask(self, image: Any, near: Sequence[Candidate], far: Sequence[Candidate]) -> LMMAnswer:
+        """The position chosen for ``image`` among the ``near`` candidates (``far``: ones
+        unlikely, shown for contrast); raises :class:`ServiceError` when it cannot answer."""
+        ...
 
 
 def build_prompt(near: Sequence[Candidate], far: Sequence[Candidate]) -> str:
