@@ -199,6 +199,10 @@ def test_constructor_only_stores_what_it_is_given(world, monkeypatch):
         assert geo.gazetteer is None and geo.lmm is None
         assert all(v == 0 for v in geo.timing.values())
     assert sorted(db.path.rglob("*")) == before
+    other = ColourEncoder()
+    other.name = "another-model"
+    with pytest.raises(InputError, match="built with model"):  # checked all the same
+        Geolocator(db, BackboneEmbedder(other), NearestRefiner())
     geo = Geolocator(db, emb, NearestRefiner(), retrieval=NEAR, places=PlaceSettings(top_k=2))
     [pred] = geo([photo(tmp / "q" / "plain-paris.jpg", PLACES["paris"][2], seed=4)])
     assert _near(pred.top, "paris") and pred.top.place is None  # no gazetteer: unnamed

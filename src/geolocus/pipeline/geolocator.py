@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geolocus.errors import ImageError, InputError, ServiceError
+from geolocus.index.build import check_embedder, embedder_for
 from geolocus.index.database import Database
 from geolocus.models.embedder import Embedder
 from geolocus.pipeline.candidates import MERGE_KM, SUPPORT_KM, distinct_places, pool_candidates
@@ -136,9 +137,9 @@ class Geolocator:
 
     Made by :meth:`from_database`, which opens the database, creates or checks the
     embedder, fits the refiner (cached in the database) and loads the gazetteer. The
-    constructor only stores what it is given, ready to use: a :class:`Database`, its
-    :class:`Embedder`, a :class:`Refiner` already fitted if it learns, and the gazetteer
-    that names places (None: unnamed).
+    constructor only stores what it is given, ready to use: a :class:`Database`, the
+    :class:`Embedder` it was built with (checked), a :class:`Refiner` already fitted if
+    it learns, and the gazetteer that names places (None: unnamed).
     """
 
     def __init__(
@@ -154,6 +155,7 @@ class Geolocator:
         gazetteer: Gazetteer | None = None,
         warn: Callable[[str], None] = _warn,
     ) -> None:
+        check_embedder(database, embedder)  # the manifest in memory: no file is read
         self.database, self.embedder, self.refiner = database, embedder, refiner
         self.retrieval = retrieval.within(len(database))
         self.places, self.gallery, self.lmm = places, gallery, lmm
@@ -182,8 +184,8 @@ class Geolocator:
         """A geolocator over ``database`` (a :class:`Database` or its folder), everything
         loaded once.
 
-        - ``embedder``: the model the database was built with (checked); default: made
-          from the manifest (``model``, if given, must be that one).
+        - ``embedder``: the model the database was built with; default: made from the
+          manifest (``model``, if given, must be that one).
         - ``refine``: a name (``nearest``, ``dualgeo``, ``kde``, ``best``) or a
           :class:`Refiner`; one named that learns is fitted on the database by
           leave-one-out (grouped by ``fit_groups`` if given) and cached there
@@ -191,13 +193,9 @@ class Geolocator:
           and is not fitted.
         - ``warmup``: run one blank photo through at once (see :meth:`warmup`).
         """
-        from geolocus.index.build import check_embedder, embedder_for
-
         db = database if isinstance(database, Database) else Database.open(database)
         if embedder is None:
             embedder = embedder_for(db, model)
-        else:
-            check_embedder(db, embedder)
         near = retrieval.within(len(db))
         refiner = create(refine) if isinstance(refine, str) else refine
         fitted = any(a.endswith("_") and not a.startswith("_") for a in vars(refiner))
