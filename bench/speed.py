@@ -106,7 +106,7 @@ def run(
     from geolocus.index import Database
     from geolocus.index.build import Inputs, build_database
     from geolocus.models.embedder import create_embedder
-    from geolocus.pipeline import Geolocator
+    from geolocus.pipeline import Geolocator, RetrievalSettings
 
     t0 = time.perf_counter()
     hub = model in ("geoclip",) or model.startswith(("clip", "dinov2", "streetclip"))
@@ -137,7 +137,9 @@ def run(
                     db = padded_database(src, size, factory, Path(tmp) / f"pad{size}")
                     t_index = time.perf_counter() - t
                     t = time.perf_counter()
-                    geos[size] = Geolocator(db, embedder, refine, batch_size=batch)
+                    geos[size] = Geolocator.from_database(
+                        db, refine, embedder=embedder, retrieval=RetrievalSettings(batch_size=batch)
+                    )
                     geos[size].load_s = time.perf_counter() - t
                     print(f"# {factory} index of {size:,} made in {t_index:.1f} s", file=sys.stderr)
                 geo = geos[size]

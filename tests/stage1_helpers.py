@@ -1,4 +1,5 @@
-"""Shared by the stage-1 tests: a tiny image encoder and a generated, labelled photo set."""
+"""Shared by the stage-1 tests: a generated, labelled photo set and an overfitting loop
+(the toy encoders are in :mod:`fakes`)."""
 
 from __future__ import annotations
 
@@ -6,32 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
-
-from geolocus.encoders.image.base import ImageEncoder, ImageFeatures, Preprocessing
 
 #: Two "places" and a colour for each: photos of a place share its colour.
 PLACES = np.array([[48.8566, 2.3522], [35.6762, 139.6503], [-33.8688, 151.2093]])
 COLOURS = np.array([[200, 40, 40], [40, 170, 60], [50, 60, 210]])
-
-
-class TinyEncoder(ImageEncoder):
-    """Tokens: a fixed random 1x1 convolution of each 8x8 cell's mean colour (4x4 grid,
-    16-d); embedding: their mean. Deterministic, fast, and colours stay apart."""
-
-    def __init__(self, name: str = "tiny") -> None:
-        super().__init__()
-        self.name, self.dim, self.token_dim, self.image_size = name, 16, 16, 32
-        self.preprocessing = Preprocessing(size=32, resize=32, mean=(0, 0, 0), std=(1, 1, 1))
-        self.weights_id = "tiny-v1"
-        g = torch.Generator().manual_seed(0)
-        self.register_buffer("proj", torch.randn(3, 16, generator=g))
-
-    def forward(self, pixels: torch.Tensor) -> ImageFeatures:
-        cells = F.adaptive_avg_pool2d(pixels, 4).flatten(2).transpose(1, 2)  # (B, 16, 3)
-        tokens = torch.tanh((cells - 0.5) @ self.proj)
-        return ImageFeatures(embedding=tokens.mean(1), tokens=tokens, grid=(4, 4))
 
 
 def photo_set(root: Path, per_place: int = 4, seed: int = 0) -> tuple[Path, Path]:

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fakes import PLACES, ColourEncoder, photo
 from geolocus.cli.main import main
 from geolocus.data.im2gps3k import photographer
 from geolocus.eval.folds import grouped_folds
 from geolocus.models.embedder import BackboneEmbedder
 from geolocus.pipeline import benchmark as bm
-from test_pipeline import PLACES, ColourEncoder, photo
 
 
 @pytest.fixture(scope="module")

@@ -6,32 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
+import fakes
 from geolocus.encoders.features import FeatureStore, cache_dir, extract_features
-from geolocus.encoders.image.base import ImageEncoder, ImageFeatures, Preprocessing
+from geolocus.encoders.image.base import ImageEncoder
 from geolocus.errors import InputError
 
 
-class ColourEncoder(ImageEncoder):
-    """Tokens: mean colour of each cell of a 4x4 grid; embedding: their mean. Counts images."""
-
-    def __init__(self, weights_id: str = "colour-v1", fail_after: int | None = None) -> None:
-        super().__init__()
-        self.name, self.dim, self.token_dim, self.image_size = "colour", 3, 3, 16
-        self.preprocessing = Preprocessing(size=16, resize=16, mean=(0, 0, 0), std=(1, 1, 1))
-        self.weights_id = weights_id
-        self.seen = 0
-        self.fail_after = fail_after
-
-    def forward(self, pixels: torch.Tensor) -> ImageFeatures:
-        if self.fail_after is not None and self.seen >= self.fail_after:
-            raise KeyboardInterrupt  # as if the user pressed Ctrl-C
-        self.seen += len(pixels)
-        cells = F.adaptive_avg_pool2d(pixels, 4).flatten(2).transpose(1, 2)
-        return ImageFeatures(embedding=cells.mean(1), tokens=cells, grid=(4, 4))
+def _encoder(weights_id: str = "colour-v1", fail_after: int | None = None) -> ImageEncoder:
+    """Tokens: the mean colour of each cell of a 4x4 grid; embedding: the photo's mean colour."""
+    return fakes.ColourEncoder(
+        weights_id, grid=4, pool="mean", centred=False, fail_after=fail_after
+    )
 
 
 def _photos(tmp_path: Path, n: int) -> tuple[list[Path], np.ndarray]:
@@ -52,7 +39,7 @@ def test_extract_matches_encoder_and_skips_unreadable(tmp_path: Path) -> None:
     bad.write_text("not a photo")
     inputs = [*paths[:4], bad, tmp_path / "missing.jpg", *paths[4:]]
     store = extract_features(
-        ColourEncoder(), inputs, tmp_path / "f", batch_size=3, chunk_size=4, progress=False
+        _encoder(), inputs, tmp_path / "f", batch_size=3, chunk_size=4, progress=False
     )
     assert len(store) == 9
     assert store.ids == [str(p) for p in paths]  # input order, unreadable ones left out
@@ -74,7 +61,7 @@ def test_extract_matches_encoder_and_skips_unreadable(tmp_path: Path) -> None:
 def test_tokens(tmp_path: Path, mode: str, n_tok: int) -> None:
     paths, colours = _photos(tmp_path, 3)
     store = extract_features(
-        ColourEncoder(), paths, tmp_path / mode, tokens=mode, token_grid=2, dtype="float32",
+        _encoder(), paths, tmp_path / mode, tokens=mode, token_grid=2, dtype="float32",
         progress=False,
     )  # fmt: skip
     assert store.tokens.shape == (3, n_tok, 3) and store.tokens.dtype == np.float32
@@ -85,21 +72,21 @@ def test_tokens(tmp_path: Path, mode: str, n_tok: int) -> None:
 def test_cache_reused_only_for_identical_inputs(tmp_path: Path) -> None:
     paths, _ = _photos(tmp_path, 4)
     out = tmp_path / "f"
-    enc = ColourEncoder()
+    enc = _encoder()
     extract_features(enc, paths, out, progress=False)
     first = enc.seen
-    again = ColourEncoder()
+    again = _encoder()
     s = extract_features(again, paths, out, progress=False)
     assert again.seen <= 1 and len(s) == 4  # at most the shape probe: nothing recomputed
     # other weights, other inputs, other ids or other token mode: rebuilt
     for enc2, kw in [
-        (ColourEncoder(weights_id="colour-v2"), {}),
-        (ColourEncoder(), {"ids": ["a", "b", "c", "d"]}),
-        (ColourEncoder(), {"tokens": "full"}),
+        (_encoder(weights_id="colour-v2"), {}),
+        (_encoder(), {"ids": ["a", "b", "c", "d"]}),
+        (_encoder(), {"tokens": "full"}),
     ]:
         s = extract_features(enc2, paths, out, progress=False, **kw)
         assert enc2.seen >= first
-    s = extract_features(ColourEncoder(), paths[:2], out, progress=False)
+    s = extract_features(_encoder(), paths[:2], out, progress=False)
     assert len(s) == 2
     key = s.key
     with pytest.raises(InputError, match="stale"):
@@ -111,12 +98,12 @@ def test_interrupted_extraction_resumes(tmp_path: Path) -> None:
     out = tmp_path / "f"
     with pytest.raises(KeyboardInterrupt):
         extract_features(
-            ColourEncoder(fail_after=1 + 4), paths, out, batch_size=2, chunk_size=2, progress=False
+            _encoder(fail_after=1 + 4), paths, out, batch_size=2, chunk_size=2, progress=False
         )  # the probe, then two chunks of two, then "Ctrl-C"
     assert not (out / "meta.json").exists()
     with pytest.raises(InputError, match="no complete feature store"):
         FeatureStore.open(out)
-    enc = ColourEncoder()
+    enc = _encoder()
     store = extract_features(enc, paths, out, batch_size=2, chunk_size=2, progress=False)
     assert enc.seen == 1 + 6  # the probe and the six photos not done before
     np.testing.assert_allclose(store.embeddings, colours, atol=0.02)
@@ -127,14 +114,14 @@ def test_nothing_readable_is_an_error(tmp_path: Path) -> None:
     p = tmp_path / "x.jpg"
     p.write_text("text")
     with pytest.raises(InputError, match="none of the 1 images"):
-        extract_features(ColourEncoder(), [p], tmp_path / "f", progress=False)
+        extract_features(_encoder(), [p], tmp_path / "f", progress=False)
     with pytest.raises(InputError, match="no images"):
-        extract_features(ColourEncoder(), [], tmp_path / "g", progress=False)
+        extract_features(_encoder(), [], tmp_path / "g", progress=False)
     with pytest.raises(InputError, match="unique"):
-        extract_features(ColourEncoder(), [p, p], tmp_path / "h", progress=False)
+        extract_features(_encoder(), [p, p], tmp_path / "h", progress=False)
 
 
 def test_cache_dir_depends_on_fingerprint(tmp_path: Path) -> None:
-    a = cache_dir(tmp_path, ColourEncoder("w1"), "im2gps3k")
-    b = cache_dir(tmp_path, ColourEncoder("w2"), "im2gps3k")
-    assert a != b and a.parent == tmp_path and a.name.startswith("colour-im2gps3k-")
+    a = cache_dir(tmp_path, _encoder("w1"), "im2gps3k")
+    b = cache_dir(tmp_path, _encoder("w2"), "im2gps3k")
+    assert a != b and a.parent == tmp_path and a.name.startswith("colour-test-im2gps3k-")

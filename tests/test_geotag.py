@@ -1,4 +1,4 @@
-"""Geotagging a collection from its own geotagged photos (colour world: see test_pipeline)."""
+"""Geotagging a collection from its own geotagged photos (the colour world of :mod:`fakes`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from fakes import PLACES, ColourEncoder, photo
 from geolocus.errors import InputError
 from geolocus.geo import haversine_km
 from geolocus.models.embedder import BackboneEmbedder
 from geolocus.pipeline import geotag as gt
-from test_pipeline import PLACES, ColourEncoder, photo
 
 
 def _collection(root: Path) -> dict[str, str]:

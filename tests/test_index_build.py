@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fakes import PLACES, ColourEncoder, bomb, photo
 from geolocus.cli.main import main
 from geolocus.errors import InputError
 from geolocus.index import Database
@@ -22,7 +23,6 @@ from geolocus.index.build import (
     read_report,
 )
 from geolocus.models.embedder import BackboneEmbedder
-from test_pipeline import PLACES, ColourEncoder, bomb, photo
 
 
 def _labels(path: Path, rows: list[tuple]) -> Path:

@@ -1,7 +1,7 @@
 """The geolocator (Python API): candidates to places, refiners, bad photos, EXIF, LMM, formats.
 
-A "colour world" makes the answers checkable: every place has its own colour,
-a tiny backbone embeds a photo by its mean colour per quadrant, so a red photo
+A "colour world" (:mod:`fakes`) makes the answers checkable: every place has its own
+colour, a tiny backbone embeds a photo by its mean colour per quadrant, so a red photo
 must be placed where the red photos of the database were taken.
 """
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,71 +17,23 @@ import pytest
 import torch
 from PIL import Image
 
-from geolocus.encoders.image.base import ImageEncoder, ImageFeatures, Preprocessing
+from fakes import PLACES, ColourEncoder, bomb, photo
 from geolocus.errors import InputError, ServiceError
 from geolocus.geo import haversine_km
-from geolocus.models.embedder import BackboneEmbedder, ModelEmbedder
-from geolocus.pipeline import Geolocator, render, to_csv, to_geojson, to_json, write_map
+from geolocus.models.embedder import BackboneEmbedder, Embedder, ModelEmbedder
+from geolocus.pipeline import (
+    GallerySettings,
+    Geolocator,
+    LMMSettings,
+    PlaceSettings,
+    RetrievalSettings,
+    render,
+    to_csv,
+    to_geojson,
+    to_json,
+    write_map,
+)
 from geolocus.pipeline.candidates import distinct_places, pool_candidates, score_weights
-
-PLACES = {  # name: (lat, lon, colour)
-    "paris": (48.8566, 2.3522, (220, 30, 30)),
-    "tokyo": (35.6762, 139.6503, (30, 30, 220)),
-    "sydney": (-33.8688, 151.2093, (30, 200, 30)),
-    "nairobi": (-1.2921, 36.8219, (220, 220, 30)),
-}
-
-
-class ColourEncoder(ImageEncoder):
-    """Mean colour of each quadrant (12-d), centred so that colours differ in angle."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.name = "colour-test"
-        self.dim, self.token_dim, self.image_size = 12, 3, 16
-        self.preprocessing = Preprocessing(size=16, resize=16, mean=(0.5,) * 3, std=(0.5,) * 3)
-        self.weights_id, self.pooling = "colour-v1", "quadrants"
-        self.calls = 0
-
-    def forward(self, pixels: torch.Tensor) -> ImageFeatures:
-        self.calls += 1
-        q = torch.nn.functional.adaptive_avg_pool2d(pixels, 2)  # (B, 3, 2, 2)
-        tokens = q.flatten(2).transpose(1, 2)  # (B, 4, 3)
-        return ImageFeatures(embedding=tokens.flatten(1), tokens=tokens, grid=(2, 2))
-
-
-def photo(path: Path, colour, seed: int = 0, size=(40, 32), exif_gps=None) -> Path:
-    """A JPEG of one colour with a little noise (and optionally an EXIF GPS block)."""
-    rng = np.random.default_rng(seed)
-    a = np.clip(np.array(colour)[None, None, :] + rng.normal(0, 12, (size[1], size[0], 3)), 0, 255)
-    im = Image.fromarray(a.astype(np.uint8))
-    kw = {}
-    if exif_gps is not None:
-        lat, lon = exif_gps
-        exif = Image.Exif()
-        exif.get_ifd(0x8825).update(
-            {
-                1: "N" if lat >= 0 else "S",
-                2: (abs(lat), 0.0, 0.0),
-                3: "E" if lon >= 0 else "W",
-                4: (abs(lon), 0.0, 0.0),
-            }
-        )
-        kw["exif"] = exif
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path, quality=95, **kw)
-    return path
-
-
-def bomb(path: Path) -> Path:
-    """A 1x1 PNG whose header declares 20000 x 20000 pixels."""
-    b = io.BytesIO()
-    Image.new("L", (1, 1)).save(b, "PNG")
-    data = bytearray(b.getvalue())
-    data[16:24] = struct.pack(">II", 20000, 20000)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    path.write_bytes(bytes(data))
-    return path
 
 
 def colour_world(folder: Path, per_place: int = 5) -> tuple[list[str], list[str], np.ndarray]:
@@ -111,6 +61,10 @@ def world(tmp_path_factory):
         tmp / "db", Inputs(ids, paths, ll, "labels"), emb, progress=False, batch_size=8
     )
     return tmp, emb, res.database
+
+
+#: Neighbours retrieved in the colour world (20 photos, 5 per place).
+NEAR = RetrievalSettings(k=6, k_far=4)
 
 
 def _near(g, name: str, km: float = 10.0) -> bool:
@@ -174,7 +128,9 @@ def test_gallery_candidates_are_mixed_in_by_weight():
 @pytest.mark.parametrize("refine", ["nearest", "dualgeo", "kde"])
 def test_colour_photos_are_placed_where_that_colour_was_taken(world, refine):
     tmp, emb, db = world
-    geo = Geolocator(db, emb, refine, top_k=3, k=6, k_far=4)
+    geo = Geolocator.from_database(
+        db, refine, embedder=emb, retrieval=NEAR, places=PlaceSettings(top_k=3)
+    )
     queries = {n: photo(tmp / "q" / f"{n}.jpg", c, seed=99) for n, (_, _, c) in PLACES.items()}
     preds = geo(list(queries.values()))
     for (name, path), pred in zip(queries.items(), preds, strict=True):
@@ -201,18 +157,70 @@ def test_best_is_fitted_on_the_database_once_and_cached(world, monkeypatch):
     calls = []
     orig = BestRefiner.fit
     monkeypatch.setattr(BestRefiner, "fit", lambda self, *a: calls.append(1) or orig(self, *a))
-    geo = Geolocator(db, emb, "best", k=6, k_far=4)
+    geo = Geolocator.from_database(db, "best", embedder=emb, retrieval=NEAR)
     assert calls == [1] and list((db.path / "refiners").glob("best-k6-f4.json"))
     [pred] = geo([photo(tmp / "q" / "tokyo2.jpg", PLACES["tokyo"][2], seed=5)])
     assert _near(pred.top, "tokyo")
     conf = [g.confidence for g in pred.guesses]
     assert all(0 <= c <= 1 for c in conf) and sum(conf) <= 1 + 1e-9  # probabilities
-    Geolocator(db, emb, "best", k=6, k_far=4)
+    Geolocator.from_database(db, "best", embedder=emb, retrieval=NEAR)
     assert calls == [1]  # the second geolocator reads the cached fit
-    Geolocator(db, emb, geo.refiner, k=6, k_far=4, cache_refiner=False)
+    Geolocator.from_database(db, geo.refiner, embedder=emb, retrieval=NEAR, cache_refiner=False)
     assert calls == [1]  # a fitted instance is used as given
-    Geolocator(db, emb, BestRefiner(), k=6, k_far=4, cache_refiner=False)
+    Geolocator.from_database(db, BestRefiner(), embedder=emb, retrieval=NEAR, cache_refiner=False)
     assert calls == [1, 1]  # an unfitted one is fitted
+
+
+def test_constructor_only_stores_what_it_is_given(world, monkeypatch):
+    """Opening, loading, fitting, writing and warming up happen in from_database, never in
+    ``Geolocator(...)``: made by hand it works at once, with the settings as given."""
+    tmp, emb, db = world
+    from geolocus.index.database import Database
+    from geolocus.pipeline import geolocator
+    from geolocus.places import Gazetteer
+    from geolocus.refine import BestRefiner, NearestRefiner
+
+    def forbidden(*args, **kwargs):
+        pytest.fail("a side effect in Geolocator.__init__")
+
+    before = sorted(db.path.rglob("*"))
+    with monkeypatch.context() as m:
+        for owner, name in [
+            (Gazetteer, "load"),
+            (Database, "open"),
+            (geolocator, "fit_on_database"),
+            (BestRefiner, "fit"),
+            (ColourEncoder, "forward"),
+        ]:
+            m.setattr(owner, name, forbidden)
+        wide = RetrievalSettings(k=50, k_far=3)
+        geo = Geolocator(db, emb, BestRefiner(), retrieval=wide, places=PlaceSettings(top_k=2))
+        assert geo.retrieval == RetrievalSettings(k=len(db), k_far=3)  # a small db fills no more
+        assert geo.gazetteer is None and geo.lmm is None
+        assert all(v == 0 for v in geo.timing.values())
+    assert sorted(db.path.rglob("*")) == before
+    other = ColourEncoder()
+    other.name = "another-model"
+    with pytest.raises(InputError, match="built with model"):  # checked all the same
+        Geolocator(db, BackboneEmbedder(other), NearestRefiner())
+    geo = Geolocator(db, emb, NearestRefiner(), retrieval=NEAR, places=PlaceSettings(top_k=2))
+    [pred] = geo([photo(tmp / "q" / "plain-paris.jpg", PLACES["paris"][2], seed=4)])
+    assert _near(pred.top, "paris") and pred.top.place is None  # no gazetteer: unnamed
+    assert len(pred.guesses) <= 2 and pred.neighbours.near.shape == (1, 6, 2)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: RetrievalSettings(k=0), "k must be at least 1"),
+        (lambda: RetrievalSettings(k_far=-1), "k_far at least 0"),
+        (lambda: RetrievalSettings(batch_size=0), "batch_size"),
+        (lambda: PlaceSettings(top_k=0), "top_k"),
+    ],
+)
+def test_settings_refuse_impossible_values(make, match):
+    with pytest.raises(InputError, match=match):
+        make()
 
 
 def test_bad_photos_get_errors_and_the_batch_goes_on(world):
@@ -232,7 +240,7 @@ def test_bad_photos_get_errors_and_the_batch_goes_on(world):
         good.read_bytes(),
         Image.open(good),
     ]
-    geo = Geolocator(db, emb, "dualgeo", k=6, k_far=4)
+    geo = Geolocator.from_database(db, "dualgeo", embedder=emb, retrieval=NEAR)
     preds = geo(items)
     assert len(preds) == len(items)
     errors = [p.error for p in preds]
@@ -250,7 +258,7 @@ def test_exif_gps_is_reported_never_used(world):
     col = PLACES["nairobi"][2]
     plain = photo(tmp / "e" / "plain.jpg", col, seed=3)
     tagged = photo(tmp / "e" / "tagged.jpg", col, seed=3, exif_gps=(48.8566, 2.3522))
-    geo = Geolocator(db, emb, "dualgeo", k=6, k_far=4)
+    geo = Geolocator.from_database(db, "dualgeo", embedder=emb, retrieval=NEAR)
     a, b = geo([plain, tagged])
     assert a.exif_gps is None and b.exif_gps == pytest.approx((48.8566, 2.3522))
     assert [(g.lat, g.lon) for g in a.guesses] == [(g.lat, g.lon) for g in b.guesses]
@@ -266,10 +274,10 @@ def test_mismatched_model_is_refused(world):
     other = ColourEncoder()
     other.weights_id = "colour-v2"
     with pytest.raises(InputError, match="another version"):
-        Geolocator(db, BackboneEmbedder(other))
+        Geolocator.from_database(db, embedder=BackboneEmbedder(other))
     other.name = "something-else"
     with pytest.raises(InputError, match="built with model"):
-        Geolocator(db, BackboneEmbedder(other))
+        Geolocator.from_database(db, embedder=BackboneEmbedder(other))
     with pytest.raises(InputError, match="built with model 'colour-test', not 'efficientnet"):
         Geolocator.from_database(db.path, model="efficientnet-lite0")
 
@@ -290,7 +298,9 @@ class _StubLMM:
 def test_lmm_answer_becomes_guess_one(world):
     tmp, emb, db = world
     lmm = _StubLMM(answer=(40.4168, -3.7038))  # Madrid, not a candidate
-    geo = Geolocator(db, emb, "dualgeo", k=6, k_far=4, lmm=lmm)
+    geo = Geolocator.from_database(
+        db, "dualgeo", embedder=emb, retrieval=NEAR, lmm=LMMSettings(lmm)
+    )
     [pred] = geo([photo(tmp / "l" / "p.jpg", PLACES["paris"][2], seed=11)])
     assert pred.top.source == "lmm" and pred.top.confidence is None
     assert pred.top.place.country_code == "ES"
@@ -300,7 +310,9 @@ def test_lmm_answer_becomes_guess_one(world):
     assert any(g.source == "retrieval" and _near(g, "paris") for g in pred.guesses[1:])
     # an answer on a candidate promotes that candidate
     lmm2 = _StubLMM(answer=PLACES["paris"][:2])
-    geo2 = Geolocator(db, emb, "dualgeo", k=6, k_far=4, lmm=lmm2)
+    geo2 = Geolocator.from_database(
+        db, "dualgeo", embedder=emb, retrieval=NEAR, lmm=LMMSettings(lmm2)
+    )
     [pred2] = geo2([photo(tmp / "l" / "p.jpg", PLACES["paris"][2], seed=11)])
     assert pred2.top.source == "retrieval+lmm" and pred2.top.confidence is not None
 
@@ -309,11 +321,18 @@ def test_lmm_failure_raises_or_falls_back_once(world):
     tmp, emb, db = world
     q = [photo(tmp / "l" / f"f{i}.jpg", PLACES["tokyo"][2], seed=i) for i in range(3)]
     with pytest.raises(ServiceError, match="unreachable"):
-        Geolocator(db, emb, "dualgeo", k=6, k_far=4, lmm=_StubLMM(fail=True))(q)
+        lmm = LMMSettings(_StubLMM(fail=True))
+        Geolocator.from_database(db, "dualgeo", embedder=emb, retrieval=NEAR, lmm=lmm)(q)
     warnings = []
     lmm = _StubLMM(fail=True)
-    geo = Geolocator(db, emb, "dualgeo", k=6, k_far=4, lmm=lmm, lmm_fallback=True,
-                     warn=warnings.append)  # fmt: skip
+    geo = Geolocator.from_database(
+        db,
+        "dualgeo",
+        embedder=emb,
+        retrieval=NEAR,
+        lmm=LMMSettings(lmm, fallback=True),
+        warn=warnings.append,
+    )
     preds = geo(q)
     assert len(warnings) == 1 and len(lmm.prompts) == 1  # not asked again after a failure
     assert all(p.ok and _near(p.top, "tokyo") for p in preds)
@@ -324,15 +343,12 @@ def test_real_lmm_client_unreachable_server(world):
     """The OpenAI-compatible client against a closed port: a one-line ServiceError."""
     import socket
 
-    from geolocus.refine.lmm import LMMClient
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     tmp, emb, db = world
-    geo = Geolocator(
-        db, emb, "dualgeo", k=6, k_far=4, lmm=LMMClient(f"http://127.0.0.1:{port}/v1", "m")
-    )
+    lmm = LMMSettings.from_url(f"http://127.0.0.1:{port}/v1", "m")
+    geo = Geolocator.from_database(db, "dualgeo", embedder=emb, retrieval=NEAR, lmm=lmm)
     with pytest.raises(ServiceError, match="unreachable") as e:
         geo([photo(tmp / "l" / "u.jpg", PLACES["tokyo"][2])])
     assert "\n" not in str(e.value)
@@ -340,7 +356,9 @@ def test_real_lmm_client_unreachable_server(world):
 
 def test_output_formats_parse(world, tmp_path):
     tmp, emb, db = world
-    geo = Geolocator(db, emb, "dualgeo", top_k=2, k=6, k_far=4)
+    geo = Geolocator.from_database(
+        db, "dualgeo", embedder=emb, retrieval=NEAR, places=PlaceSettings(top_k=2)
+    )
     preds = geo(
         [
             photo(tmp / "f" / "a.jpg", PLACES["paris"][2], exif_gps=(48.85, 2.35)),
@@ -364,8 +382,27 @@ def test_output_formats_parse(world, tmp_path):
         render(preds, "xml")
 
 
+class _ProtocolOnly:
+    """An embedder seen through the :class:`Embedder` protocol: any other attribute fails,
+    so a caller that needs more than the protocol lists fails its test."""
+
+    NAMES = frozenset(
+        {*Embedder.__annotations__, *(n for n, v in vars(Embedder).items() if callable(v))}
+        - set(vars(object))
+    )
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str):
+        if name not in self.NAMES:
+            raise AttributeError(f"{name!r} is not part of the Embedder protocol")
+        return getattr(self._inner, name)
+
+
 def test_location_head_adds_gallery_candidates(world):
-    """A GeoCLIP head over the colour backbone: gallery candidates join the answer."""
+    """A GeoCLIP head over the colour backbone: gallery candidates join the answer. The
+    database is built and searched through the Embedder protocol alone."""
     from geolocus.models.gallery import GPSGallery
     from geolocus.models.geoclip import GeoCLIP, GeoCLIPConfig
 
@@ -381,13 +418,24 @@ def test_location_head_adds_gallery_candidates(world):
     model = GeoCLIP(cfg)
     coords = np.array([p[:2] for p in PLACES.values()] + [(0.0, 0.0), (60.0, 30.0)])
     gal = GPSGallery.build(model.location_encoder, coords, cache=False, progress=False)
-    emb = ModelEmbedder(model, ColourEncoder(), "geoclip-test", "id-1", gallery=gal)
+    full = ModelEmbedder(model, ColourEncoder(), "geoclip-test", "id-1", gallery=gal)
+    assert isinstance(full, Embedder) and isinstance(BackboneEmbedder(ColourEncoder()), Embedder)
+    emb = _ProtocolOnly(full)
     assert emb.has_gps and emb.dim == 16
+    with pytest.raises(AttributeError, match="not part of the Embedder protocol"):
+        emb.features  # noqa: B018
     ids, paths, ll = colour_world(tmp / "db2_photos", per_place=3)
     from geolocus.index.build import Inputs, build_database
 
     db = build_database(tmp / "db2", Inputs(ids, paths, ll, "labels"), emb, progress=False).database
-    geo = Geolocator(db, emb, "nearest", top_k=10, k=4, k_far=2, gps_k=3)
+    geo = Geolocator.from_database(
+        db,
+        "nearest",
+        embedder=emb,
+        retrieval=RetrievalSettings(k=4, k_far=2),
+        places=PlaceSettings(top_k=10),
+        gallery=GallerySettings(k=3),
+    )
     [pred] = geo([photo(tmp / "g" / "q.jpg", PLACES["paris"][2])])
     sources = {g.source for g in pred.guesses}
     assert any("gallery" in s for s in sources) and any("retrieval" in s for s in sources)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from fakes import PLACES, bomb, photo
 from geolocus.cli.main import main
-from test_pipeline import PLACES, bomb, photo
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +151,9 @@ def test_unreachable_lmm_server(db, queries, capsys):
 
 @pytest.mark.slow
 def test_python_api_and_best_refiner(db, queries):
-    from geolocus import Geolocator
+    from geolocus import Geolocator, PlaceSettings
 
-    geo = Geolocator.from_database(db, refine="best", top_k=2)
+    geo = Geolocator.from_database(db, refine="best", places=PlaceSettings(top_k=2))
     assert (db / "refiners").is_dir()  # fitted by leave-one-out, cached beside the index
     preds = geo([queries["paris"], str(queries["text"])])
     assert preds[0].ok and len(preds[0].guesses) <= 2 and preds[1].error

@@ -14,7 +14,7 @@ from geolocus.ocr import OCR_BACKENDS, create_backend, list_backends
 from geolocus.refine import REFINERS, Refiner, create_refiner, list_refiners
 from geolocus.registry import Registry
 from geolocus.segment import SEGMENTERS, TokenCodebook, create_segmenter, list_segmenters
-from stage1_helpers import TinyEncoder
+from fakes import TinyEncoder
 from test_dualgeo import SMALL as DUALGEO_SMALL
 from test_transgeoclip import SMALL as TRANSGEOCLIP_SMALL
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fakes import TinyEncoder
 from geolocus.errors import InputError
 from geolocus.segment import (
     PseudoSegmenter,
@@ -18,7 +19,6 @@ from geolocus.segment import (
     palette,
 )
 from geolocus.weights import get_weights, list_weights
-from stage1_helpers import TinyEncoder
 
 
 def _blobs(

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from geolocus.pipeline import Geolocator
+from geolocus.pipeline import Geolocator, PlaceSettings
 from geolocus.server import make_server
 from test_pipeline import PLACES, bomb, photo, world  # noqa: F401  (world is a fixture)
 
@@ -18,7 +18,7 @@ from test_pipeline import PLACES, bomb, photo, world  # noqa: F401  (world is a 
 @pytest.fixture(scope="module")
 def server(world):  # noqa: F811
     _, emb, db = world
-    geo = Geolocator(db, emb, "nearest", top_k=3)
+    geo = Geolocator.from_database(db, "nearest", embedder=emb, places=PlaceSettings(top_k=3))
     srv = make_server(geo, "127.0.0.1", 0, max_upload_bytes=200_000, log=False)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{srv.server_address[1]}"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from fakes import TinyEncoder
 from geolocus.cli.main import main
 from geolocus.encoders.features import extract_features
 from geolocus.errors import InputError
@@ -17,7 +18,7 @@ from geolocus.modelfile import read_metadata
 from geolocus.models import load_model
 from geolocus.train.checkpoint import load_checkpoint
 from geolocus.train.config import apply_overrides, checkpoint_path, load_config
-from stage1_helpers import TinyEncoder, photo_set
+from stage1_helpers import photo_set
 
 SMALL_LOC = "location_options = { n_freq = 16, hidden = 32 }\npretrained_location = false\n"
 

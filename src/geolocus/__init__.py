@@ -3,13 +3,16 @@
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    # lazy, so that `import geolocus` stays light (no torch, faiss or pandas)
-    if name == "Geolocator":
-        from geolocus.pipeline import Geolocator
+_LAZY = ("Geolocator", "GallerySettings", "LMMSettings", "PlaceSettings", "RetrievalSettings")
 
-        return Geolocator
+
+def __getattr__(name: str) -> object:
+    # lazy, so that `import geolocus` stays light (no torch, faiss or pandas)
+    if name in _LAZY:
+        from geolocus import pipeline
+
+        return getattr(pipeline, name)
     raise AttributeError(f"module 'geolocus' has no attribute {name!r}")
 
 
-__all__ = ["Geolocator", "__version__"]
+__all__ = [*_LAZY, "__version__"]

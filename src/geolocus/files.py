@@ -7,7 +7,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 def _umask() -> int:
@@ -21,7 +21,7 @@ _FILE_MODE = 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "w", **kwargs) -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; rename it over ``path`` only on success.
 
     The rename is atomic on POSIX, so readers see either the old file or the
@@ -99,7 +99,9 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def cached_arrays(path: str | os.PathLike[str], build: Callable[[], dict]) -> dict:
+def cached_arrays(
+    path: str | os.PathLike[str], build: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
     """Named numpy arrays from the ``.npz`` cache at ``path``, else ``build()`` and cache
     them there (atomically; an unreadable cache is rebuilt, an unwritable one only costs
     speed)."""

@@ -53,7 +53,7 @@ def models(
     typer.echo("  ".join(c.ljust(width[i]) for i, c in enumerate(cols)).rstrip())
     for row in cells:
         typer.echo("  ".join(v.ljust(width[i]) for i, v in enumerate(row)).rstrip())
-    n_here = sum(r["present"] for r in rows)
+    n_here = sum(bool(r["present"]) for r in rows)
     typer.echo(f"{n_here} of {len(rows)} present on this machine")
     if kind is None:
         from geolocus.models import list_models

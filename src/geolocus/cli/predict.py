@@ -59,7 +59,16 @@ def predict(
 
     from geolocus.errors import InputError
     from geolocus.files import write_text_atomic
-    from geolocus.pipeline import FORMATS, Geolocator, expand_inputs, render, write_map
+    from geolocus.pipeline import (
+        FORMATS,
+        Geolocator,
+        LMMSettings,
+        PlaceSettings,
+        RetrievalSettings,
+        expand_inputs,
+        render,
+        write_map,
+    )
     from geolocus.pipeline.formats import table_text
 
     if fmt not in FORMATS:
@@ -75,14 +84,12 @@ def predict(
     geo = Geolocator.from_database(
         db,
         refine=refine,
-        top_k=top_k,
         model=model,
-        k=k,
-        k_far=k_far,
-        lmm_url=lmm,
-        lmm_model=lmm_model,
-        lmm_fallback=lmm_fallback,
-        batch_size=batch_size,
+        retrieval=RetrievalSettings(k=k, k_far=k_far, batch_size=batch_size),
+        places=PlaceSettings(top_k=top_k),
+        lmm=None
+        if lmm is None
+        else LMMSettings.from_url(lmm, lmm_model or "default", lmm_fallback),
     )
     stream = fmt == "table" and out is None
 

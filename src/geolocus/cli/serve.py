@@ -24,11 +24,14 @@ def serve(
     The model, index and gazetteer are loaded once at start. It listens on
     127.0.0.1 by default; pass --host 0.0.0.0 to accept other machines.
     """
-    from geolocus.pipeline import Geolocator
+    from geolocus.pipeline import Geolocator, LMMSettings, PlaceSettings
     from geolocus.server import make_server
 
     geo = Geolocator.from_database(
-        db, refine=refine, top_k=top_k, lmm_url=lmm, lmm_model=lmm_model, lmm_fallback=True
+        db,
+        refine=refine,
+        places=PlaceSettings(top_k=top_k),
+        lmm=None if lmm is None else LMMSettings.from_url(lmm, lmm_model or "default", True),
     )
     try:
         server = make_server(geo, host, port, max_upload_bytes=int(max_upload_mb * 1024 * 1024))
@@ -37,7 +40,7 @@ def serve(
 
         raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     h, p = server.server_address[:2]
-    typer.echo(f"geolocus: serving {db} on http://{h}:{p}/ (Ctrl-C to stop)", err=True)
+    typer.echo(f"geolocus: serving {db} on http://{h!s}:{p}/ (Ctrl-C to stop)", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

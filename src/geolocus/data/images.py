@@ -166,12 +166,14 @@ def to_rgb(im: Image.Image) -> Image.Image:
         if mode == "LAB":
             from PIL import ImageCms
 
-            return ImageCms.applyTransform(
+            rgb = ImageCms.applyTransform(
                 im,
                 ImageCms.buildTransformFromOpenProfiles(
                     ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
                 ),
             )
+            if rgb is not None:  # None only when transforming in place
+                return rgb
         raise
 
 
@@ -341,13 +343,13 @@ def list_images(folder: str | os.PathLike[str], recursive: bool = True) -> list[
             entries = sorted(os.scandir(d), key=lambda e: e.name)
         except OSError as e:
             raise InputError(f"{d}: cannot list ({e.strerror or e})") from None
-        for e in entries:
-            if e.name.startswith("."):
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            if e.is_dir(follow_symlinks=True):
+            if entry.is_dir(follow_symlinks=True):
                 if recursive:
-                    yield from walk(Path(e.path))
-            elif e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS:
-                yield Path(e.path)
+                    yield from walk(Path(entry.path))
+            elif entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+                yield Path(entry.path)
 
     return sorted(walk(root))

@@ -59,7 +59,7 @@ class Neighbours:
                     f"evidence must have one entry per query ({n}), got {len(self.evidence)}"
                 )
             ev[:] = list(self.evidence)
-            self.evidence = ev
+            self.evidence = ev  # type: ignore[assignment]  # an object array: a sequence
 
     def __len__(self) -> int:
         return len(self.ids)

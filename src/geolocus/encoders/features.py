@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -53,6 +53,9 @@ from geolocus.data.images import load_image
 from geolocus.errors import ImageError, InputError
 from geolocus.files import atomic_path, atomic_write
 from geolocus.nn import eval_mode
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_VERSION = 1
 TokensMode = Literal[False, "pooled", "full"]
@@ -129,7 +132,7 @@ class FeatureStore:
     def grid(self) -> tuple[int, int] | None:
         """Grid of the stored tokens (pooled or full), None without tokens."""
         g = self.meta.get("token_grid_stored")
-        return tuple(g) if g else None  # type: ignore[return-value]
+        return tuple(g) if g else None
 
     def rows(self, ids: Sequence[str]) -> np.ndarray:
         """Row numbers of ``ids`` (an :class:`InputError` names the first unknown one)."""
@@ -155,7 +158,7 @@ def read_failed(folder: str | os.PathLike[str]) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def pool_tokens(tokens, grid: tuple[int, int], out: int):
+def pool_tokens(tokens: torch.Tensor, grid: tuple[int, int], out: int) -> torch.Tensor:
     """Average-pool ``(B, h*w, C)`` tokens on their ``grid`` to ``out x out`` (what
     ``tokens="pooled"`` stores)."""
     import torch.nn.functional as F
@@ -200,7 +203,7 @@ def extract_features(
         raise ValueError("tokens must be False, 'pooled' or 'full'")
     tokens = tokens or False
     paths = [str(p) for p in paths]
-    ids = list(paths) if ids is None else [str(i) for i in ids]
+    ids = [str(p) for p in paths] if ids is None else [str(i) for i in ids]
     if len(ids) != len(paths):
         raise InputError(f"{len(ids)} ids for {len(paths)} paths")
     if len(set(ids)) != len(ids):
@@ -215,7 +218,7 @@ def extract_features(
     n = len(paths)
     part = out / _PARTIAL
     prog_path = part / "progress.json"
-    state = {"key": key, "done": 0, "failed": []}
+    state: dict[str, Any] = {"key": key, "done": 0, "failed": []}
     resume = False
     if prog_path.is_file():
         with contextlib.suppress(json.JSONDecodeError, OSError):

@@ -63,7 +63,7 @@ class TextEncoder(nn.Module):
         if pretrained:
             from geolocus.weights import require
 
-            root = Path(path) if path is not None else require(MINILM)
+            root: Path | None = Path(path) if path is not None else require(MINILM)
             self.tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
             self.model = BertModel.from_pretrained(str(root), local_files_only=True)
         else:  # a small random model with the same interface, for tests

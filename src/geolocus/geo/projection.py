@@ -30,6 +30,17 @@ WEB_MERCATOR_MAX_LAT = 85.05112877980659
 class _Ops:
     """The handful of elementwise functions the projections need, for numpy or torch."""
 
+    # numpy's ufuncs or torch's functions: one name, two libraries
+    xp: Any
+    asin: Any
+    atan: Any
+    stack: Any
+    clip: Any
+    log: Any
+    exp: Any
+    deg2rad: Any
+    rad2deg: Any
+
     def __init__(self, x: Any) -> None:
         if _is_torch(x):
             import torch

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from geolocus.data.tables import read_coords
 from geolocus.errors import ImageError, InputError
 from geolocus.files import atomic_write
 from geolocus.index.database import Database
+
+if TYPE_CHECKING:
+    from geolocus.models.embedder import Embedder
 
 REPORT = "report.csv"
 FEATURES = ".features"
@@ -195,7 +198,7 @@ def read_report(db_path: str | os.PathLike[str]) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def embed_store(embedder: Any, store: Any, batch_size: int = 4096) -> np.ndarray:
+def embed_store(embedder: Embedder, store: Any, batch_size: int = 4096) -> np.ndarray:
     """Retrieval vectors of every row of a feature store, in chunks (float32)."""
     n = len(store)
     out = np.empty((n, embedder.dim), dtype=np.float32)
@@ -209,7 +212,7 @@ def embed_store(embedder: Any, store: Any, batch_size: int = 4096) -> np.ndarray
 
 
 def _features(
-    embedder: Any,
+    embedder: Embedder,
     inputs: Inputs,
     folder: Path,
     batch_size: int,
@@ -252,7 +255,7 @@ def _store_rows(inputs: Inputs, store: Any) -> tuple[np.ndarray, list[str]]:
 def build_database(
     path: str | os.PathLike[str],
     inputs: Inputs,
-    embedder: Any,
+    embedder: Embedder,
     *,
     factory: str = "Flat",
     batch_size: int = 32,
@@ -329,7 +332,7 @@ def build_database(
     return BuildResult(db, len(db), problems, seconds=time.perf_counter() - t0, timing=timing)
 
 
-def check_embedder(db: Database, embedder: Any) -> None:
+def check_embedder(db: Database, embedder: Embedder) -> None:
     """Refuse an embedder other than the one the database was built with."""
     man = db.manifest
     if embedder.name != man.model:
@@ -347,7 +350,7 @@ def check_embedder(db: Database, embedder: Any) -> None:
         raise InputError(f"model {embedder.name!r} gives {embedder.dim}-d vectors, not {man.dim}")
 
 
-def embedder_for(db: Database, model: str | None = None, **options: Any) -> Any:
+def embedder_for(db: Database, model: str | None = None, **options: Any) -> Embedder:
     """The embedder a database was built with (``model``, if given, must be that one)."""
     from geolocus.models.embedder import create_embedder
 
@@ -368,7 +371,7 @@ def embedder_for(db: Database, model: str | None = None, **options: Any) -> Any:
 def add_to_database(
     path: str | os.PathLike[str] | Database,
     inputs: Inputs,
-    embedder: Any | None = None,
+    embedder: Embedder | None = None,
     *,
     batch_size: int = 32,
     loader_threads: int = 1,

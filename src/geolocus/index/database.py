@@ -21,6 +21,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,10 +55,10 @@ class Manifest:
     updated: str = field(default_factory=_now)
     format: int = FORMAT_VERSION
     geolocus_version: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _faiss():
+def _faiss() -> Any:
     try:
         import faiss
     except ImportError:  # pragma: no cover - faiss-cpu is a core dependency of the index
@@ -68,7 +69,9 @@ def _faiss():
 class Database:
     """Geotagged embeddings with ``add`` and ``search`` (near and far neighbours)."""
 
-    def __init__(self, path: str | os.PathLike[str], manifest: Manifest, index, meta: pd.DataFrame):
+    def __init__(
+        self, path: str | os.PathLike[str], manifest: Manifest, index: Any, meta: pd.DataFrame
+    ) -> None:
         self.path = Path(path)
         self.manifest = manifest
         self.index = index
@@ -87,7 +90,7 @@ class Database:
         factory: str = "Flat",
         normalized: bool = True,
         overwrite: bool = False,
-        extra: dict | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> Database:
         """A new, empty database (written by :meth:`save`)."""
         from geolocus import __version__
@@ -184,12 +187,12 @@ class Database:
 
     @property
     def ids(self) -> np.ndarray:
-        return self.meta["id"].to_numpy(dtype=object)
+        return np.asarray(self.meta["id"].to_numpy(dtype=object))
 
     @property
     def coords(self) -> np.ndarray:
         """``(n, 2)`` latitude and longitude of every photo, in index order."""
-        return self.meta[["lat", "lon"]].to_numpy(dtype=float)
+        return np.asarray(self.meta[["lat", "lon"]].to_numpy(dtype=float))
 
     def __contains__(self, image_id: str) -> bool:
         if self._id_set is None:
@@ -244,7 +247,7 @@ class Database:
         self.index.add(x)
         rows = pd.DataFrame(
             {
-                "id": ids.astype(str),
+                "id": ids.astype(str),  # type: ignore[union-attr]  # made an array above
                 "lat": ll[:, 0],
                 "lon": ll[:, 1],
                 "path": pth.astype(str),
@@ -343,7 +346,9 @@ class Database:
         return scores.astype(float), rows
 
 
-def _pad(rows: np.ndarray, scores: np.ndarray, valid: np.ndarray, k: int):
+def _pad(
+    rows: np.ndarray, scores: np.ndarray, valid: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Fill invalid or missing slots with each row's last valid neighbour."""
     n = rows.shape[0]
     out_r = np.empty((n, k), dtype=rows.dtype)

@@ -154,7 +154,7 @@ class DualGeo(LocationHead):
 
     def location_query(self, embedding: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
         self._check(embedding, tokens)
-        return self.views(embedding, tokens)[0]
+        return self.views(embedding, tokens)[0]  # type: ignore[arg-type]  # _check refuses None
 
     @property
     def retrieval_dim(self) -> int:

@@ -28,14 +28,24 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
 
 import numpy as np
 
 from geolocus.errors import InputError, ModelUnavailableError
 
 if TYPE_CHECKING:
+    import torch
+    from numpy.typing import NDArray
+    from PIL import Image
+
+    from geolocus.encoders.features import TokensMode
     from geolocus.encoders.image.base import ImageEncoder, ImageFeatures
+
+#: A backbone's outputs as given to :meth:`Embedder.embed_features`: a tensor or an array.
+ArrayOrTensor = Union["torch.Tensor", "NDArray[Any]"]
+#: Photos as :meth:`Embedder.embed` takes them: Pillow images, or a preprocessed pixel tensor.
+Photos = Union[Sequence["Image.Image"], "torch.Tensor"]
 
 #: The spec of GeoCLIP's published model (CLIP ViT-L/14 + GeoCLIP's image head and gallery).
 GEOCLIP = "geoclip"
@@ -43,7 +53,14 @@ GEOCLIP = "geoclip"
 
 @runtime_checkable
 class Embedder(Protocol):
-    """What the index builder and the geolocator need from a model."""
+    """What the index builder, the benchmark and the geolocator need from a model: every
+    attribute and method they use, so that a stand-in (a test's toy backbone, a model
+    from elsewhere) can be checked against it.
+
+    Live photos go ``encoder`` → :meth:`backbone_tokens` → :meth:`embed_features`; cached
+    features (:mod:`geolocus.encoders.features`, stored as ``tokens`` and
+    ``token_grid`` say) skip the first step and give the same vectors.
+    """
 
     #: The spec it was created from (backbone name, ``geoclip`` or a model-file path).
     name: str
@@ -54,34 +71,58 @@ class Embedder(Protocol):
     #: The image backbone (its ``preprocessing`` turns photos into its input).
     encoder: ImageEncoder
     #: Which backbone tokens ``embed_features`` needs: False, "pooled" or "full".
-    tokens: Any
+    tokens: TokensMode
     #: Grid of pooled tokens (when ``tokens == "pooled"``).
     token_grid: int
     #: Whether :meth:`gps_candidates` can answer (a location head).
     has_gps: bool
 
-    def embed(self, images: Sequence[Any] | ImageFeatures) -> np.ndarray: ...
+    def embed(self, images: Photos | ImageFeatures) -> NDArray[np.float32]:
+        """``(B, dim)`` retrieval vectors of photos or of the backbone's outputs."""
+        ...
 
-    def embed_features(self, embedding: Any, tokens: Any = None) -> np.ndarray: ...
+    def backbone_tokens(self, feats: ImageFeatures) -> torch.Tensor | None:
+        """The backbone's tokens in the form :meth:`embed_features` takes (or None)."""
+        ...
+
+    def embed_features(
+        self, embedding: ArrayOrTensor, tokens: ArrayOrTensor | None = None
+    ) -> NDArray[np.float32]:
+        """``(B, dim)`` retrieval vectors of backbone embeddings (and tokens)."""
+        ...
 
     def gps_candidates(
-        self, embedding: Any, tokens: Any = None, k: int = 10
-    ) -> tuple[np.ndarray, np.ndarray] | None: ...
+        self, embedding: ArrayOrTensor, tokens: ArrayOrTensor | None = None, k: int = 10
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
+        """``k`` gallery positions ``(B, k, 2)`` and probabilities ``(B, k)``, or None."""
+        ...
 
-    def describe(self) -> dict[str, Any]: ...
+    def describe(self) -> dict[str, Any]:
+        """What a database manifest records about the model."""
+        ...
 
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _as_tensor(x: Any):
+def _as_tensor(x: ArrayOrTensor | None) -> torch.Tensor | None:
     import torch
 
     if x is None:
         return None
-    t = x if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
     return t.float()
+
+
+def _as_numpy(x: ArrayOrTensor) -> NDArray[Any]:
+    """As an array of the same precision (bfloat16, which numpy lacks, as float32)."""
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        return np.asarray(x)
+    t = x.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 
 class BaseEmbedder:
@@ -91,21 +132,22 @@ class BaseEmbedder:
     version: str
     dim: int
     encoder: ImageEncoder
-    tokens: Any = False
+    tokens: TokensMode = False
     token_grid: int = 4
     has_gps: bool = False
     kind: str = ""
 
-    def features(self, images: Sequence[Any]) -> ImageFeatures:
+    def features(self, images: Photos) -> ImageFeatures:
         """The backbone's outputs for Pillow images (or an already built pixel tensor)."""
         import torch
 
         with torch.no_grad():
-            if torch.is_tensor(images):
-                return self.encoder(images)
+            if isinstance(images, torch.Tensor):
+                out: ImageFeatures = self.encoder(images)
+                return out
             return self.encoder.encode(list(images))
 
-    def backbone_tokens(self, feats: ImageFeatures):
+    def backbone_tokens(self, feats: ImageFeatures) -> torch.Tensor | None:
         """The tokens in the form this embedder stores them (pooled or full), or None."""
         if not self.tokens:
             return None
@@ -115,19 +157,21 @@ class BaseEmbedder:
 
         return pool_tokens(feats.tokens, feats.grid, self.token_grid)
 
-    def embed(self, images: Sequence[Any] | ImageFeatures) -> np.ndarray:
+    def embed(self, images: Photos | ImageFeatures) -> NDArray[np.float32]:
         """``(B, dim)`` float32 retrieval vectors of photos (Pillow images) or features."""
         from geolocus.encoders.image.base import ImageFeatures
 
         feats = images if isinstance(images, ImageFeatures) else self.features(images)
         return self.embed_features(feats.embedding, self.backbone_tokens(feats))
 
-    def embed_features(self, embedding: Any, tokens: Any = None) -> np.ndarray:
+    def embed_features(
+        self, embedding: ArrayOrTensor, tokens: ArrayOrTensor | None = None
+    ) -> NDArray[np.float32]:
         raise NotImplementedError
 
     def gps_candidates(
-        self, embedding: Any, tokens: Any = None, k: int = 10
-    ) -> tuple[np.ndarray, np.ndarray] | None:
+        self, embedding: ArrayOrTensor, tokens: ArrayOrTensor | None = None, k: int = 10
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
         return None
 
     def describe(self) -> dict[str, Any]:
@@ -158,10 +202,10 @@ class BackboneEmbedder(BaseEmbedder):
         self.dim = int(encoder.dim)
         self.version = _digest(encoder.fingerprint())
 
-    def embed_features(self, embedding: Any, tokens: Any = None) -> np.ndarray:
-        if hasattr(embedding, "detach"):
-            embedding = embedding.detach().cpu().float().numpy()
-        e = np.asarray(embedding, dtype=np.float32)
+    def embed_features(
+        self, embedding: ArrayOrTensor, tokens: ArrayOrTensor | None = None
+    ) -> NDArray[np.float32]:
+        e = np.asarray(_as_numpy(embedding), dtype=np.float32)
         if e.ndim != 2 or e.shape[1] != self.dim:
             raise InputError(f"{self.name} embeddings must be (B, {self.dim}), got {e.shape}")
         return e
@@ -193,16 +237,18 @@ class ModelEmbedder(BaseEmbedder):
         self.version = _digest({"model": identity, "backbone": encoder.fingerprint()})
         self.gallery = gallery
 
-    def embed_features(self, embedding: Any, tokens: Any = None) -> np.ndarray:
+    def embed_features(
+        self, embedding: ArrayOrTensor, tokens: ArrayOrTensor | None = None
+    ) -> NDArray[np.float32]:
         import torch
 
         with torch.no_grad():
             out = self.model.embed_image(_as_tensor(embedding), _as_tensor(tokens))
-        return out.detach().cpu().float().numpy()
+        return np.asarray(_as_numpy(out), dtype=np.float32)
 
     def gps_candidates(
-        self, embedding: Any, tokens: Any = None, k: int = 10
-    ) -> tuple[np.ndarray, np.ndarray] | None:
+        self, embedding: ArrayOrTensor, tokens: ArrayOrTensor | None = None, k: int = 10
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
         if not self.has_gps:
             return None
         emb, tok = _as_tensor(embedding), _as_tensor(tokens)
@@ -210,8 +256,7 @@ class ModelEmbedder(BaseEmbedder):
             coords, probs = self.model.search_gallery(emb, tok, self.gallery, k)
         else:  # the model encodes its gallery once (cached on disk) and keeps it
             coords, probs = self.model.gps_candidates(emb, tok, k)
-        as_np = lambda a: a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)  # noqa: E731
-        return np.asarray(as_np(coords), dtype=float), np.asarray(as_np(probs), dtype=float)
+        return np.asarray(_as_numpy(coords), float), np.asarray(_as_numpy(probs), float)
 
 
 @functools.lru_cache(maxsize=4)
@@ -255,9 +300,9 @@ def create_embedder(
         from geolocus.encoders.image.base import file_identity
         from geolocus.models import load_model
 
-        model = load_model(p)
-        enc = create_encoder(model.backbone, pretrained=pretrained, **encoder_options)
-        return ModelEmbedder(model, enc, str(p.resolve()), file_identity(p))
+        trained = load_model(p)
+        enc = create_encoder(trained.backbone, pretrained=pretrained, **encoder_options)
+        return ModelEmbedder(trained, enc, str(p.resolve()), file_identity(p))
     if p.suffix or os.sep in s or "/" in s:
         raise InputError(f"model file not found: {s}")
     raise ModelUnavailableError(

@@ -160,8 +160,8 @@ class GPSGallery:
         key = hashlib.sha256(f"{_FORMAT}|{fp}|{_coords_hash(coords)}".encode()).hexdigest()[:24]
         path = Path(cache_dir) if cache_dir is not None else user_cache_dir("galleries")
         path = path / f"gallery-{key}.npy"
-        emb = _load_cached(path, len(coords))
-        if emb is None:
+        cached = _load_cached(path, len(coords))
+        if cached is None:
             dim = _probe_dim(encoder, coords)
             try:
                 with atomic_path(path) as tmp:
@@ -176,10 +176,10 @@ class GPSGallery:
                 warnings.warn(f"GPS gallery not cached ({e}); encoding in memory", stacklevel=2)
                 emb = encode_locations(encoder, coords, batch_size, progress)
                 return cls(coords, emb, logit_scale, fp)
-            emb = _load_cached(path, len(coords))
-            if emb is None:  # pragma: no cover - the file was just written
+            cached = _load_cached(path, len(coords))
+            if cached is None:  # pragma: no cover - the file was just written
                 raise InputError(f"could not read back the gallery cache {path}")
-        return cls(coords, emb, logit_scale, fp, path)
+        return cls(coords, cached, logit_scale, fp, path)
 
     @classmethod
     def geoclip(

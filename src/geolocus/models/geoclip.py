@@ -108,6 +108,9 @@ class LocationHead(GeoModel):
     location fields of :class:`GeoCLIPConfig`) and call :meth:`_init_location`.
     """
 
+    queue: GPSQueue
+    logit_scale: torch.Tensor
+
     def _init_location(self) -> None:
         cfg = self.config
         self.location_encoder = build_location_encoder(
@@ -209,6 +212,8 @@ class ImageViewModel(LocationHead):
     (GeoCLIP, TransGeoCLIP): that head queries the location space and, with the raw
     embedding per ``config.retrieval``, gives the retrieval vector. Subclasses build
     ``image_head`` and ``logit_scale``."""
+
+    image_head: nn.Module
 
     def encode_image(self, embedding: torch.Tensor) -> torch.Tensor:
         """Backbone embeddings ``(B, embed_dim)`` -> ``(B, dim)`` (not normalised)."""

@@ -114,6 +114,11 @@ class GPSQueue(nn.Module):
     state only: the buffers are not saved with the model.
     """
 
+    coords: torch.Tensor
+    emb: torch.Tensor
+    ptr: torch.Tensor
+    length: torch.Tensor
+
     def __init__(self, size: int, dim: int | None = None) -> None:
         super().__init__()
         self.size = int(size)
@@ -149,7 +154,7 @@ class GPSQueue(nn.Module):
         n, ptr = len(gps), int(self.ptr)
         idx = (torch.arange(n, device=gps.device) + ptr) % q
         self.coords[idx] = gps
-        if self.stores_embeddings:
+        if self.stores_embeddings and emb is not None:
             self.emb[idx] = F.normalize(emb.detach()[-q:].to(self.emb.dtype), dim=-1)
         self.ptr.fill_((ptr + n) % q)
         self.length.fill_(min(q, int(self.length) + n))

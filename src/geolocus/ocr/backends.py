@@ -20,7 +20,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -125,7 +125,7 @@ class RapidOCRBackend(OCRBackend):
 
     def read(self, image: Image.Image | np.ndarray) -> list[TextBox]:
         bgr = np.ascontiguousarray(_rgb_array(image)[..., ::-1])  # rapidocr takes arrays as BGR
-        res = self._engine(bgr)
+        res: Any = self._engine(bgr)  # rapidocr's output (its type is a union of stages)
         if res.txts is None or res.boxes is None:
             return []
         out = [

@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from geolocus.errors import InputError
 from geolocus.ocr.backends import create_backend
 from geolocus.ocr.cache import OCRCache
 from geolocus.ocr.evidence import TextEvidence, text_evidence
 from geolocus.ocr.places import PlaceMatcher
+
+if TYPE_CHECKING:
+    from geolocus.ocr.backends import TextBox
 
 #: Where the CLI keeps OCR results unless told otherwise (git-ignored in the repository).
 DEFAULT_CACHE = Path("cache/ocr")
@@ -48,7 +52,7 @@ def photo_evidence(
     if read_only:
         tag = create_backend(backend).tag
         ocr = OCRCache(cache, None)
-        boxes = [ocr.lookup(p, tag) for p in paths]
+        boxes: Sequence[list[TextBox] | None] = [ocr.lookup(p, tag) for p in paths]
     else:
         boxes = OCRCache(cache, create_backend(backend)).many(paths, progress=progress)
 

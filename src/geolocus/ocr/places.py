@@ -151,7 +151,10 @@ def _build() -> dict[str, np.ndarray]:
     for i in range(len(t.lat)):
         by_name.setdefault(t.names[i], []).append(i)
     n = len(t.lat)
-    extra_lat, extra_lon, extra_pop, extra_cc = [], [], [], []
+    extra_lat: list[float] = []
+    extra_lon: list[float] = []
+    extra_pop: list[int] = []
+    extra_cc: list[int] = []
     code_index = {c: i for i, c in enumerate(t.country_codes)}
     for c in cities.values():
         alts = c.get("alternatenames") or []
@@ -191,12 +194,12 @@ def _build() -> dict[str, np.ndarray]:
         reg = key // 1000
         if reg == 0:
             continue
-        rows = order[bounds[j] : bounds[j + 1]]
-        w = base_pop[rows]
-        m = spherical_mean(t.lat[rows], t.lon[rows], weights=w)
+        members = order[bounds[j] : bounds[j + 1]]
+        w = base_pop[members]
+        m = spherical_mean(t.lat[members], t.lon[members], weights=w)
         r_lat.append(float(m[0]))
         r_lon.append(float(m[1]))
-        r_pop.append(int(t.population[rows].sum()))
+        r_pop.append(int(t.population[members].sum()))
         r_cc.append(int(key % 1000))
         add(t.regions[reg], start + len(r_lat) - 1, r_pop[-1])
     lat.append(r_lat)
@@ -209,13 +212,13 @@ def _build() -> dict[str, np.ndarray]:
     c_lat, c_lon, c_pop, c_cc = [], [], [], []
     aliases = country_aliases()
     for ci, name in enumerate(t.country_names):
-        rows = np.flatnonzero(t.country == ci)
-        if len(rows) == 0:
+        members = np.flatnonzero(t.country == ci)
+        if len(members) == 0:
             continue
-        big = rows[np.argmax(t.population[rows])]
+        big = members[np.argmax(t.population[members])]
         c_lat.append(float(t.lat[big]))
         c_lon.append(float(t.lon[big]))
-        c_pop.append(int(t.population[rows].sum()))
+        c_pop.append(int(t.population[members].sum()))
         c_cc.append(ci)
         add(name, start + len(c_lat) - 1, c_pop[-1])
         for alias in aliases.get(t.country_codes[ci], ()):
@@ -226,8 +229,8 @@ def _build() -> dict[str, np.ndarray]:
     country.append(c_cc)
     kind.append([2] * len(c_lat))
 
-    keys = sorted(index)
-    rows = [np.fromiter(sorted(index[k]), np.int64) for k in keys]
+    names = sorted(index)
+    postings = [np.fromiter(sorted(index[k]), np.int64) for k in names]
     return {
         "lat": np.concatenate([np.asarray(v, float) for v in lat]),
         "lon": np.concatenate([np.asarray(v, float) for v in lon]),
@@ -235,9 +238,9 @@ def _build() -> dict[str, np.ndarray]:
         "country": np.concatenate([np.asarray(v, np.int64) for v in country]),
         "kind": np.concatenate([np.asarray(v, np.int8) for v in kind]),
         "codes": np.array(t.country_codes, dtype="U3"),
-        "keys": np.array(keys, dtype=str),
-        "rows": np.concatenate(rows),
-        "offsets": np.cumsum([0] + [len(r) for r in rows]),
+        "names": np.array(names, dtype=str),
+        "postings": np.concatenate(postings),
+        "offsets": np.cumsum([0] + [len(r) for r in postings]),
     }
 
 

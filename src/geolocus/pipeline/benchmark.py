@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,10 +40,13 @@ from geolocus.index import Database
 from geolocus.index.build import Inputs, build_database, embed_store
 from geolocus.models.embedder import create_embedder
 from geolocus.pipeline.formats import write_map
-from geolocus.pipeline.geolocator import Geolocator
+from geolocus.pipeline.geolocator import Geolocator, PlaceSettings, RetrievalSettings
 from geolocus.pipeline.results import place_label, top1
 from geolocus.places import Gazetteer
 from geolocus.refine import create_refiner
+
+if TYPE_CHECKING:
+    from geolocus.models.embedder import Embedder
 
 #: The floor: accuracy (%) at 25, 200, 750, 2500 km of the best single point on Earth
 #: for all of IM2GPS3k (one constant guess for every photo, chosen knowing the answers).
@@ -101,7 +104,7 @@ def _labels(data: str | os.PathLike[str] | None):
 
 
 def cached_features(
-    embedder: Any,
+    embedder: Embedder,
     paths: list[str],
     ids: list[str],
     cache: str | os.PathLike[str],
@@ -141,7 +144,7 @@ def cross_validate(
     k: int = 20,
     k_far: int = 20,
     progress: bool = True,
-    embedder: Any | None = None,
+    embedder: Embedder | None = None,
 ) -> BenchmarkResult:
     """The ``cv3`` protocol (see the module docstring)."""
     for r in refiners:
@@ -178,13 +181,12 @@ def cross_validate(
                 tok = None if store.tokens is None else np.asarray(store.tokens[qr], np.float32)
                 gps = embedder.gps_candidates(np.asarray(store.embeddings[qr], np.float32), tok, 10)
             for r in refiners:
-                geo = Geolocator(
+                geo = Geolocator.from_database(
                     db,
-                    embedder,
                     r,
-                    k=k,
-                    k_far=k_far,
-                    place_names=False,
+                    embedder=embedder,
+                    retrieval=RetrievalSettings(k=k, k_far=k_far),
+                    places=PlaceSettings(names=False),
                     fit_groups=photographer,
                     cache_refiner=False,
                     warmup=False,
@@ -229,7 +231,7 @@ def holdout(
     k: int = 20,
     k_far: int = 20,
     progress: bool = True,
-    embedder: Any | None = None,
+    embedder: Embedder | None = None,
 ) -> tuple[BenchmarkResult, list[Any], np.ndarray]:
     """The ``holdout`` protocol: returns the result, the predictions and their truth."""
     t0 = time.perf_counter()
@@ -253,13 +255,12 @@ def holdout(
     if progress:
         print(built.summary(), file=sys.stderr)
     t1 = time.perf_counter()
-    geo = Geolocator(
+    geo = Geolocator.from_database(
         built.database,
-        embedder,
         refine,
-        top_k=top_k,
-        k=k,
-        k_far=k_far,
+        embedder=embedder,
+        retrieval=RetrievalSettings(k=k, k_far=k_far),
+        places=PlaceSettings(top_k=top_k),
         fit_groups=photographer,  # as in cv3: the queries' photographers are not in the db
     )
     t_load = time.perf_counter() - t1

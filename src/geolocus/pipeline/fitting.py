@@ -34,20 +34,23 @@ CACHE_FOLDER = "refiners"
 
 def _regroup(nb: Neighbours, k: int, groups: Callable[[str], str]) -> Neighbours:
     """Drop near neighbours of the query's own group; keep the first ``k`` left (padded)."""
+    if nb.near_ids is None:
+        raise InputError("grouping neighbours needs the ids of the retrieved photos")
     n = len(nb)
     near = np.empty((n, k, 2))
-    scores = np.empty((n, k)) if nb.near_scores is not None else None
+    near_scores = nb.near_scores
+    scores = np.empty((n, k)) if near_scores is not None else None
     ids = np.empty((n, k), dtype=object)
     for i in range(n):
         g = groups(str(nb.ids[i]))
-        keep = np.array([groups(str(j)) != g for j in nb.near_ids[i]], dtype=bool)
+        keep = np.array([groups(str(j)) != g for j in nb.near_ids[i]], dtype=np.bool_)
         rows = np.flatnonzero(keep)[:k]
         if rows.size == 0:  # the whole list is the query's group: keep it as it is
             rows = np.arange(min(k, nb.k))
         rows = np.concatenate([rows, np.repeat(rows[-1:], k - rows.size)])
         near[i], ids[i] = nb.near[i, rows], nb.near_ids[i, rows]
-        if scores is not None:
-            scores[i] = nb.near_scores[i, rows]
+        if scores is not None and near_scores is not None:
+            scores[i] = near_scores[i, rows]
     return Neighbours(
         ids=nb.ids,
         near=near,

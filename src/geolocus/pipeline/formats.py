@@ -88,7 +88,7 @@ def to_geojson(predictions: Sequence[Prediction]) -> str:
 
 
 def csv_rows(predictions: Sequence[Prediction]) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for p in predictions:
         ex = p.exif_gps
         base = {
@@ -154,12 +154,12 @@ def _map_args(pred: Prediction, title: str | None, truth: Any) -> tuple[tuple, d
         }
         for g in pred.guesses
     ]
-    has_far = nb is not None and nb.far.shape[1] > 0
+    far = None if nb is None or nb.far.shape[1] == 0 else nb
     args = (guesses, None if nb is None else nb.near[0], pred.exif_gps if truth is None else truth)
     kwargs = {
-        "far": nb.far[0] if has_far else None,
+        "far": None if far is None else far.far[0],
         "neighbour_ids": None if nb is None or nb.near_ids is None else nb.near_ids[0],
-        "far_ids": nb.far_ids[0] if has_far and nb.far_ids is not None else None,
+        "far_ids": None if far is None or far.far_ids is None else far.far_ids[0],
         "title": title or f"geolocus: {pred.image}",
     }
     return args, kwargs

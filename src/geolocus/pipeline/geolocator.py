@@ -1,6 +1,6 @@
 """The geolocator: photos in, top-k places with confidence, place names and a radius out.
 
->>> geo = Geolocator.from_database("my-db", refine="dualgeo", top_k=5)
+>>> geo = Geolocator.from_database("my-db", refine="dualgeo", places=PlaceSettings(top_k=5))
 >>> [pred] = geo(["photo.jpg"])
 >>> pred.top.lat, pred.top.lon, pred.top.confidence, pred.top.label
 
@@ -12,7 +12,10 @@ distinct places (:mod:`geolocus.pipeline.candidates`), name the places
 offline, and optionally let a multimodal model choose. A photo that cannot be
 read gets a :class:`Prediction` with ``error`` set; the others go on.
 Everything that is loaded once (weights, index, gazetteer, gallery, a fitted
-refiner) is loaded when the geolocator is made, not per photo.
+refiner) is loaded by :meth:`Geolocator.from_database`, not per photo; the
+constructor only stores what it is given. The settings come in small frozen
+groups: :class:`RetrievalSettings`, :class:`PlaceSettings`,
+:class:`GallerySettings` and :class:`LMMSettings`.
 """
 
 from __future__ import annotations
@@ -23,21 +26,32 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geolocus.errors import ImageError, ServiceError
+from geolocus.errors import ImageError, InputError, ServiceError
+from geolocus.index.build import check_embedder, embedder_for
 from geolocus.index.database import Database
+from geolocus.models.embedder import Embedder
 from geolocus.pipeline.candidates import MERGE_KM, SUPPORT_KM, distinct_places, pool_candidates
 from geolocus.pipeline.fitting import fit_on_database
 from geolocus.pipeline.results import Guess, Prediction
 from geolocus.refine import DEFAULT_REFINER, Refiner, create_refiner
 
+if TYPE_CHECKING:
+    from geolocus.places import Gazetteer
+    from geolocus.refine.lmm import Chooser
+
 #: How many candidate places the multimodal model is shown, and far neighbours.
 LMM_CANDIDATES = 10
 LMM_FAR = 10
+
+
+#: One input as read: (pixels, the image kept for the LMM, EXIF GPS, error).
+_Loaded = tuple["np.ndarray | None", Any, Any, "str | None"]
 
 
 def _warn(msg: str) -> None:
@@ -50,97 +64,174 @@ def _name_of(item: Any, i: int) -> str:
     return str(getattr(item, "filename", "") or getattr(item, "name", "") or f"<image {i + 1}>")
 
 
+@dataclass(frozen=True)
+class RetrievalSettings:
+    """Stage 1: ``k`` near and ``k_far`` far neighbours per photo, ``nprobe`` inverted lists
+    searched (IVF indexes; None: the database's default), photos per forward pass and
+    threads decoding the next batch meanwhile."""
+
+    k: int = 20
+    k_far: int = 20
+    nprobe: int | None = None
+    batch_size: int = 16
+    loader_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.k_far < 0:
+            raise InputError("k must be at least 1, k_far at least 0")
+        if self.batch_size < 1 or self.loader_threads < 1:
+            raise InputError("batch_size and loader_threads must be at least 1")
+
+    def within(self, n: int) -> RetrievalSettings:
+        """These settings for a database of ``n`` photos: it cannot fill more than ``n``
+        neighbours, and padded repeats would count as extra votes."""
+        n = max(1, n)
+        return replace(self, k=min(self.k, n), k_far=min(self.k_far, n))
+
+
+@dataclass(frozen=True)
+class PlaceSettings:
+    """Candidates to places: ``top_k`` places returned, candidates closer than ``merge_km``
+    are one place, ``support_km`` bounds its radius; ``names``: name the places offline."""
+
+    top_k: int = 5
+    merge_km: float = MERGE_KM
+    support_km: float = SUPPORT_KM
+    names: bool = True
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise InputError("top_k must be at least 1")
+
+
+@dataclass(frozen=True)
+class GallerySettings:
+    """A location head's GPS-gallery candidates: ``k`` per photo (0: none) and their share
+    of the weight against the retrieved neighbours."""
+
+    k: int = 10
+    weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class LMMSettings:
+    """A multimodal model that chooses among the places (``client.ask``, e.g. a
+    :class:`geolocus.refine.lmm.LMMClient`); with ``fallback`` a server failure warns once
+    and keeps the geometric answer instead of raising :class:`ServiceError`."""
+
+    client: Chooser
+    fallback: bool = False
+
+    @classmethod
+    def from_url(cls, url: str, model: str = "default", fallback: bool = False) -> LMMSettings:
+        """An OpenAI-compatible server at ``url`` (nothing is sent until a photo is asked)."""
+        from geolocus.refine.lmm import LMMClient
+
+        return cls(LMMClient(url, model), fallback)
+
+
 class Geolocator:
     """Stage 1 (retrieval) and stage 2 (refinement) over one database (see module doc).
 
-    - ``database``: a :class:`Database` or its folder; ``embedder``: the model it
-      was built with (default: read from the manifest, checked).
-    - ``refiner``: a name (``nearest``, ``dualgeo``, ``kde``, ``best``) or a
-      :class:`Refiner`; one named that learns is fitted on the database by
-      leave-one-out (grouped by ``fit_groups`` if given) and cached there; an
-      instance is used as given unless it requires fitting and is not fitted.
-    - ``k`` / ``k_far``: near and far neighbours retrieved; ``top_k``: places
-      returned; ``merge_km``: candidates closer than this are one place.
-    - ``gps_k`` / ``gps_weight``: gallery candidates of a location head and their
-      share of the weight.
-    - ``lmm``: a :class:`geolocus.refine.lmm.LMMClient` that chooses among the
-      places; ``lmm_fallback``: on a server failure warn (once) and keep the
-      geometric answer instead of raising :class:`ServiceError`.
-    - ``warmup``: run one blank photo through at once (see :meth:`warmup`).
+    Made by :meth:`from_database`, which opens the database, creates or checks the
+    embedder, fits the refiner (cached in the database) and loads the gazetteer. The
+    constructor only stores what it is given, ready to use: a :class:`Database`, the
+    :class:`Embedder` it was built with (checked), a :class:`Refiner` already fitted if
+    it learns, and the gazetteer that names places (None: unnamed).
     """
 
     def __init__(
         self,
-        database: Database | str | os.PathLike[str],
-        embedder: Any | None = None,
-        refiner: Refiner | str = DEFAULT_REFINER,
+        database: Database,
+        embedder: Embedder,
+        refiner: Refiner,
         *,
-        top_k: int = 5,
-        k: int = 20,
-        k_far: int = 20,
-        merge_km: float = MERGE_KM,
-        support_km: float = SUPPORT_KM,
-        gps_k: int = 10,
-        gps_weight: float = 0.5,
-        lmm: Any | None = None,
-        lmm_fallback: bool = False,
-        place_names: bool = True,
-        batch_size: int = 16,
-        loader_threads: int = 1,
-        nprobe: int | None = None,
-        fit_groups: Callable[[str], str] | None = None,
-        cache_refiner: bool = True,
-        check_model: bool = True,
-        warmup: bool = True,
+        retrieval: RetrievalSettings = RetrievalSettings(),
+        places: PlaceSettings = PlaceSettings(),
+        gallery: GallerySettings = GallerySettings(),
+        lmm: LMMSettings | None = None,
+        gazetteer: Gazetteer | None = None,
         warn: Callable[[str], None] = _warn,
     ) -> None:
-        from geolocus.errors import InputError
-        from geolocus.index.build import check_embedder, embedder_for
-
-        self.database = database if isinstance(database, Database) else Database.open(database)
-        if embedder is None:
-            embedder = embedder_for(self.database)
-        elif check_model:
-            check_embedder(self.database, embedder)
-        self.embedder = embedder
-        if top_k < 1 or k < 1 or k_far < 0:
-            raise InputError("top_k and k must be at least 1, k_far at least 0")
-        # a small database cannot fill k: padded repeats would count as extra votes
-        n_db = max(1, len(self.database))
-        self.top_k, self.k, self.k_far = int(top_k), min(int(k), n_db), min(int(k_far), n_db)
-        self.merge_km, self.support_km = float(merge_km), float(support_km)
-        self.gps_k, self.gps_weight = int(gps_k), float(gps_weight)
-        self.lmm, self.lmm_fallback = lmm, bool(lmm_fallback)
-        self.batch_size, self.loader_threads = max(1, int(batch_size)), max(1, int(loader_threads))
-        self.nprobe = nprobe
+        check_embedder(database, embedder)  # the manifest in memory: no file is read
+        self.database, self.embedder, self.refiner = database, embedder, refiner
+        self.retrieval = retrieval.within(len(database))
+        self.places, self.gallery, self.lmm = places, gallery, lmm
+        self.gazetteer = gazetteer if places.names else None
         self.warn = warn
-        self.refiner = create_refiner(refiner) if isinstance(refiner, str) else refiner
-        if isinstance(refiner, str) or (self.refiner.requires_fit and not self.refiner.is_fitted()):
-            # a refiner given fitted (or configured by hand) is used as it is
-            self.refiner = fit_on_database(
-                self.refiner,
-                self.database,
-                self.k,
-                self.k_far,
-                groups=fit_groups,
-                cache=cache_refiner,
-                nprobe=nprobe,
-            )
-        self.gazetteer = None
-        if place_names:
-            from geolocus.places import Gazetteer
-
-            self.gazetteer = Gazetteer.load()
-            self.gazetteer.reverse_geocode(0.0, 0.0)  # builds its k-d tree now, not per photo
         self.timing: dict[str, float] = {}
         self.reset_timing()
+
+    @classmethod
+    def from_database(
+        cls,
+        database: Database | str | os.PathLike[str],
+        refine: Refiner | str = DEFAULT_REFINER,
+        *,
+        embedder: Embedder | None = None,
+        model: str | None = None,
+        retrieval: RetrievalSettings = RetrievalSettings(),
+        places: PlaceSettings = PlaceSettings(),
+        gallery: GallerySettings = GallerySettings(),
+        lmm: LMMSettings | None = None,
+        fit_groups: Callable[[str], str] | None = None,
+        cache_refiner: bool = True,
+        warmup: bool = True,
+        warn: Callable[[str], None] = _warn,
+    ) -> Geolocator:
+        """A geolocator over ``database`` (a :class:`Database` or its folder), everything
+        loaded once.
+
+        - ``embedder``: the model the database was built with; default: made from the
+          manifest (``model``, if given, must be that one).
+        - ``refine``: a name (``nearest``, ``dualgeo``, ``kde``, ``best``) or a
+          :class:`Refiner`; one named that learns is fitted on the database by
+          leave-one-out (grouped by ``fit_groups`` if given) and cached there
+          (``cache_refiner``); an instance is used as given unless it requires fitting
+          and is not fitted.
+        - ``warmup``: run one blank photo through at once (see :meth:`warmup`).
+        """
+        db = database if isinstance(database, Database) else Database.open(database)
+        if embedder is None:
+            embedder = embedder_for(db, model)
+        near = retrieval.within(len(db))
+        refiner = create_refiner(refine) if isinstance(refine, str) else refine
+        if isinstance(refine, str) or (refiner.requires_fit and not refiner.is_fitted()):
+            # a refiner given fitted (or configured by hand) is used as it is
+            refiner = fit_on_database(
+                refiner,
+                db,
+                near.k,
+                near.k_far,
+                groups=fit_groups,
+                cache=cache_refiner,
+                nprobe=near.nprobe,
+            )
+        gazetteer = None
+        if places.names:
+            from geolocus.places import Gazetteer
+
+            gazetteer = Gazetteer.load()
+            gazetteer.reverse_geocode(0.0, 0.0)  # builds its k-d tree now, not per photo
+        geo = cls(
+            db,
+            embedder,
+            refiner,
+            retrieval=retrieval,
+            places=places,
+            gallery=gallery,
+            lmm=lmm,
+            gazetteer=gazetteer,
+            warn=warn,
+        )
         if warmup:
-            self.warmup()
-            self.reset_timing()
+            geo.warmup()
+        return geo
 
     def warmup(self) -> None:
         """One blank photo through every stage, so that one-time costs (lazy imports,
-        kernel selection, k-d trees) are paid when the geolocator is made, not per photo."""
+        kernel selection, k-d trees) are paid when the geolocator is made, not per photo;
+        the clocks are zeroed after it."""
         from PIL import Image
 
         size = self.embedder.encoder.image_size
@@ -149,31 +240,7 @@ class Geolocator:
             self.predict([Image.new("RGB", (size, size), (128, 128, 128))])
         finally:
             self.lmm = lmm
-
-    @classmethod
-    def from_database(
-        cls,
-        path: str | os.PathLike[str],
-        refine: Refiner | str = DEFAULT_REFINER,
-        top_k: int = 5,
-        *,
-        model: str | None = None,
-        lmm_url: str | None = None,
-        lmm_model: str | None = None,
-        **kwargs: Any,
-    ) -> Geolocator:
-        """A geolocator over the database at ``path``, with the model it was built with
-        (``model``, if given, must be that one)."""
-        from geolocus.index.build import embedder_for
-
-        db = Database.open(path)
-        embedder = embedder_for(db, model)
-        lmm = kwargs.pop("lmm", None)
-        if lmm_url is not None:
-            from geolocus.refine.lmm import LMMClient
-
-            lmm = LMMClient(lmm_url, lmm_model or "default")
-        return cls(db, embedder, refine, top_k=top_k, lmm=lmm, **kwargs)
+            self.reset_timing()
 
     # -- timing -------------------------------------------------------------------------------
 
@@ -191,7 +258,7 @@ class Geolocator:
 
     # -- reading photos -----------------------------------------------------------------------
 
-    def _load(self, item: Any, i: int) -> tuple[np.ndarray | None, Any, Any, str | None]:
+    def _load(self, item: Any, i: int) -> _Loaded:
         """(pixels, image kept for the LMM, EXIF GPS, error) of one input."""
         from PIL import Image
 
@@ -222,7 +289,10 @@ class Geolocator:
     # -- prediction ---------------------------------------------------------------------------
 
     def predict(
-        self, images: Any, progress: bool = False, on_result: Callable | None = None
+        self,
+        images: Any,
+        progress: bool = False,
+        on_result: Callable[[Prediction], None] | None = None,
     ) -> list[Prediction]:
         """Geolocate photos: paths, bytes, binary files or Pillow images (one or a list).
 
@@ -238,10 +308,10 @@ class Geolocator:
         if n == 0:
             return []
         t_start = time.perf_counter()
-        bs = self.batch_size
+        bs = self.retrieval.batch_size
         batches = [range(s, min(n, s + bs)) for s in range(0, n, bs)]
 
-        def load_batch(rows: range) -> list:
+        def load_batch(rows: range) -> list[_Loaded]:
             return [self._load(items[i], i) for i in rows]
 
         bar = None
@@ -249,7 +319,7 @@ class Geolocator:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n, desc="geolocating", unit="img")
-        with ThreadPoolExecutor(max_workers=self.loader_threads) as pool:
+        with ThreadPoolExecutor(max_workers=self.retrieval.loader_threads) as pool:
             pending = pool.submit(load_batch, batches[0])
             for j, rows in enumerate(batches):
                 t0 = time.perf_counter()
@@ -271,8 +341,8 @@ class Geolocator:
                     tok = self.embedder.backbone_tokens(feats)
                     vec = self.embedder.embed_features(feats.embedding, tok)
                     gps = None
-                    if self.embedder.has_gps and self.gps_k > 0:
-                        gps = self.embedder.gps_candidates(feats.embedding, tok, self.gps_k)
+                    if self.embedder.has_gps and self.gallery.k > 0:
+                        gps = self.embedder.gps_candidates(feats.embedding, tok, self.gallery.k)
                     self._tick("embed", t)
                     kept = [r for r in loaded if r[0] is not None]
                     preds = self.locate(
@@ -284,9 +354,11 @@ class Geolocator:
                     )
                     for i, p in zip(good, preds, strict=True):
                         out[i] = p
-                for i in rows:
-                    if on_result is not None:
-                        on_result(out[i])
+                done = [out[i] for i in rows]
+                if on_result is not None:
+                    for pred in done:
+                        if pred is not None:  # every row of the batch is answered by now
+                            on_result(pred)
                 if bar is not None:
                     bar.update(len(rows))
         if bar is not None:
@@ -317,17 +389,19 @@ class Geolocator:
         """Stage 1 and 2 for embedded photos: ``vectors`` ``(N, dim)`` from the embedder,
         ``gps`` its gallery candidates ``(N, G, 2)`` and probabilities ``(N, G)``."""
         t = time.perf_counter()
+        r = self.retrieval
         nb = self.database.search(
-            vectors, k=self.k, k_far=self.k_far, query_ids=list(ids), nprobe=self.nprobe
+            vectors, k=r.k, k_far=r.k_far, query_ids=list(ids), nprobe=r.nprobe
         )
         t = self._tick("search", t)
         ranking = self.refiner.rank(nb)
-        n_places = max(self.top_k, LMM_CANDIDATES if self.lmm is not None else 0)
+        top_k = self.places.top_k
+        n_places = max(top_k, LMM_CANDIDATES if self.lmm is not None else 0)
         places_per = []
         for i in range(len(nb)):
             g = None if gps is None else (gps[0][i], gps[1][i])
             coords, w, src = pool_candidates(
-                ranking.candidates[i], ranking.scores[i], g, self.gps_weight
+                ranking.candidates[i], ranking.scores[i], g, self.gallery.weight
             )
             places_per.append(
                 distinct_places(
@@ -335,8 +409,8 @@ class Geolocator:
                     w,
                     src,
                     top_k=n_places,
-                    merge_km=self.merge_km,
-                    support_km=self.support_km,
+                    merge_km=self.places.merge_km,
+                    support_km=self.places.support_km,
                     by_weight=g is not None,
                 )
             )
@@ -366,7 +440,7 @@ class Geolocator:
                 self._ask_lmm(p, None if images is None else images[i])
             t = self._tick("lmm", t)
         for p in preds:
-            del p.guesses[self.top_k :]
+            del p.guesses[top_k:]
         return preds
 
     def _names(self, points: list[tuple[float, float]]) -> list[Any]:
@@ -390,11 +464,13 @@ class Geolocator:
             Candidate(float(a), float(b), "" if pl is None else pl.label)
             for (a, b), pl in zip(far_pts, far_names, strict=True)
         ]
+        if self.lmm is None:
+            return
         t = time.perf_counter()
         try:
-            ans = self.lmm.ask(image, near, far)
+            ans = self.lmm.client.ask(image, near, far)
         except ServiceError as e:
-            if not self.lmm_fallback:
+            if not self.lmm.fallback:
                 raise
             self.warn(f"{e}; using the geometric answer for this and the remaining photos")
             pred.notes.append(f"lmm failed: {e}")
@@ -403,7 +479,7 @@ class Geolocator:
         finally:
             self.timing["lmm"] += time.perf_counter() - t
         for j, g in enumerate(pred.guesses):
-            if haversine_km(g.lat, g.lon, ans.lat, ans.lon) < self.merge_km:
+            if haversine_km(g.lat, g.lon, ans.lat, ans.lon) < self.places.merge_km:
                 g.source = "lmm" if g.source == "lmm" else f"{g.source}+lmm"
                 pred.guesses.insert(0, pred.guesses.pop(j))
                 break

@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,8 +33,11 @@ from geolocus.geo import haversine_km
 from geolocus.index.build import build_database, gather_inputs
 from geolocus.models.embedder import create_embedder
 from geolocus.pipeline.fitting import loo_neighbours
-from geolocus.pipeline.geolocator import Geolocator
+from geolocus.pipeline.geolocator import Geolocator, PlaceSettings, RetrievalSettings
 from geolocus.refine import create_refiner
+
+if TYPE_CHECKING:
+    from geolocus.models.embedder import Embedder
 
 WORK = ".geolocus"
 PARTIAL = "geotag-partial.csv"
@@ -82,14 +85,15 @@ def _read_partial(path: Path) -> dict[str, dict[str, Any]]:
         return {r["IMG_ID"]: r for r in csv.DictReader(fh) if r.get("IMG_ID")}
 
 
-def leave_one_out_check(geolocator: Any, folds: int = 5) -> Any:
+def leave_one_out_check(geolocator: Geolocator, folds: int = 5) -> Any:
     """Accuracy on the database's own photos, each searched without itself: an estimate
     of how well the photos without a position are placed.
 
     A refiner that learns is cross-validated (fitted on the other folds' photos), so
     the estimate is not scored on what it was fitted on.
     """
-    nb, truth = loo_neighbours(geolocator.database, geolocator.k, geolocator.k_far)
+    r = geolocator.retrieval
+    nb, truth = loo_neighbours(geolocator.database, r.k, r.k_far)
     refiner = geolocator.refiner
     if refiner.learns and len(nb) >= 2 * folds:
         fold = np.random.default_rng(0).permutation(len(nb)) % folds
@@ -141,7 +145,7 @@ def geotag(
     out: str | os.PathLike[str],
     *,
     model: str | None = None,
-    embedder: Any | None = None,
+    embedder: Embedder | None = None,
     refine: str | None = None,
     db: str | os.PathLike[str] | None = None,
     check: bool = True,
@@ -174,7 +178,13 @@ def geotag(
     built = build_database(db_path, inputs, embedder, overwrite=True, progress=progress)
     log(built.summary())
     name = refine or ("best" if len(inputs) >= MIN_FOR_BEST else "nearest")
-    geo = Geolocator(built.database, embedder, name, top_k=1, batch_size=batch_size)
+    geo = Geolocator.from_database(
+        built.database,
+        name,
+        embedder=embedder,
+        retrieval=RetrievalSettings(batch_size=batch_size),
+        places=PlaceSettings(top_k=1),
+    )
     result = GeotagResult(geotagged=len(inputs), refiner=name)
     result.failed = [{"IMG_ID": p.id, "ERROR": p.detail} for p in unreadable]
     if check and len(inputs) >= 3:
@@ -202,8 +212,8 @@ def geotag(
     rows = [done[p.id] for p in targets if p.id in done]
     result.predicted = [r for r in rows if not r.get("ERROR")]
     result.failed += [r for r in rows if r.get("ERROR")]
-    with atomic_write(out, newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=FIELDS)
+    with atomic_write(out, newline="", encoding="utf-8") as out_fh:
+        w = csv.DictWriter(out_fh, fieldnames=FIELDS)
         w.writeheader()
         w.writerows(rows)
     partial.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -148,7 +149,7 @@ def cross_validate_refiners(
     fold = grouped_folds(nb.ids, folds, group=photographer)
     rows: list[tuple[str, Any]] = []
     for m in methods:
-        pred = cross_val_predict(lambda m=m: create_refiner(m), nb, truth, fold)
+        pred = cross_val_predict(partial(create_refiner, m), nb, truth, fold)
         d = haversine_km(pred[:, 0], pred[:, 1], truth[:, 0], truth[:, 1])
         label = f"{m} + photo text" if nb.evidence is not None and m == "best" else m
         rows.append((label, score_errors(d)))

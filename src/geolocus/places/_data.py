@@ -119,7 +119,7 @@ class PlaceTables:
             "country_continents": np.array(self.country_continents, dtype="U2"),
         }
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **cols)
+            np.savez(fh, **cols)  # type: ignore[arg-type]  # numpy's stub: ** as allow_pickle
 
     @classmethod
     def read(cls, path: Path) -> PlaceTables:

@@ -109,7 +109,7 @@ class Refiner:
             )
         name = state.get("refiner")
         kind = REFINERS.get(str(name))
-        if not issubclass(kind, cls):
+        if not (isinstance(kind, type) and issubclass(kind, cls)):
             raise InputError(f"saved refiner is {name!r}, not {cls.name!r}")
         try:
             r = kind(**{k: _decode(v) for k, v in state["params"].items()})

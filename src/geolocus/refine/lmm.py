@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -54,6 +55,15 @@ class LMMAnswer:
     reason: str = ""
     samples: list[tuple[float, float]] = field(default_factory=list)
     used_fallback: bool = False
+
+
+class Chooser(Protocol):
+    """What chooses among candidate places for a photo: :class:`LMMClient`, or a stand-in."""
+
+    def ask(self, image: Any, near: Sequence[Candidate], far: Sequence[Candidate]) -> LMMAnswer:
+        """The position chosen for ``image`` among the ``near`` candidates (``far``: ones
+        unlikely, shown for contrast); raises :class:`ServiceError` when it cannot answer."""
+        ...
 
 
 def build_prompt(near: Sequence[Candidate], far: Sequence[Candidate]) -> str:
@@ -93,7 +103,7 @@ def parse_answer(text: str) -> tuple[float, float, str]:
         lat = obj.get("latitude", obj.get("lat"))
         lon = obj.get("longitude", obj.get("lon", obj.get("lng")))
         try:
-            lat, lon = float(lat), float(lon)
+            lat, lon = float(lat), float(lon)  # type: ignore[arg-type]  # None: TypeError below
         except (TypeError, ValueError):
             continue
         if np.isfinite(lat) and np.isfinite(lon) and abs(lat) <= 90 and abs(lon) <= 180:

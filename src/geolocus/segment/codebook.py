@@ -92,6 +92,9 @@ class TokenCodebook(nn.Module):
     its own file; ``save``/``load`` also write it alone in the common format.
     """
 
+    centroids: torch.Tensor
+    is_fitted: torch.Tensor
+
     def __init__(self, classes: int = 32, dim: int = 1280, backbone: str = "") -> None:
         super().__init__()
         if classes < 2:

@@ -60,13 +60,13 @@ def parse_photos(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
     )
     if not msg.is_multipart():
         raise RequestError(HTTPStatus.BAD_REQUEST, "malformed multipart body")
-    files = []
+    files: list[tuple[str, bytes]] = []
     for part in msg.iter_parts():
         name = part.get_filename()
         if name is None:
             continue  # a plain form field
-        data = part.get_payload(decode=True) or b""
-        if data:
+        data = part.get_payload(decode=True)
+        if isinstance(data, bytes) and data:
             files.append((name, data))
     if not files:
         raise RequestError(HTTPStatus.BAD_REQUEST, "no photo in the request (no file field)")
@@ -223,7 +223,7 @@ def make_server(
                         "version": __version__,
                         "database": {"photos": len(db), "model": db.manifest.model},
                         "refiner": geolocator.refiner.name,
-                        "top_k": geolocator.top_k,
+                        "top_k": geolocator.places.top_k,
                     },
                 )
             else:
@@ -244,7 +244,7 @@ def make_server(
             files = parse_photos(self.headers.get("Content-Type", ""), self._body())
             preds = locate(files)
             with_nb = query.get("neighbours", ["1"])[0] not in ("0", "false", "no")
-            out = {"predictions": [p.to_dict(neighbours=with_nb) for p in preds]}
+            out: dict[str, Any] = {"predictions": [p.to_dict(neighbours=with_nb) for p in preds]}
             bad = [p for p in preds if not p.ok]
             if len(bad) == len(preds):  # nothing could be read: the request failed
                 out["error"] = bad[0].error or "no answer"

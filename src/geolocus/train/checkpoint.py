@@ -73,7 +73,8 @@ def save_checkpoint(
     geolocus models); ``train_config`` the training settings.
     """
     if config is None:
-        config = model.config_dict() if hasattr(model, "config_dict") else {}
+        has = hasattr(model, "config_dict")
+        config = model.config_dict() if has else {}  # type: ignore[operator]
     tensors = _model_tensors(model)
     meta: dict[str, str] = {META_PROGRESS: json.dumps(progress or {})}
     if train_config is not None:

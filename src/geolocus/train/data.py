@@ -17,12 +17,16 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from geolocus.errors import InputError
 from geolocus.train.loop import minibatches, steps
+
+if TYPE_CHECKING:
+    from geolocus.encoders.features import TokensMode
 
 
 @dataclass
@@ -56,7 +60,7 @@ class TrainingSet:
             self,
             ids=[self.ids[i] for i in rows],
             gps=self.gps[rows],
-            embeddings=take(self.embeddings),
+            embeddings=np.asarray(self.embeddings[rows]),
             tokens=take(self.tokens),
             text=take(self.text),
         )
@@ -178,7 +182,7 @@ def open_or_extract(
 
     enc = create_encoder(backbone)
     out = cache_dir(cache_root, enc, tag)
-    modes = ["full"] if tokens else [False, "full"]
+    modes: list[TokensMode] = ["full"] if tokens else [False, "full"]
     for mode in modes:
         key = feature_key(enc.fingerprint(), mode, 4, "float16", ids, paths)
         with contextlib.suppress(InputError, OSError, ValueError):
@@ -258,7 +262,7 @@ def load_training_set(
         emb, tok = store.embeddings, store.tokens if tokens else None
     else:  # a subset: read into memory once (random access to memmaps is slow)
         emb = np.asarray(store.embeddings[rows])
-        tok = np.asarray(store.tokens[rows]) if tokens else None
+        tok = np.asarray(store.tokens[rows]) if tokens and store.tokens is not None else None
     return TrainingSet(
         ids=ids, gps=gps[keep], embeddings=emb, tokens=tok, text=emb_text, backbone=backbone
     )

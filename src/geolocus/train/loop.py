@@ -130,7 +130,7 @@ def fit(
                 )
                 it = iter(bar)
             for batch in it:
-                out = model.loss(batch)
+                out = model.loss(batch)  # type: ignore[operator]  # a geolocus model's loss
                 loss = out["loss"]
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}")

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from geolocus.errors import InputError
 from geolocus.train.config import checkpoint_path
@@ -48,7 +49,7 @@ def train_from_config(
     seed_everything(train.seed)
     model_cfg = dict(cfg["model"])
     cls = model_class(model_cfg.pop("type"))
-    conf = cls.config_class.from_dict(model_cfg)
+    conf: Any = cls.config_class.from_dict(model_cfg)  # the model's own config class
     data_cfg = cfg["data"]
     text = conf.text_encoder if getattr(conf, "use_text", False) else None
     data = load_training_set(

@@ -173,7 +173,7 @@ def map_html(
             "label": _place_labels([la], [lo])[0] if place_names else None,
             "error_km": None if top is None else float(haversine_km(la, lo, top.lat, top.lon)),
         }
-    data = {
+    data: dict[str, Any] = {
         "guesses": _guess_records(gs, truth_pt, ref, place_names),
         "near": _neighbour_records(near_pts, neighbour_ids, top, ref, "neighbour"),
         "far": _neighbour_records(far_pts, far_ids, top, ref, "far neighbour"),

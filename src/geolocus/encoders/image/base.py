@@ -68,7 +68,8 @@ class Preprocessing:
         left, top = (nw - self.size) // 2, (nh - self.size) // 2
         im = im.crop((left, top, left + self.size, top + self.size))
         a = np.asarray(im, dtype=np.float32) * (1.0 / 255.0)
-        a = (a - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        a = (a - mean) / std
         return np.ascontiguousarray(a.transpose(2, 0, 1))
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:

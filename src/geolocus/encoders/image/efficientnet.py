@@ -16,6 +16,7 @@ classifier's pre-logit features — or GeM, see ``pooling``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,10 +41,13 @@ _SIZES = {"lite0": 224, "lite1": 240, "lite2": 260}
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """Fold an eval-mode batch norm into the convolution before it; make symmetric
     "same" padding part of the convolution instead of a separate padding copy."""
-    s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    mean, var = bn.running_mean, bn.running_var
+    if mean is None or var is None:
+        raise ValueError("only a batch norm with running statistics folds into a convolution")
+    s = bn.weight / torch.sqrt(var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
     conv.weight = nn.Parameter(conv.weight * s[:, None, None, None], requires_grad=False)
-    conv.bias = nn.Parameter(bn.bias + (bias - bn.running_mean) * s, requires_grad=False)
+    conv.bias = nn.Parameter(bn.bias + (bias - mean) * s, requires_grad=False)
     pad = getattr(conv, "static_padding", None)
     if isinstance(pad, nn.ZeroPad2d):
         left, right, top, bottom = pad.padding
@@ -52,7 +56,7 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
             conv.static_padding = nn.Identity()
 
 
-def fuse(net: nn.Module) -> nn.Module:
+def fuse(net: Any) -> Any:
     """Inference form of an EfficientNet: batch norms folded, channels-last memory.
 
     About 1.7x faster on CPU (same outputs to 1e-5); the result is for frozen
@@ -81,7 +85,7 @@ def gem(tokens: torch.Tensor, p: float) -> torch.Tensor:
     return tokens.clamp_min(1e-6).pow(p).mean(1).pow(1.0 / p)
 
 
-def stage_ends(net: nn.Module) -> list[int]:
+def stage_ends(net: Any) -> list[int]:
     """Index of the last block of each of the 7 stages (a stage starts where channels change)."""
     blocks = net._blocks
     starts = [
@@ -100,10 +104,13 @@ class EfficientNetLiteEncoder(ImageEncoder):
     head embedding (so ``dim`` grows by their channel counts).
     """
 
+    #: efficientnet_lite_pytorch's network (untyped: its blocks are read by name)
+    net: Any
+
     def __init__(
         self,
         spec: EncoderSpec,
-        net: torch.nn.Module,
+        net: Any,
         weights_id: str,
         gem_p: float,
         stages: tuple[int, ...] = (),

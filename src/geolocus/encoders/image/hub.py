@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -77,7 +78,7 @@ class HubEncoder(ImageEncoder):
         self.name = spec.name
         self.family = family
         self.model = model
-        cfg = model.config
+        cfg: Any = model.config  # a transformers config
         self.token_dim = int(cfg.hidden_size)
         self.weights_id = weights_id
         if family == "clip":

@@ -49,6 +49,8 @@ class GaussianFourierFeatures(nn.Module):
     (as in GeoCLIP, where it is a frozen parameter saved with the weights).
     """
 
+    b: torch.Tensor
+
     def __init__(
         self,
         sigma: float,

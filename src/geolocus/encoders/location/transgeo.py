@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +136,8 @@ class TransGeoLocationEncoder(nn.Module):
     encoding, so the anchors can learn what a region is like.
     """
 
+    anchor_coords: torch.Tensor
+
     def __init__(
         self,
         sigmas: Sequence[float] = GEOCLIP_SIGMAS,
@@ -207,7 +210,10 @@ class TransGeoLocationEncoder(nn.Module):
         if self.training or torch.is_grad_enabled():
             self._ctx_cache = None
             return self.embed(self.anchor_coords) + self.anchor_memory
-        key = (*(p._version for p in self.parameters()), self.anchor_coords._version)
+        key: tuple[Any, ...] = (
+            *(p._version for p in self.parameters()),
+            self.anchor_coords._version,
+        )
         key = (*key, self.anchor_memory.device, self.anchor_memory.dtype)
         if self._ctx_cache is None or self._ctx_cache[0] != key:
             self._ctx_cache = (key, self.embed(self.anchor_coords) + self.anchor_memory)

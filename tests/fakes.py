@@ -1,0 +1,119 @@
+"""Toy image encoders and the "colour world" shared by the tests.
+
+Real backbones are slow and their answers are not checkable by hand; these are
+deterministic, take microseconds, and keep colours apart, so a red photo must
+be placed where the red photos of a database were taken.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from geolocus.encoders.image.base import ImageEncoder, ImageFeatures, Preprocessing
+
+#: The colour world: every place has its own colour. name: (lat, lon, colour)
+PLACES = {
+    "paris": (48.8566, 2.3522, (220, 30, 30)),
+    "tokyo": (35.6762, 139.6503, (30, 30, 220)),
+    "sydney": (-33.8688, 151.2093, (30, 200, 30)),
+    "nairobi": (-1.2921, 36.8219, (220, 220, 30)),
+}
+
+
+class ColourEncoder(ImageEncoder):
+    """Tokens: the mean colour of each cell of a ``grid`` x ``grid`` grid.
+
+    The embedding is the tokens end to end (``pool="flat"``, 3·grid² dims; with
+    ``centred`` pixels, colours differ in angle) or their mean (``pool="mean"``, the
+    photo's mean colour, 3 dims). Counts forward calls (``calls``) and photos
+    (``seen``); with ``fail_after`` it raises :class:`KeyboardInterrupt` once that many
+    photos were seen, as if the user pressed Ctrl-C.
+    """
+
+    def __init__(
+        self,
+        weights_id: str = "colour-v1",
+        *,
+        grid: int = 2,
+        pool: str = "flat",
+        centred: bool = True,
+        fail_after: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.name, self.image_size, self.token_dim = "colour-test", 16, 3
+        self.dim = 3 * grid * grid if pool == "flat" else 3
+        mean, std = ((0.5,) * 3, (0.5,) * 3) if centred else ((0.0,) * 3, (1.0,) * 3)
+        self.preprocessing = Preprocessing(size=16, resize=16, mean=mean, std=std)
+        self.weights_id, self.pooling = weights_id, f"{grid}x{grid}-{pool}"
+        self.grid, self.pool, self.fail_after = grid, pool, fail_after
+        self.calls = self.seen = 0
+
+    def forward(self, pixels: torch.Tensor) -> ImageFeatures:
+        if self.fail_after is not None and self.seen >= self.fail_after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        self.seen += len(pixels)
+        cells = F.adaptive_avg_pool2d(pixels, self.grid)  # (B, 3, grid, grid)
+        tokens = cells.flatten(2).transpose(1, 2)  # (B, grid², 3)
+        emb = tokens.flatten(1) if self.pool == "flat" else tokens.mean(1)
+        return ImageFeatures(embedding=emb, tokens=tokens, grid=(self.grid, self.grid))
+
+
+class TinyEncoder(ImageEncoder):
+    """Tokens: a fixed random 1x1 convolution of each 8x8 cell's mean colour (4x4 grid,
+    16-d); embedding: their mean. Learnable-looking features for the training tests."""
+
+    def __init__(self, name: str = "tiny") -> None:
+        super().__init__()
+        self.name, self.dim, self.token_dim, self.image_size = name, 16, 16, 32
+        self.preprocessing = Preprocessing(size=32, resize=32, mean=(0, 0, 0), std=(1, 1, 1))
+        self.weights_id = "tiny-v1"
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("proj", torch.randn(3, 16, generator=g))
+
+    def forward(self, pixels: torch.Tensor) -> ImageFeatures:
+        cells = F.adaptive_avg_pool2d(pixels, 4).flatten(2).transpose(1, 2)  # (B, 16, 3)
+        tokens = torch.tanh((cells - 0.5) @ self.proj)
+        return ImageFeatures(embedding=tokens.mean(1), tokens=tokens, grid=(4, 4))
+
+
+def photo(path: Path, colour, seed: int = 0, size=(40, 32), exif_gps=None) -> Path:
+    """A JPEG of one colour with a little noise (and optionally an EXIF GPS block)."""
+    rng = np.random.default_rng(seed)
+    a = np.clip(np.array(colour)[None, None, :] + rng.normal(0, 12, (size[1], size[0], 3)), 0, 255)
+    im = Image.fromarray(a.astype(np.uint8))
+    kw = {}
+    if exif_gps is not None:
+        lat, lon = exif_gps
+        exif = Image.Exif()
+        exif.get_ifd(0x8825).update(
+            {
+                1: "N" if lat >= 0 else "S",
+                2: (abs(lat), 0.0, 0.0),
+                3: "E" if lon >= 0 else "W",
+                4: (abs(lon), 0.0, 0.0),
+            }
+        )
+        kw["exif"] = exif
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, quality=95, **kw)
+    return path
+
+
+def bomb(path: Path) -> Path:
+    """A 1x1 PNG whose header declares 20000 x 20000 pixels."""
+    b = io.BytesIO()
+    Image.new("L", (1, 1)).save(b, "PNG")
+    data = bytearray(b.getvalue())
+    data[16:24] = struct.pack(">II", 20000, 20000)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
