@@ -35,7 +35,12 @@ _guard = threading.Lock()
 
 
 def _command() -> str:
-    return shlex.join(["geolocus", *sys.argv[1:]]) if sys.argv else "python"
+    """What this process is: ``geolocus index build ...`` for the CLI, else its argv."""
+    argv = list(sys.argv) or ["python"]
+    first = Path(argv[0])
+    if first.name == "geolocus" or "geolocus" in first.parts[-3:-1]:
+        return shlex.join(["geolocus", *argv[1:]])
+    return shlex.join([Path(sys.executable).name, *argv])
 
 
 def _short(text: str, width: int = 60) -> str:
@@ -86,57 +91,88 @@ def database_lock(path: str | os.PathLike[str], wait: bool = False) -> Iterator[
 
     Another process holding it raises :class:`DatabaseBusyError` at once, or,
     with ``wait``, blocks until it lets go. A folder that cannot be created or
-    written is an :class:`InputError` here, before any long computation.
+    written is an :class:`InputError` here, before any long computation. A
+    folder this call created is removed again if the work inside fails and
+    leaves nothing in it but the lock file.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise InputError(f"{path} is a file, not a database folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise InputError(f"cannot write the database folder {path}: {e.strerror or e}") from None
     key = os.path.realpath(path / LOCK)
     with _guard:
         depth = _held.get(key, 0)
         if depth:
             _held[key] = depth + 1
-    if depth:  # this process holds it already (e.g. build_database -> Database.save)
-        os.close(fd)
+    if depth:  # this process holds it already (e.g. the CLI, then build_database, then save)
         try:
             yield path
         finally:
             with _guard:
                 _held[key] -= 1
         return
+    created = not path.exists()
+    fd = _acquire(path, wait)
+    with _guard:
+        _held[key] = 1
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not wait:
-                raise DatabaseBusyError(busy_message(path, _read(fd))) from None
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as e:
-            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            raise InputError(f"cannot lock the database folder {path}: {e.strerror}") from None
-        me = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "command": _command(),
-            "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        }
-        with contextlib.suppress(OSError):  # the text only informs; the flock is the lock
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
-        with _guard:
-            _held[key] = 1
-        try:
-            yield path
-        finally:
-            with _guard:
-                _held.pop(key, None)
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
+        yield path
+    except BaseException:
+        if created and [f.name for f in path.iterdir()] == [LOCK]:
+            with contextlib.suppress(OSError):  # unlinked while still locked: see _acquire
+                (path / LOCK).unlink()
+                path.rmdir()
+        raise
     finally:
+        with _guard:
+            _held.pop(key, None)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def _acquire(path: Path, wait: bool) -> int:
+    """A descriptor of ``path/.lock`` holding its exclusive flock, with our name written in it.
+
+    Locks the file that is in the folder when the lock is granted: one removed
+    meanwhile (by a holder that failed in a folder it created) is let go and
+    the lock taken again.
+    """
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} is a file, not a database folder")
+    while True:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise InputError(
+                f"cannot write the database folder {path}: {e.strerror or e}"
+            ) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise DatabaseBusyError(busy_message(path, _read(fd))) from None
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as e:
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                raise InputError(f"cannot lock the database folder {path}: {e.strerror}") from None
+            try:
+                same = os.stat(path / LOCK).st_ino == os.fstat(fd).st_ino
+            except OSError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": _command(),
+        "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    with contextlib.suppress(OSError):  # the text only informs; the flock is the lock
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+    return fd
