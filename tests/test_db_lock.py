@@ -171,7 +171,9 @@ def test_two_real_builds_at_once(tmp_path):
             time.sleep(0.05)
         assert holder(db)["pid"] == first.pid
         second = subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=120)
-        assert first.poll() is None, first.communicate()  # failed while the first still works, not after it
+        assert first.poll() is None, (
+            first.communicate()
+        )  # failed while the first still works, not after it
         err = second.stderr.strip().splitlines()
         assert second.returncode == 2 and len(err) == 1, second.stderr
         assert err[0].startswith(f"geolocus: error: database {db} is being written by process ")
