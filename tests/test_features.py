@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +207,31 @@ def test_an_all_zero_embedding_is_a_failed_photo(tmp_path: Path) -> None:
     assert store.ids == [str(p) for p in paths]
     assert [f["path"] for f in store.failed] == [str(black)]
     assert "all-zero or non-finite embedding" in store.failed[0]["error"]
+
+
+@pytest.mark.parametrize(("start_at", "stop_after"), [(2, 3), (3, 6), (6, 4), (6, None)])
+def test_two_extractions_interleaved_in_one_folder(tmp_path: Path, start_at, stop_after) -> None:
+    """A second extraction into the same folder runs (and is interrupted, or finishes) in
+    the middle of the first, as two concurrent builds did: one shared array then gave 10
+    of 12 rows of zeros at (2, 3). Now both end with every row right."""
+    paths, colours = _photos(tmp_path, 12)
+    out = tmp_path / "f"
+    kw = dict(batch_size=2, chunk_size=4, progress=False)
+
+    class First(ColourEncoder):
+        calls = 0
+
+        def forward(self, pixels):
+            First.calls += 1  # the probe, then batches of two
+            if First.calls == start_at:
+                with contextlib.suppress(KeyboardInterrupt):
+                    extract_features(ColourEncoder(fail_after=stop_after), paths, out, **kw)
+            return super().forward(pixels)
+
+    first = extract_features(First(), paths, out, **kw)
+    assert First.calls > start_at
+    np.testing.assert_allclose(first.embeddings, colours, atol=0.02)
+    later = ColourEncoder()
+    again = extract_features(later, paths, out, **kw)
+    np.testing.assert_allclose(again.embeddings, colours, atol=0.02)
+    assert later.seen <= 1  # reused: the store is complete and verifies

@@ -439,6 +439,10 @@ def _finish(
     for start, stop in chunks:
         got = _load_chunk(_chunk_path(part, start, stop), key, start, stop, shapes, dtype)
         if got is None:
+            with contextlib.suppress(InputError, OSError, ValueError, json.JSONDecodeError):
+                store = FeatureStore.open(out, key=key)  # another run finished the same work
+                store.verify()
+                return store
             raise InputError(
                 f"{part}: a chunk of features changed or vanished while this run used it "
                 "(another process writing the same folder?); run again"
