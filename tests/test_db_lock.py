@@ -190,3 +190,27 @@ def test_two_real_builds_at_once(tmp_path):
     assert main(["index", "info", str(db), "--check"]) == 0
     vec = Database.open(db).vectors()
     assert vec.shape == (40, 1280) and (np.abs(vec).max(axis=1) > 0).all()
+
+
+def test_readers_never_see_a_save_half_done(tmp_path):
+    """Another process saves generation after generation; every open meanwhile succeeds
+    and sees matching counts (old files vanish only after the manifest moved on)."""
+    db = Database.create(tmp_path / "db", dim=8, model="t")
+    db.add(np.eye(8)[:2], ["a", "b"], np.zeros((2, 2)))
+    db.save()
+    code = (
+        "import sys, numpy as np\n"
+        "from geolocus.index import Database\n"
+        "for i in range(40):\n"
+        "    db = Database.open(sys.argv[1])\n"
+        "    db.add(np.ones((1, 8)) + i, [f'x{i}'], np.zeros((1, 2)))\n"
+        "    db.save()\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code, str(db.path)], env=_env())
+    seen = set()
+    while writer.poll() is None:
+        got = Database.open(db.path)
+        assert len(got) == len(got.meta) == got.manifest.count
+        seen.add(got.manifest.generation)
+    assert writer.wait() == 0 and len(Database.open(db.path)) == 42
+    assert len(seen) > 3  # it did read while the writer worked

@@ -208,13 +208,23 @@ class Database:
         A save by another process while this one reads is waited out by reading again.
         """
         p = Path(path)
-        for _ in range(3):
+        for attempt in range(3):
             man = read_manifest(p)
-            vpath, mepath = cls._files(p, man.generation)
-            if vpath.exists() and mepath.exists():
-                break
-            if read_manifest(p).generation == man.generation:  # not a save in between
-                break
+            try:
+                return cls._load(p, man, verify)
+            except (InputError, OSError) as e:
+                err = e
+            with contextlib.suppress(InputError):
+                if attempt < 2 and read_manifest(p).generation != man.generation:
+                    continue  # another process saved meanwhile: read the new generation
+            break
+        if isinstance(err, OSError):
+            raise InputError(f"cannot read the database {p}: {err.strerror or err}") from None
+        raise err
+
+    @classmethod
+    def _load(cls, p: Path, man: Manifest, verify: bool | None) -> Database:
+        vpath, mepath = cls._files(p, man.generation)
         for f in (vpath, mepath):
             if not f.exists():
                 raise damaged(p, f.name, f"is missing (the manifest names generation "
