@@ -11,8 +11,12 @@ The expensive part, the backbone's forward pass, goes through
 resumable chunk by chunk, so an interrupted build picks up where it stopped
 when run again. The FAISS index is made from the finished features in one
 go and saved with :meth:`Database.save` (generational, atomic); the feature
-folder is removed afterwards. Every problem goes to ``DB/report.csv``
+folder is removed afterwards, and also when a run fails on its input (nothing
+there is worth resuming), but not when it is interrupted (Ctrl-C, a kill, a
+crash): the same command then resumes. Every problem goes to ``DB/report.csv``
 (``stage,id,path,problem,detail``) and is never fatal unless nothing is left.
+A build or add holds the database's lock (:mod:`geolocus.index.lock`) from
+before its model loads until its database is saved: one writer at a time.
 """
 
 from __future__ import annotations
