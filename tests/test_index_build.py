@@ -395,3 +395,24 @@ def test_a_damaged_database_is_never_up_to_date(folder, tmp_path):
     assert res.added == 6 and not res.up_to_date
     assert sorted(p.name for p in db_dir.glob("vectors-*")) == ["vectors-2.faiss"]
     check_database(db_dir, say=lambda s: None)
+
+
+def test_rows_of_zeros_are_never_up_to_date(folder, tmp_path):
+    """The damage two concurrent builds once left (right ids, zero vectors) is found by the
+    next build of the same inputs, and --overwrite repairs it."""
+    img, labels = folder
+    inp = gather_inputs(img, labels)
+    db_dir = tmp_path / "db"
+    build_database(db_dir, inp, _emb(), progress=False)
+    db = Database.open(db_dir)
+    v = db.vectors()
+    v[2] = 0.0
+    db.index.reset()
+    db.index.add(v)
+    db.save()  # the build key stays: only the vectors are wrong
+    with pytest.raises(InputError, match=r"holds 1 all-zero vectors .*--overwrite"):
+        build_database(db_dir, inp, _emb(), progress=False)
+    res = build_database(db_dir, inp, _emb(), progress=False, overwrite=True)
+    assert not res.up_to_date and res.added == 6
+    assert build_database(db_dir, inp, _emb(), progress=False).up_to_date
+    check_database(db_dir, say=lambda s: None)

@@ -15,8 +15,9 @@ folder is removed afterwards, and also when a run fails on its input (nothing
 there is worth resuming), but not when it is interrupted (Ctrl-C, a kill, a
 crash): the same command then resumes. Every problem goes to ``DB/report.csv``
 (``stage,id,path,problem,detail``) and is never fatal unless nothing is left.
-A build or add holds the database's lock (:mod:`geolocus.index.lock`) from
-before its model loads until its database is saved: one writer at a time.
+A build or add holds the database's lock (:mod:`geolocus.index.lock`) until
+its database is saved (the CLI takes it before loading the model): one writer
+at a time.
 """
 
 from __future__ import annotations
@@ -330,11 +331,13 @@ def build_database(
         if Database.exists(path):
             try:
                 old = Database.open(path)
+                if old.manifest.extra.get("build_key") == key:
+                    old.check_vectors()  # rows of zeros are never "up to date"
+                    return BuildResult(old, 0, [], up_to_date=True)
             except InputError as e:
                 if not overwrite:
                     raise InputError(f"{e}; rebuild it with --overwrite") from None
-            if old is not None and old.manifest.extra.get("build_key") == key:
-                return BuildResult(old, 0, [], up_to_date=True)
+                old = None
             if old is not None and not overwrite:
                 raise InputError(
                     f"a database built from other photos or another model exists at {path}: "
@@ -360,7 +363,7 @@ def build_database(
             problems = inputs.problems + bad
             rows, paths = _store_rows(inputs, store)
             vectors = embed_store(embedder, store)
-            if old is not None:  # the next save replaces the old generation's files
+            if Database.exists(path):  # replaced (other inputs, or damaged): its rows go too
                 (path / REPORT).unlink(missing_ok=True)  # the old database's rows (add stages)
                 shutil.rmtree(path / "refiners", ignore_errors=True)
             db.add(vectors, store.ids, inputs.latlon[rows], paths=paths, source=inputs.source)

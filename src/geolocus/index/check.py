@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,16 +20,8 @@ import numpy as np
 from geolocus.errors import InputError
 from geolocus.geo import validate_latlon
 from geolocus.index.build import REPORT, read_report
-from geolocus.index.database import Database, damaged
+from geolocus.index.database import Database, damaged, list_some
 from geolocus.index.lock import busy_message, holder
-
-#: FAISS factories whose stored vectors come back only approximately (no unit-norm check).
-_LOSSY = re.compile(r"PQ|SQ|LSH|RQ|LSQ")
-
-
-def _some(ids: np.ndarray, limit: int = 3) -> str:
-    shown = ", ".join(str(i) for i in ids[:limit])
-    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 def check_database(
@@ -60,53 +51,22 @@ def check_database(
     ids = db.meta["id"].astype(str)
     dup = ids[ids.duplicated()].unique()
     if len(dup):
-        raise damaged(p, mname, f"repeats {len(dup)} ids: {_some(dup)}")
+        raise damaged(p, mname, f"repeats {len(dup)} ids: {list_some(dup)}")
     empty = np.flatnonzero((ids.str.strip() == "").to_numpy())
     if empty.size:
-        raise damaged(p, mname, f"has {empty.size} empty ids (rows {_some(empty)})")
+        raise damaged(p, mname, f"has {empty.size} empty ids (rows {list_some(empty)})")
     say(f"ids: {n} unique")
     try:
         validate_latlon(db.meta["lat"].to_numpy(float), db.meta["lon"].to_numpy(float), "rows")
     except InputError as e:
         raise damaged(p, mname, f"has invalid coordinates: {e}") from None
     say("coordinates: all finite and within [-90, 90] x [-180, 180]")
-    _check_vectors(db, p, vname, chunk, say)
+    say(db.check_vectors(chunk))
     _check_report(p, say)
     if (p / ".features").exists():
         say("note: .features holds an unfinished build or add: run the same command to resume")
     say(f"database {p} is sound")
     return db
-
-
-def _check_vectors(db: Database, p: Path, vname: str, chunk: int, say: Callable) -> None:
-    n, man = len(db), db.manifest
-    exact = man.normalized and not _LOSSY.search(man.factory)
-    zero: list[int] = []
-    bad: list[int] = []
-    off: list[int] = []
-    for s in range(0, n, chunk):
-        try:
-            v = db.vectors(range(s, min(n, s + chunk)))
-        except InputError as e:
-            say(f"vectors: not checked: {e}")
-            return
-        finite = np.isfinite(v).all(axis=1)
-        bad += (s + np.flatnonzero(~finite)).tolist()
-        norms = np.linalg.norm(np.where(np.isfinite(v), v, 0.0), axis=1)
-        zero += (s + np.flatnonzero(finite & (norms == 0))).tolist()
-        if exact:
-            off += (s + np.flatnonzero(finite & (norms > 0) & (np.abs(norms - 1) > 1e-3))).tolist()
-    ids = db.ids
-    if zero:
-        raise damaged(p, vname, f"holds {len(zero)} all-zero vectors (ids {_some(ids[zero])})")
-    if bad:
-        raise damaged(p, vname, f"holds {len(bad)} non-finite vectors (ids {_some(ids[bad])})")
-    if off:
-        raise damaged(
-            p, vname, f"holds {len(off)} vectors not of unit length (ids {_some(ids[off])})"
-        )
-    unit = ", all of unit length" if exact else ""
-    say(f"vectors: {n} read back, none all zeros or non-finite{unit}")
 
 
 def _check_report(p: Path, say: Callable) -> None:

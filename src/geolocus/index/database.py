@@ -23,6 +23,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -69,6 +70,16 @@ class Manifest:
 def damaged(path: str | os.PathLike[str], file: str, why: str) -> InputError:
     """The one error for a database whose files cannot be trusted."""
     return InputError(f"database {path} is damaged: {file} {why}")
+
+
+def list_some(ids: np.ndarray, limit: int = 3) -> str:
+    """``a, b, c and 4 more``: the first few of a list, for a one-line message."""
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+#: FAISS factories whose stored vectors come back only approximately (no unit-norm check).
+_LOSSY = re.compile(r"PQ|SQ|LSH|RQ|LSQ")
 
 
 def _last_line(e: BaseException) -> str:
@@ -344,6 +355,38 @@ class Database:
                 f"the FAISS index {self.manifest.factory!r} of {self.path} cannot return its "
                 f"vectors ({_last_line(e)})"
             ) from None
+
+    def check_vectors(self, chunk: int = 65536) -> str:
+        """Read every vector back, ``chunk`` rows at a time: any all-zero or non-finite
+        row (or, where the index is exact, one not of unit length) makes the database
+        damaged (an :class:`InputError` naming a few ids). Returns what was checked, in
+        one line; an index that cannot give its vectors back is said not checked."""
+        n, man = len(self), self.manifest
+        exact = man.normalized and not _LOSSY.search(man.factory)
+        zero: list[int] = []
+        bad: list[int] = []
+        off: list[int] = []
+        for s in range(0, n, chunk):
+            try:
+                v = self.vectors(range(s, min(n, s + chunk)))
+            except InputError as e:
+                return f"vectors: not checked: {e}"
+            finite = np.isfinite(v).all(axis=1)
+            bad += (s + np.flatnonzero(~finite)).tolist()
+            norms = np.linalg.norm(np.where(np.isfinite(v), v, 0.0), axis=1)
+            zero += (s + np.flatnonzero(finite & (norms == 0))).tolist()
+            if exact:
+                far = finite & (norms > 0) & (np.abs(norms - 1) > 1e-3)
+                off += (s + np.flatnonzero(far)).tolist()
+        vname, ids = self._files(self.path, man.generation)[0].name, self.ids
+        for rows, what in ((zero, "all-zero"), (bad, "non-finite"), (off, "not of unit length")):
+            if rows:
+                kind = f"{what} vectors" if what != "not of unit length" else f"vectors {what}"
+                raise damaged(
+                    self.path, vname, f"holds {len(rows)} {kind} (ids {list_some(ids[rows])})"
+                )
+        unit = ", all of unit length" if exact else ""
+        return f"vectors: {n} read back, none all zeros or non-finite{unit}"
 
     def _prepare(self, vectors: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
