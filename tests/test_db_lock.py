@@ -95,7 +95,7 @@ def test_a_killed_holder_never_blocks_and_its_stale_lock_text_is_ignored(tmp_pat
     assert res.added == 6 and (db / LOCK).read_text() == ""  # released: nobody named
 
 
-def test_wait_blocks_until_the_holder_lets_go(tmp_path):
+def test_wait_blocks_until_the_holder_lets_go(tmp_path, capsys):
     db = tmp_path / "db"
     other = _holder_process(db, 1.5)
     t0 = time.perf_counter()
@@ -104,6 +104,8 @@ def test_wait_blocks_until_the_holder_lets_go(tmp_path):
         assert json.loads((db / LOCK).read_text())["pid"] == os.getpid()
     other.wait()
     assert waited > 0.5
+    err = capsys.readouterr().err
+    assert f"is being written by process {other.pid}" in err and "waiting for it" in err
 
 
 def test_lock_is_reentrant_and_a_failure_in_a_new_folder_leaves_nothing(tmp_path):
@@ -187,6 +189,7 @@ def test_two_real_builds_at_once(tmp_path):
             first.kill()
             first.wait()
     assert waiting.returncode == 0 and "up to date (40 photos" in waiting.stdout, waiting.stderr
+    assert f"written by process {first.pid}" in waiting.stderr  # it said whom it waited for
     assert main(["index", "info", str(db), "--check"]) == 0
     vec = Database.open(db).vectors()
     assert vec.shape == (40, 1280) and (np.abs(vec).max(axis=1) > 0).all()

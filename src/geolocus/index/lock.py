@@ -149,8 +149,10 @@ def _acquire(path: Path, wait: bool) -> int:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                busy = busy_message(path, _read(fd))
                 if not wait:
-                    raise DatabaseBusyError(busy_message(path, _read(fd))) from None
+                    raise DatabaseBusyError(busy) from None
+                print(f"geolocus: {busy.split(';')[0]}; waiting for it", file=sys.stderr)
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError as e:
                 if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
