@@ -165,7 +165,7 @@ def test_two_real_builds_at_once(tmp_path):
     argv = [sys.executable, "-m", "geolocus.cli.main", "index", "build", "--images", str(img)]
     argv += ["--labels", str(labels), "--model", "efficientnet-lite0", "--out", str(db)]
     first = subprocess.Popen(
-        [*argv, "--batch-size", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env()
+        [*argv, "--batch-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env()
     )
     try:
         deadline = time.time() + 60
