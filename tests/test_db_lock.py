@@ -217,3 +217,20 @@ def test_readers_never_see_a_save_half_done(tmp_path):
         seen.add(got.manifest.generation)
     assert writer.wait() == 0 and len(Database.open(db.path)) == 42
     assert len(seen) > 3  # it did read while the writer worked
+
+
+def test_check_names_a_writer_at_work(tmp_path):
+    from geolocus.index.check import check_database
+
+    db = Database.create(tmp_path / "db", dim=8, model="t")
+    db.add(np.eye(8)[:3], ["a", "b", "c"], np.zeros((3, 2)))
+    db.save()
+    other = _holder_process(db.path, 30)
+    try:
+        lines: list[str] = []
+        check_database(db.path, say=lines.append)
+        assert lines[0].startswith(f"note: database {db.path} is being written by process ")
+        assert str(other.pid) in lines[0] and lines[-1].endswith("is sound")
+    finally:
+        other.kill()
+        other.wait()
