@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,99 @@ def test_cache_dir_depends_on_fingerprint(tmp_path: Path) -> None:
     a = cache_dir(tmp_path, _encoder("w1"), "im2gps3k")
     b = cache_dir(tmp_path, _encoder("w2"), "im2gps3k")
     assert a != b and a.parent == tmp_path and a.name.startswith("colour-test-im2gps3k-")
+
+
+def _interrupted(tmp_path: Path, n: int = 10) -> tuple[list[Path], np.ndarray, Path]:
+    """Ten photos, extraction stopped after two chunks of two were saved."""
+    paths, colours = _photos(tmp_path, n)
+    out = tmp_path / "f"
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(
+            _encoder(fail_after=1 + 4), paths, out, batch_size=2, chunk_size=2, progress=False
+        )
+    assert sorted(p.name for p in (out / ".partial").glob("chunk-*.npz")) == [
+        "chunk-0000000000-0000000002.npz",
+        "chunk-0000000002-0000000004.npz",
+    ]
+    return paths, colours, out
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "zeros", "sizes", "foreign"])
+def test_a_damaged_chunk_is_computed_again(tmp_path: Path, damage: str) -> None:
+    """A saved chunk that does not verify is never used: that chunk is redone, not the
+    whole extraction, and no row of zeros reaches the store."""
+    from geolocus.encoders.features import _save_chunk
+
+    paths, colours, out = _interrupted(tmp_path)
+    part = out / ".partial"
+    second = part / "chunk-0000000002-0000000004.npz"
+    key = (part / "key").read_text()
+    if damage == "truncate":
+        second.write_bytes(second.read_bytes()[:200])
+    elif damage == "flip":  # one byte of the first row's embedding (after its .npy header)
+        b = bytearray(second.read_bytes())
+        b[b.index(b"\x93NUMPY") + 128] ^= 0xFF
+        second.write_bytes(bytes(b))
+    else:  # well-formed chunks with a valid checksum, but wrong contents
+        emb = np.zeros((2, 3), np.float16)
+        ok = np.ones(2, np.uint8)
+        if damage == "sizes":
+            emb, ok = np.full((3, 3), 0.5, np.float16), np.ones(3, np.uint8)
+        _save_chunk(part, "other" if damage == "foreign" else key, 2, 4, {"emb": emb, "ok": ok}, [])
+    enc = _encoder()
+    store = extract_features(enc, paths, out, batch_size=2, chunk_size=2, progress=False)
+    assert enc.seen == 1 + 8  # the probe, the damaged chunk and the six photos never done
+    np.testing.assert_allclose(store.embeddings, colours, atol=0.02)
+    assert store.ids == [str(p) for p in paths] and not store.failed
+
+
+def test_a_damaged_finished_store_is_not_reused(tmp_path: Path) -> None:
+    paths, colours = _photos(tmp_path, 4)
+    out = tmp_path / "f"
+    extract_features(_encoder(), paths, out, progress=False)
+    emb = out / "embeddings.npy"
+    b = bytearray(emb.read_bytes())
+    b[-3:] = b"\x00\x00\x00"
+    emb.write_bytes(bytes(b))
+    enc = _encoder()
+    store = extract_features(enc, paths, out, progress=False)
+    assert enc.seen == 1 + 4  # computed again, not declared up to date
+    np.testing.assert_allclose(store.embeddings, colours, atol=0.02)
+
+
+def test_an_all_zero_embedding_is_a_failed_photo(tmp_path: Path) -> None:
+    paths, _ = _photos(tmp_path, 3)
+    black = tmp_path / "img" / "black.jpg"
+    Image.new("RGB", (20, 20), (0, 0, 0)).save(black)  # the colour encoder gives (0, 0, 0)
+    store = extract_features(_encoder(), [*paths, black], tmp_path / "f", progress=False)
+    assert store.ids == [str(p) for p in paths]
+    assert [f["path"] for f in store.failed] == [str(black)]
+    assert "all-zero or non-finite embedding" in store.failed[0]["error"]
+
+
+@pytest.mark.parametrize(("start_at", "stop_after"), [(2, 3), (3, 6), (6, 4), (6, None)])
+def test_two_extractions_interleaved_in_one_folder(tmp_path: Path, start_at, stop_after) -> None:
+    """A second extraction into the same folder runs (and is interrupted, or finishes) in
+    the middle of the first, as two concurrent builds did: one shared array then gave 10
+    of 12 rows of zeros at (2, 3). Now both end with every row right."""
+    paths, colours = _photos(tmp_path, 12)
+    out = tmp_path / "f"
+    kw = dict(batch_size=2, chunk_size=4, progress=False)
+
+    class First(fakes.ColourEncoder):
+        n = 0
+
+        def forward(self, pixels):
+            First.n += 1  # the probe, then batches of two
+            if First.n == start_at:
+                with contextlib.suppress(KeyboardInterrupt):
+                    extract_features(_encoder(fail_after=stop_after), paths, out, **kw)
+            return super().forward(pixels)
+
+    first = extract_features(First(grid=4, pool="mean", centred=False), paths, out, **kw)
+    assert First.n > start_at
+    np.testing.assert_allclose(first.embeddings, colours, atol=0.02)
+    later = _encoder()
+    again = extract_features(later, paths, out, **kw)
+    np.testing.assert_allclose(again.embeddings, colours, atol=0.02)
+    assert later.seen <= 1  # reused: the store is complete and verifies

@@ -52,7 +52,7 @@ def test_save_open_round_trip_and_add_skips_known_ids(tmp_path):
     assert man["count"] == 200 and man["dim"] == 16 and man["generation"] == 2
     # only the current generation's files remain
     names = sorted(p.name for p in (tmp_path / "db").iterdir())
-    assert names == ["manifest.json", "meta-2.parquet", "vectors-2.faiss"]
+    assert names == [".lock", "manifest.json", "meta-2.parquet", "vectors-2.faiss"]
 
 
 def test_exclude_self_for_leave_one_out(tmp_path):

@@ -22,6 +22,7 @@ from geolocus.index.build import (
     gather_inputs,
     read_report,
 )
+from geolocus.index.check import check_database
 from geolocus.models.embedder import BackboneEmbedder
 
 
@@ -268,8 +269,14 @@ def test_cli_build_info_add(folder, tmp_path, capsys):
     more = tmp_path / "more"
     photo(more / "x.jpg", (10, 200, 200), exif_gps=(40.0, -3.0))
     photo(more / "y.jpg", (10, 200, 200))
-    assert main(["index", "add", "--db", str(db_dir), "--images", str(more), "--exif"]) == 0
+    add = ["index", "add", "--db", str(db_dir), "--images", str(more), "--exif"]
+    assert main(add) == 0
     assert "added 1 photos (7 in all)" in capsys.readouterr().out
+    assert main(add) == 0  # the same add again
+    out, err = capsys.readouterr()
+    assert "nothing new to add (7 photos in all)" in out and "error" not in err
+    assert main(["index", "info", str(db_dir), "--check"]) == 0
+    assert f"database {db_dir} is sound" in capsys.readouterr().out
     assert Database.open(db_dir).meta.set_index("id").loc["x.jpg", "source"] == "exif"
     with open(db_dir / "report.csv", newline="") as fh:
         assert ("add", "y.jpg", "no EXIF GPS") in {
@@ -303,3 +310,109 @@ def test_cli_add_and_info_need_a_database(tmp_path, capsys):
     assert "no geolocus database" in capsys.readouterr().err
     Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg")
     assert main(["index", "add", "--db", str(tmp_path / "x"), "--images", str(tmp_path)]) == 2
+
+
+# ------------------------------------------------- adding again, failing, interrupting
+
+
+def _more(tmp_path: Path, good: int = 1, bad: int = 1) -> tuple[Path, Path]:
+    more = tmp_path / "more"
+    rows = []
+    for i in range(good):
+        photo(more / f"new{i}.jpg", (150, 100 + 20 * i, 50), seed=20 + i)
+        rows.append((f"new{i}.jpg", 30.0 + i, 31.0))
+    for i in range(bad):
+        (more / f"broken{i}.jpg").parent.mkdir(parents=True, exist_ok=True)
+        (more / f"broken{i}.jpg").write_text("not a photo")
+        rows.append((f"broken{i}.jpg", 10.0, 10.0))
+    return more, _labels(tmp_path / "more.csv", rows)
+
+
+def test_the_same_add_twice_says_nothing_new(folder, tmp_path, capsys):
+    img, labels = folder
+    db_dir = tmp_path / "db"
+    build_database(db_dir, gather_inputs(img, labels), _emb(), progress=False)
+    more, lab = _more(tmp_path)
+    first = add_to_database(db_dir, gather_inputs(more, lab), _emb(), progress=True)
+    assert first.added == 1 and "failed.csv" not in capsys.readouterr().err  # a deleted file
+    again = add_to_database(db_dir, gather_inputs(more, lab), _emb(), progress=False)
+    assert again.added == 0 and len(Database.open(db_dir)) == 7
+    assert again.summary().startswith(f"{db_dir}: nothing new to add (7 photos in all)")
+    assert "1 already in database, 1 unreadable" in again.summary()
+    assert (db_dir / "report.csv").is_file() and not (db_dir / ".features").exists()
+    rows = [(r["stage"], r["id"], r["problem"]) for r in read_report(db_dir)]
+    assert rows.count(("add", "broken0.jpg", "unreadable")) == 1  # reported once, not per run
+    assert rows.count(("add", "new0.jpg", "already in database")) == 1
+
+
+def test_a_failed_add_leaves_no_staging_area(folder, tmp_path):
+    img, labels = folder
+    db_dir = tmp_path / "db"
+    build_database(db_dir, gather_inputs(img, labels), _emb(), progress=False)
+    more, lab = _more(tmp_path, good=0, bad=2)
+    with pytest.raises(InputError, match="none of the 2 images could be read"):
+        add_to_database(db_dir, gather_inputs(more, lab), _emb(), progress=False)
+    assert not (db_dir / ".features").exists() and len(Database.open(db_dir)) == 6
+    assert {r["id"] for r in read_report(db_dir) if r["stage"] == "add"} == {
+        "broken0.jpg",
+        "broken1.jpg",
+    }
+
+
+def test_an_interrupted_add_keeps_its_progress_and_resumes(folder, tmp_path, monkeypatch):
+    img, labels = folder
+    db_dir = tmp_path / "db"
+    build_database(db_dir, gather_inputs(img, labels), _emb(), progress=False)
+    more, lab = _more(tmp_path, good=3, bad=0)
+    orig = ColourEncoder.forward
+    calls = {"n": 0}
+
+    def forward(self, x):
+        calls["n"] += 1
+        if calls["n"] == 2:  # after the probe: as if Ctrl-C was pressed
+            raise KeyboardInterrupt
+        return orig(self, x)
+
+    monkeypatch.setattr(ColourEncoder, "forward", forward)
+    with pytest.raises(KeyboardInterrupt):
+        add_to_database(db_dir, gather_inputs(more, lab), _emb(), progress=False)
+    assert (db_dir / ".features" / "add" / ".partial").is_dir()
+    assert len(Database.open(db_dir)) == 6
+    res = add_to_database(db_dir, gather_inputs(more, lab), _emb(), progress=False)
+    assert res.added == 3 and not (db_dir / ".features").exists()
+
+
+def test_a_damaged_database_is_never_up_to_date(folder, tmp_path):
+    img, labels = folder
+    inp = gather_inputs(img, labels)
+    db_dir = tmp_path / "db"
+    build_database(db_dir, inp, _emb(), progress=False)
+    faiss_file = next(db_dir.glob("vectors-*.faiss"))
+    faiss_file.write_bytes(faiss_file.read_bytes()[:-100])
+    with pytest.raises(InputError, match=r"is damaged: vectors-1\.faiss .*--overwrite"):
+        build_database(db_dir, inp, _emb(), progress=False)
+    res = build_database(db_dir, inp, _emb(), progress=False, overwrite=True)
+    assert res.added == 6 and not res.up_to_date
+    assert sorted(p.name for p in db_dir.glob("vectors-*")) == ["vectors-2.faiss"]
+    check_database(db_dir, say=lambda s: None)
+
+
+def test_rows_of_zeros_are_never_up_to_date(folder, tmp_path):
+    """The damage two concurrent builds once left (right ids, zero vectors) is found by the
+    next build of the same inputs, and --overwrite repairs it."""
+    img, labels = folder
+    inp = gather_inputs(img, labels)
+    db_dir = tmp_path / "db"
+    build_database(db_dir, inp, _emb(), progress=False)
+    db = Database.open(db_dir)
+    v = db.vectors()
+    v[2] = 0.0
+    db.index.reset()
+    db.index.add(v)
+    db.save()  # the build key stays: only the vectors are wrong
+    with pytest.raises(InputError, match=r"holds 1 all-zero vectors .*--overwrite"):
+        build_database(db_dir, inp, _emb(), progress=False)
+    res = build_database(db_dir, inp, _emb(), progress=False, overwrite=True)
+    assert not res.up_to_date and res.added == 6
+    assert build_database(db_dir, inp, _emb(), progress=False).up_to_date
+    check_database(db_dir, say=lambda s: None)

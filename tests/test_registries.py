@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from fakes import TinyEncoder
 from geolocus.cli.main import main
 from geolocus.encoders.image import IMAGE_ENCODERS, create_encoder, list_encoders
 from geolocus.encoders.location import ENCODERS, create_location_encoder, list_location_encoders
@@ -14,7 +15,6 @@ from geolocus.ocr import OCR_BACKENDS, create_backend, list_backends
 from geolocus.refine import REFINERS, Refiner, create_refiner, list_refiners
 from geolocus.registry import Registry
 from geolocus.segment import SEGMENTERS, TokenCodebook, create_segmenter, list_segmenters
-from fakes import TinyEncoder
 from test_dualgeo import SMALL as DUALGEO_SMALL
 from test_transgeoclip import SMALL as TRANSGEOCLIP_SMALL
 

@@ -34,3 +34,7 @@ class ModelUnavailableError(GeolocusError):
 
 class ServiceError(GeolocusError):
     """A remote service (e.g. a multimodal model server) failed or is unreachable."""
+
+
+class DatabaseBusyError(GeolocusError):
+    """Another process is writing the database (it holds the database's lock)."""

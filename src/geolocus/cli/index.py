@@ -14,6 +14,7 @@ app = typer.Typer(
 )
 
 _LABELS_HELP = "CSV IMG_ID,LAT,LON; IMG_ID is the file's path relative to --images."
+_WAIT_HELP = "If another process is writing the database, wait for it to finish instead of failing."
 
 
 def _inputs(images: Path, labels: Path | None, exif: bool):
@@ -49,25 +50,37 @@ def build(
     ),
     batch_size: int = batch_size_option(32),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace a database built from other photos or another model."
+        False,
+        "--overwrite",
+        help="Replace a database built from other photos or another model, or a damaged one.",
     ),
+    wait: bool = typer.Option(False, "--wait", help=_WAIT_HELP),
 ) -> None:
     """Embed every photo of a folder and store it with its position.
 
     Positions come from --labels or from each photo's --exif GPS. Unreadable
     photos and photos without a position are skipped and listed in
     OUT/report.csv. Interrupted, the same command resumes where it stopped.
+    One process at a time writes a database: a second one fails at once,
+    naming the first, unless --wait.
     """
     from geolocus.index.build import build_database
+    from geolocus.index.lock import database_lock
     from geolocus.models.embedder import create_embedder
 
-    inputs = _inputs(images, labels, exif)
-    embedder = create_embedder(model)
-    _finish(
-        build_database(
-            out, inputs, embedder, factory=factory, batch_size=batch_size, overwrite=overwrite
+    with database_lock(out, wait=wait):  # before the model loads: a second writer fails at once
+        inputs = _inputs(images, labels, exif)
+        embedder = create_embedder(model)
+        result = build_database(
+            out,
+            inputs,
+            embedder,
+            factory=factory,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            wait=wait,
         )
-    )
+    _finish(result)
 
 
 @app.command("add")
@@ -79,37 +92,60 @@ def add(
         False, "--exif", help="Take each photo's position from its EXIF GPS."
     ),
     batch_size: int = batch_size_option(32),
+    wait: bool = typer.Option(False, "--wait", help=_WAIT_HELP),
 ) -> None:
     """Add photos to a database, with the model it was built with.
 
     Photos already in it (same id: path relative to --images) are skipped, so
-    the command can be run again after an interruption.
+    the command can be run again after an interruption; run again when done,
+    it says there is nothing new.
     """
     from geolocus.index import Database
     from geolocus.index.build import add_to_database, embedder_for
+    from geolocus.index.database import read_manifest
+    from geolocus.index.lock import database_lock
 
-    database = Database.open(db)
-    embedder = embedder_for(database)
-    inputs = _inputs(images, labels, exif)
-    _finish(add_to_database(database, inputs, embedder, batch_size=batch_size))
+    read_manifest(db)  # no database there: say so, creating nothing
+    with database_lock(db, wait=wait):
+        database = Database.open(db)
+        embedder = embedder_for(database)
+        inputs = _inputs(images, labels, exif)
+        result = add_to_database(database, inputs, embedder, batch_size=batch_size, wait=wait)
+    _finish(result)
 
 
 @app.command("info")
 def info(
     db: Path = typer.Argument(..., help="Database folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Verify the whole database (checksums, counts, ids, every vector, coordinates): "
+        "exit 0 if sound, else one line naming the problem (exit 2).",
+    ),
 ) -> None:
     """Print a database's manifest: model, dimension, counts, index type, dates."""
     from dataclasses import asdict
 
     from geolocus.index import Database
     from geolocus.index.build import read_report
+    from geolocus.index.check import check_database
 
-    database = Database.open(db)
+    checked: list[str] = []
+    if check:
+        database = check_database(db, say=checked.append if as_json else typer.echo)
+    else:
+        database = Database.open(db)
     man = asdict(database.manifest)
+    man.pop("files", None)
     report = read_report(db)
+    if check and not as_json:
+        return
     if as_json:
         man["report"] = {"skipped": len(report)}
+        if check:
+            man["check"] = {"sound": True, "checked": checked}
         typer.echo(json.dumps(man, indent=2))
         return
     extra = man.pop("extra", {}) or {}

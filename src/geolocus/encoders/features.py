@@ -16,10 +16,17 @@ encoder once over a list of photos and writes, in ``out_dir``:
   ``key`` (encoder name, weights identity, preprocessing, pooling, token mode,
   dtype and the exact list of inputs) decides whether the cache can be reused.
 
-Extraction proceeds in chunks; after each, the arrays are flushed and the
-progress recorded in ``.partial/progress.json``, so an interrupted run resumes
-where it stopped. A stale cache (any part of the key differs) is never reused:
-it is rebuilt.
+Extraction proceeds in chunks, each saved as its own file
+``.partial/chunk-<start>-<stop>.npz`` (rows, which of them could be read, the
+unreadable ones and a SHA-256 over all of it and the key), written atomically:
+an interrupted run resumes after the last chunk that verifies, and a chunk
+that does not (truncated, altered, from other inputs, rows of zeros, sizes
+that disagree) is computed again. Nothing is shared between chunks, so even two
+runs writing the same folder at once cannot mix their rows: the worst they do
+is compute a chunk twice. (Two builds once shared one growing array and saved
+rows of zeros as features.) A stale cache (any part of the key differs) is
+never reused: it is rebuilt. A photo whose embedding is all zeros or not
+finite is listed as failed: no use can be made of it.
 
 Memory and disk. Arrays are ``float16`` by default (half of float32; ample for
 nearest-neighbour search) and memory-mapped, so RAM holds only what is read.
@@ -28,7 +35,9 @@ photos = 7.7 MB, 4 M photos = 10 GB), plus ``2 * T * token_dim`` for tokens:
 full EfficientNet-Lite0 tokens are 49 x 1280 x 2 = 125 KB per photo (3000
 photos = 376 MB; 4 M photos = 500 GB, beyond any laptop), pooled to 4x4 they
 are 41 KB (4 M photos = 164 GB). So: tokens for training sets of up to a few
-hundred thousand photos; embeddings only for million-photo galleries.
+hundred thousand photos; embeddings only for million-photo galleries. While
+the final arrays are assembled from the chunks, both are on disk (twice the
+figures above, briefly).
 """
 
 from __future__ import annotations
@@ -51,7 +60,7 @@ import numpy as np
 
 from geolocus.data.images import load_image
 from geolocus.errors import ImageError, InputError
-from geolocus.files import atomic_path, atomic_write
+from geolocus.files import atomic_path, atomic_write, sha256_file, write_text_atomic
 from geolocus.nn import eval_mode
 
 if TYPE_CHECKING:
@@ -121,6 +130,15 @@ class FeatureStore:
             root=root, ids=ids, embeddings=emb, tokens=tok, meta=meta, failed=read_failed(root)
         )
 
+    def verify(self) -> None:
+        """Check the embeddings against the SHA-256 recorded when they were written (an
+        :class:`InputError` if they differ), before a finished store is reused."""
+        want = self.meta.get("sha256", {}).get("embeddings.npy")
+        if want is None or len(self.ids) != self.meta.get("n"):
+            raise InputError(f"{self.root}: feature store has no checksum or a wrong count")
+        if sha256_file(self.root / "embeddings.npy") != want:
+            raise InputError(f"{self.root}: feature store is damaged (embeddings altered)")
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -168,12 +186,59 @@ def pool_tokens(tokens: torch.Tensor, grid: tuple[int, int], out: int) -> torch.
     return F.adaptive_avg_pool2d(fmap, out).flatten(2).transpose(1, 2)
 
 
-def _open_array(path: Path, shape: tuple[int, ...], dtype: str, resume: bool) -> np.memmap:
-    if resume and path.exists():
-        arr = np.load(path, mmap_mode="r+")
-        if arr.shape == shape and arr.dtype == np.dtype(dtype):
-            return arr
-    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+def _digest(key: str, start: int, stop: int, arrays: dict[str, np.ndarray], failed: str) -> str:
+    h = hashlib.sha256(f"{key}|{start}|{stop}|{failed}".encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"|{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.data)
+    return h.hexdigest()
+
+
+def _chunk_path(part: Path, start: int, stop: int) -> Path:
+    return part / f"chunk-{start:010d}-{stop:010d}.npz"
+
+
+def _save_chunk(
+    part: Path, key: str, start: int, stop: int, arrays: dict[str, np.ndarray], failed: list
+) -> None:
+    """One chunk of rows in its own file, written atomically, with its checksum."""
+    text = json.dumps(failed)
+    digest = _digest(key, start, stop, arrays, text)
+    with atomic_path(_chunk_path(part, start, stop)) as tmp, open(tmp, "wb") as fh:
+        payload: dict[str, Any] = {**arrays, "failed": np.array(text), "digest": np.array(digest)}
+        np.savez(fh, **payload)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _load_chunk(
+    path: Path, key: str, start: int, stop: int, shapes: dict[str, tuple[int, ...]], dtype: str
+) -> tuple[dict[str, np.ndarray], list] | None:
+    """A saved chunk's arrays and unreadable photos, or None unless every check passes:
+    the checksum, the row count and shapes, the dtype, and no read row of zeros."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in shapes}
+            text, digest = str(z["failed"]), str(z["digest"])
+        if digest != _digest(key, start, stop, arrays, text):
+            return None
+        for name, shape in shapes.items():
+            want = np.dtype("uint8") if name == "ok" else np.dtype(dtype)
+            if arrays[name].shape != (stop - start, *shape) or arrays[name].dtype != want:
+                return None
+        ok = arrays["ok"] == 1
+        if not _usable(arrays["emb"][ok]).all():
+            return None
+        return arrays, json.loads(text)
+    except Exception:  # truncated or foreign file: the chunk is simply computed again
+        return None
+
+
+def _usable(emb: np.ndarray) -> np.ndarray:
+    """Rows that are embeddings at all: finite and not all zeros."""
+    e = np.asarray(emb, dtype=np.float32)
+    return np.isfinite(e).all(axis=1) & (np.abs(e).max(axis=1, initial=0.0) > 0)
 
 
 def extract_features(
@@ -189,12 +254,14 @@ def extract_features(
     chunk_size: int = 512,
     loader_threads: int = 1,
     progress: bool = True,
+    note_failed: bool = True,
 ) -> FeatureStore:
     """Compute (or reuse) the features of ``paths`` with ``encoder`` in ``out_dir``.
 
     ``ids`` name the rows (default: the paths as given). Unreadable photos are
-    skipped and listed in ``failed.csv``; only if none can be read is it an error.
-    ``loader_threads`` decode and preprocess photos while the encoder runs.
+    skipped and listed in ``failed.csv`` (``note_failed``: say so on stderr);
+    only if none can be read is it an error. ``loader_threads`` decode and
+    preprocess photos while the encoder runs.
     """
     import torch
     from tqdm.auto import tqdm
@@ -213,21 +280,20 @@ def extract_features(
     out = Path(out_dir)
     key = feature_key(encoder.fingerprint(), tokens, token_grid, dtype, ids, paths)
     with contextlib.suppress(InputError, OSError, ValueError, json.JSONDecodeError):
-        return FeatureStore.open(out, key=key)
+        store = FeatureStore.open(out, key=key)
+        store.verify()
+        return store
 
     n = len(paths)
     part = out / _PARTIAL
-    prog_path = part / "progress.json"
-    state: dict[str, Any] = {"key": key, "done": 0, "failed": []}
-    resume = False
-    if prog_path.is_file():
-        with contextlib.suppress(json.JSONDecodeError, OSError):
-            old = json.loads(prog_path.read_text())
-            if old.get("key") == key:
-                state, resume = old, True
-    if not resume:
+    try:
+        same = (part / "key").read_text() == key
+    except OSError:
+        same = False
+    if not same:  # chunks of other inputs: of no use
         shutil.rmtree(part, ignore_errors=True)
-    part.mkdir(parents=True, exist_ok=True)
+        part.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(part / "key", key)
     with contextlib.suppress(FileNotFoundError):
         (out / "meta.json").unlink()  # the old store, if any, is stale from here on
 
@@ -237,12 +303,9 @@ def extract_features(
     probe = encoder.encode([Image.new("RGB", (encoder.image_size,) * 2, (128, 128, 128))])
     dim, grid = probe.embedding.shape[1], probe.grid
     tok_grid = (token_grid, token_grid) if tokens == "pooled" else grid
-    emb = _open_array(part / "embeddings.npy", (n, dim), dtype, resume)
-    tok = None
+    shapes: dict[str, tuple[int, ...]] = {"emb": (dim,), "ok": ()}
     if tokens:
-        shape = (n, tok_grid[0] * tok_grid[1], probe.tokens.shape[2])
-        tok = _open_array(part / "tokens.npy", shape, dtype, resume)
-    ok = _open_array(part / "ok.npy", (n,), "uint8", resume)
+        shapes["tok"] = (tok_grid[0] * tok_grid[1], probe.tokens.shape[2])
 
     prep = encoder.preprocessing
     min_side = prep.resize
@@ -258,8 +321,19 @@ def extract_features(
     def load_batch(rows: range) -> list:
         return [load(i) for i in rows]
 
+    # the chunks already saved that verify, in order from row 0; the rest is computed
+    chunks: list[tuple[int, int]] = []
+    done = 0
+    while done < n:
+        stop = _saved_stop(part, done, n)
+        if (
+            stop is None
+            or _load_chunk(_chunk_path(part, done, stop), key, done, stop, shapes, dtype) is None
+        ):
+            break
+        chunks.append((done, stop))
+        done = stop
     t_load = t_fwd = 0.0
-    done = int(state["done"])
     bar = tqdm(
         total=n, initial=done, desc=f"features {encoder.name}", unit="img", disable=not progress
     )
@@ -271,6 +345,10 @@ def extract_features(
         ):
             while done < n:
                 stop = min(n, done + chunk_size)
+                emb = np.zeros((stop - done, dim), dtype=dtype)
+                tok = np.zeros((stop - done, *shapes["tok"]), dtype=dtype) if tokens else None
+                ok = np.zeros(stop - done, dtype=np.uint8)
+                failed: list[dict[str, str]] = []
                 batches = [
                     range(s, min(stop, s + batch_size)) for s in range(done, stop, batch_size)
                 ]
@@ -284,77 +362,98 @@ def extract_features(
                     good = [i for i, (a, _) in zip(rows, loaded, strict=True) if a is not None]
                     for i, (_, err) in zip(rows, loaded, strict=True):
                         if err is not None:
-                            state["failed"].append({"id": ids[i], "path": paths[i], "error": err})
+                            failed.append({"id": ids[i], "path": str(paths[i]), "error": err})
                     if good:
                         t0 = time.perf_counter()
                         x = torch.from_numpy(np.stack([a for a, _ in loaded if a is not None]))
                         f = encoder(x)
                         t_fwd += time.perf_counter() - t0
-                        emb[good] = f.embedding.float().numpy().astype(dtype)
+                        local = np.asarray(good) - done
+                        e = f.embedding.float().numpy()
+                        emb[local] = e.astype(dtype)
                         if tok is not None:
                             t = (
                                 f.tokens
                                 if tokens == "full"
                                 else pool_tokens(f.tokens, f.grid, token_grid)
                             )
-                            tok[good] = t.float().numpy().astype(dtype)
-                        ok[good] = 1
+                            tok[local] = t.float().numpy().astype(dtype)
+                        usable = _usable(emb[local])
+                        ok[local[usable]] = 1
+                        for i in np.asarray(good)[~usable]:
+                            failed.append(
+                                {
+                                    "id": ids[i],
+                                    "path": paths[i],
+                                    "error": f"{paths[i]}: the encoder gave an all-zero or "
+                                    "non-finite embedding",
+                                }
+                            )
                     bar.update(len(rows))
-                for a in (emb, tok, ok):
-                    if a is not None:
-                        a.flush()
+                arrays = {"emb": emb, "ok": ok} | ({"tok": tok} if tok is not None else {})
+                _save_chunk(part, key, done, stop, arrays, failed)
+                chunks.append((done, stop))
                 done = stop
-                state["done"] = done
-                with atomic_write(prog_path) as fh:
-                    json.dump(state, fh)
     finally:
         bar.close()
 
-    if state["failed"] and progress:
-        n_bad = len(state["failed"])
-        tqdm.write(
-            f"{n_bad} of {n} photos unreadable, skipped: listed in {out / 'failed.csv'}",
-            file=sys.stderr,
-        )
     return _finish(
         out,
         part,
-        state,
+        chunks,
+        shapes,
         ids,
-        paths,
-        emb,
-        tok,
-        ok,
         dtype,
         key,
         encoder,
         tokens,
-        token_grid,
         tok_grid,
         {"load_s": t_load, "forward_s": t_fwd},
+        note_failed and progress,
     )
 
 
+def _saved_stop(part: Path, start: int, n: int) -> int | None:
+    """The end row of the saved chunk that starts at ``start`` (the longest one), if any."""
+    stops = []
+    for f in part.glob(f"chunk-{start:010d}-*.npz"):
+        with contextlib.suppress(ValueError):
+            stops.append(int(f.stem.split("-")[2]))
+    stops = [s for s in stops if start < s <= n]
+    return max(stops) if stops else None
+
+
 def _finish(
-    out,
-    part,
-    state,
-    ids,
-    paths,
-    emb,
-    tok,
-    ok,
-    dtype,
-    key,
+    out: Path,
+    part: Path,
+    chunks: list[tuple[int, int]],
+    shapes: dict[str, tuple[int, ...]],
+    ids: list[str],
+    dtype: str,
+    key: str,
     encoder,
-    tokens,
-    token_grid,
+    tokens: TokensMode,
     tok_grid,
-    timing,
+    timing: dict,
+    note_failed: bool,
 ) -> FeatureStore:
-    """Compact the good rows into the final files; write meta.json last."""
-    keep = np.flatnonzero(np.asarray(ok) == 1)
-    failed = state["failed"]
+    """Gather the read rows of every chunk into the final files; write meta.json last."""
+    loaded = []
+    failed: list[dict[str, str]] = []
+    for start, stop in chunks:
+        got = _load_chunk(_chunk_path(part, start, stop), key, start, stop, shapes, dtype)
+        if got is None:
+            with contextlib.suppress(InputError, OSError, ValueError, json.JSONDecodeError):
+                store = FeatureStore.open(out, key=key)  # another run finished the same work
+                store.verify()
+                return store
+            raise InputError(
+                f"{part}: a chunk of features changed or vanished while this run used it "
+                "(another process writing the same folder?); run again"
+            )
+        loaded.append((start, got[0]["ok"]))
+        failed += got[1]
+    keep = np.concatenate([start + np.flatnonzero(ok == 1) for start, ok in loaded])
     with atomic_write(out / "failed.csv", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=["id", "path", "error"])
         w.writeheader()
@@ -362,21 +461,32 @@ def _finish(
     if keep.size == 0:
         first = failed[0]["error"] if failed else "?"
         raise InputError(f"none of the {len(ids)} images could be read; first: {first}")
-    for name, arr in (("embeddings.npy", emb), ("tokens.npy", tok)):
-        if arr is None:
+    if failed and note_failed:
+        print(
+            f"{len(failed)} of {len(ids)} photos unreadable, skipped: listed in "
+            f"{out / 'failed.csv'}",
+            file=sys.stderr,
+        )
+    digests = {}
+    for name, arr_key in (("embeddings.npy", "emb"), ("tokens.npy", "tok")):
+        if arr_key not in shapes:
             with contextlib.suppress(FileNotFoundError):
                 (out / name).unlink()
             continue
-        if keep.size == len(ids):
-            os.replace(part / name, out / name)
-            continue
         with atomic_path(out / name) as tmp:
             dst = np.lib.format.open_memmap(
-                tmp, mode="w+", dtype=dtype, shape=(keep.size, *arr.shape[1:])
+                tmp, mode="w+", dtype=dtype, shape=(keep.size, *shapes[arr_key])
             )
-            for s in range(0, keep.size, 4096):
-                dst[s : s + 4096] = arr[keep[s : s + 4096]]
+            row = 0
+            for start, stop in chunks:  # one chunk in memory at a time
+                with np.load(_chunk_path(part, start, stop), allow_pickle=False) as z:
+                    a, ok = z[arr_key], z["ok"]
+                rows = a[ok == 1]
+                dst[row : row + len(rows)] = rows
+                row += len(rows)
             dst.flush()
+            del dst
+            digests[name] = sha256_file(tmp)
     with atomic_write(out / "ids.txt", encoding="utf-8") as fh:
         fh.writelines(f"{ids[i]}\n" for i in keep)
     meta = {
@@ -384,14 +494,15 @@ def _finish(
         "version": FORMAT_VERSION,
         "fingerprint": encoder.fingerprint(),
         "encoder": encoder.name,
-        "dim": int(emb.shape[1]),
-        "token_dim": int(tok.shape[2]) if tok is not None else int(encoder.token_dim),
+        "dim": int(shapes["emb"][0]),
+        "token_dim": int(shapes["tok"][1]) if tokens else int(encoder.token_dim),
         "tokens": tokens or None,
         "token_grid_stored": list(tok_grid) if tokens else None,
         "dtype": dtype,
         "n": int(keep.size),
         "n_failed": len(failed),
         "timing": timing,
+        "sha256": digests,
     }
     with atomic_write(out / "meta.json") as fh:
         json.dump(meta, fh, indent=1)

@@ -11,8 +11,13 @@ The expensive part, the backbone's forward pass, goes through
 resumable chunk by chunk, so an interrupted build picks up where it stopped
 when run again. The FAISS index is made from the finished features in one
 go and saved with :meth:`Database.save` (generational, atomic); the feature
-folder is removed afterwards. Every problem goes to ``DB/report.csv``
+folder is removed afterwards, and also when a run fails on its input (nothing
+there is worth resuming), but not when it is interrupted (Ctrl-C, a kill, a
+crash): the same command then resumes. Every problem goes to ``DB/report.csv``
 (``stage,id,path,problem,detail``) and is never fatal unless nothing is left.
+A build or add holds the database's lock (:mod:`geolocus.index.lock`) until
+its database is saved (the CLI takes it before loading the model): one writer
+at a time.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,9 +38,10 @@ import numpy as np
 
 from geolocus.data.images import list_images, read_exif_gps
 from geolocus.data.tables import read_coords
-from geolocus.errors import ImageError, InputError
+from geolocus.errors import GeolocusError, ImageError, InputError
 from geolocus.files import atomic_write
-from geolocus.index.database import Database
+from geolocus.index.database import Database, read_manifest
+from geolocus.index.lock import database_lock
 
 if TYPE_CHECKING:
     from geolocus.models.embedder import Embedder
@@ -98,6 +105,8 @@ class BuildResult:
             counts[p.problem] = counts.get(p.problem, 0) + 1
         left = ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
         s = f"{db.path}: added {self.added} photos ({len(db)} in all) in {self.seconds:.1f} s"
+        if self.added == 0:
+            s = f"{db.path}: nothing new to add ({len(db)} photos in all)"
         if left:
             s += f"; left out: {left} (see {db.path / REPORT})"
         return s
@@ -175,7 +184,8 @@ def gather_inputs(
 
 
 def write_report(db_path: Path, stage: str, problems: list[Problem], replace_stage: bool) -> None:
-    """Write ``report.csv``: earlier stages' rows kept (or this stage's replaced), then ours."""
+    """Write ``report.csv``: earlier stages' rows kept (or this stage's replaced), then ours
+    (a photo reported again for the same problem keeps one row)."""
     path = Path(db_path) / REPORT
     rows: list[dict[str, str]] = []
     with contextlib.suppress(OSError, csv.Error):
@@ -184,6 +194,9 @@ def write_report(db_path: Path, stage: str, problems: list[Problem], replace_sta
         {"stage": stage, "id": p.id, "path": p.path, "problem": p.problem, "detail": p.detail}
         for p in problems
     ]
+    # a re-run reports the same photos again: one row each, the latest
+    latest = {(r["stage"], r["id"], r["path"], r["problem"]): r for r in rows}
+    rows = list(latest.values())
     with atomic_write(path, newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=REPORT_FIELDS)
         w.writeheader()
@@ -234,6 +247,7 @@ def _features(
         loader_threads=loader_threads,
         chunk_size=chunk_size,
         progress=progress,
+        note_failed=False,  # listed in the database's report.csv instead
     )
     bad = [Problem(f["id"], f["path"], "unreadable", f["error"]) for f in store.failed]
     return store, bad
@@ -252,6 +266,23 @@ def _store_rows(inputs: Inputs, store: Any) -> tuple[np.ndarray, list[str]]:
     return rows, [inputs.paths[r] for r in rows]
 
 
+@contextlib.contextmanager
+def _staging(folder: Path) -> Iterator[Path]:
+    """The resumable feature folder of one build or add.
+
+    Kept when the run is interrupted (Ctrl-C, a kill, a crash), so that the same
+    command resumes there; removed when the run fails on its input (a
+    :class:`GeolocusError`: nothing there is worth resuming).
+    """
+    try:
+        yield folder
+    except GeolocusError:
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()  # FEATURES, if nothing else is staged there
+        raise
+
+
 def build_database(
     path: str | os.PathLike[str],
     inputs: Inputs,
@@ -263,13 +294,16 @@ def build_database(
     overwrite: bool = False,
     progress: bool = True,
     chunk_size: int = 512,
+    wait: bool = False,
 ) -> BuildResult:
     """Embed ``inputs`` and write a new database at ``path`` (see the module docstring).
 
     Progress is saved every ``chunk_size`` photos. Run again after an
     interruption, it resumes there; run again on a finished
     database built from the same inputs and model, it does nothing. A database
-    built from anything else is kept unless ``overwrite``.
+    built from anything else (or a damaged one) is kept unless ``overwrite``.
+    The database's lock is held throughout: another writer makes this fail at
+    once (:class:`DatabaseBusyError`), or, with ``wait``, waits for it.
     """
     t0 = time.perf_counter()
     path = Path(path)
@@ -278,23 +312,7 @@ def build_database(
     key = hashlib.sha256(
         f"{inputs.key()}|{embedder.name}|{embedder.version}|{factory}".encode()
     ).hexdigest()
-    old: Database | None = None
-    if Database.exists(path):
-        old = Database.open(path)
-        if old.manifest.extra.get("build_key") == key:
-            return BuildResult(old, 0, [], up_to_date=True)
-        if not overwrite:
-            raise InputError(
-                f"a database built from other photos or another model exists at {path}: "
-                "add photos with 'geolocus index add', or rebuild it with --overwrite"
-            )
-    if len(inputs) == 0:
-        write_report(path, "build", inputs.problems, replace_stage=True)
-        raise InputError(
-            f"none of the photos has a position ({len(inputs.problems)} left out, "
-            f"see {path / REPORT})"
-        )
-    # the (empty, unsaved) database first: its factory is validated before the long part
+    # an empty, unsaved database: its factory is validated before anything is written
     db = Database.create(
         path,
         dim=embedder.dim,
@@ -304,31 +322,56 @@ def build_database(
         overwrite=True,
         extra={"build_key": key, "embedder": embedder.describe(), "images": inputs.root},
     )
-    if not db.index.is_trained and len(inputs) < db._training_size():
+    if not db.index.is_trained and 0 < len(inputs) < db._training_size():
         raise InputError(
             f"FAISS index {factory!r} must be trained on at least {db._training_size()} "
             f"vectors, and there are {len(inputs)} photos; use 'Flat' for small databases"
         )
-    folder = path / FEATURES / "build"
-    try:
-        store, bad = _features(
-            embedder, inputs, folder, batch_size, loader_threads, progress, chunk_size
-        )
-    except InputError:  # nothing readable: report why, photo by photo
-        write_report(path, "build", inputs.problems + _failed(folder), replace_stage=True)
-        raise
-    problems = inputs.problems + bad
-    rows, paths = _store_rows(inputs, store)
-    vectors = embed_store(embedder, store)
-    if old is not None:  # the next save replaces the old generation's files
-        db.manifest.generation = old.manifest.generation
-        (path / REPORT).unlink(missing_ok=True)  # the old database's rows (add stages too)
-        shutil.rmtree(path / "refiners", ignore_errors=True)
-    db.add(vectors, store.ids, inputs.latlon[rows], paths=paths, source=inputs.source)
-    db.save()
-    write_report(path, "build", problems, replace_stage=True)
-    timing = dict(store.meta.get("timing", {}))
-    shutil.rmtree(path / FEATURES, ignore_errors=True)
+    with database_lock(path, wait=wait):
+        old: Database | None = None
+        if Database.exists(path):
+            try:
+                old = Database.open(path)
+                if old.manifest.extra.get("build_key") == key:
+                    old.check_vectors()  # rows of zeros are never "up to date"
+                    return BuildResult(old, 0, [], up_to_date=True)
+            except InputError as e:
+                if not overwrite:
+                    raise InputError(f"{e}; rebuild it with --overwrite") from None
+                old = None
+            if old is not None and not overwrite:
+                raise InputError(
+                    f"a database built from other photos or another model exists at {path}: "
+                    "add photos with 'geolocus index add', or rebuild it with --overwrite"
+                )
+            with contextlib.suppress(InputError):  # a save replaces the generation there
+                db.manifest.generation = read_manifest(path).generation
+        if len(inputs) == 0:
+            write_report(path, "build", inputs.problems, replace_stage=True)
+            raise InputError(
+                f"none of the photos has a position ({len(inputs.problems)} left out, "
+                f"see {path / REPORT})"
+            )
+        folder = path / FEATURES / "build"
+        with _staging(folder):
+            try:
+                store, bad = _features(
+                    embedder, inputs, folder, batch_size, loader_threads, progress, chunk_size
+                )
+            except InputError:  # nothing readable: report why, photo by photo
+                write_report(path, "build", inputs.problems + _failed(folder), replace_stage=True)
+                raise
+            problems = inputs.problems + bad
+            rows, paths = _store_rows(inputs, store)
+            vectors = embed_store(embedder, store)
+            if Database.exists(path):  # replaced (other inputs, or damaged): its rows go too
+                (path / REPORT).unlink(missing_ok=True)  # the old database's rows (add stages)
+                shutil.rmtree(path / "refiners", ignore_errors=True)
+            db.add(vectors, store.ids, inputs.latlon[rows], paths=paths, source=inputs.source)
+            db.save()
+            write_report(path, "build", problems, replace_stage=True)
+            timing = dict(store.meta.get("timing", {}))
+        shutil.rmtree(path / FEATURES, ignore_errors=True)
     return BuildResult(db, len(db), problems, seconds=time.perf_counter() - t0, timing=timing)
 
 
@@ -376,69 +419,74 @@ def add_to_database(
     batch_size: int = 32,
     loader_threads: int = 1,
     progress: bool = True,
+    wait: bool = False,
 ) -> BuildResult:
     """Append ``inputs`` to an existing database, with the model it was built with.
 
     Photos whose id is already in the database are left out (reported), so
-    running the same ``add`` twice, or again after an interruption, is safe.
+    running the same ``add`` twice, or again after an interruption, is safe: a
+    second run adds nothing and says so. The database's lock is held as in
+    :func:`build_database`; a :class:`Database` passed in that another process
+    saved since is read again.
     """
     t0 = time.perf_counter()
-    db = path if isinstance(path, Database) else Database.open(path)
-    embedder = embedder if embedder is not None else embedder_for(db)
-    check_embedder(db, embedder)
-    known = [i for i in inputs.ids if i in db]
-    problems = list(inputs.problems)
-    problems += [
-        Problem(i, p, "already in database", "")
-        for i, p in zip(inputs.ids, inputs.paths, strict=True)
-        if i in db
-    ]
-    if known:
-        keep = np.array([i not in db for i in inputs.ids], dtype=bool)
-        inputs = Inputs(
-            ids=[i for i, k in zip(inputs.ids, keep, strict=True) if k],
-            paths=[p for p, k in zip(inputs.paths, keep, strict=True) if k],
-            latlon=inputs.latlon[keep],
-            source=inputs.source,
-            problems=inputs.problems,
-            root=inputs.root,
-        )
-    added = 0
-    timing: dict[str, float] = {}
-    if len(inputs):
-        folder = db.path / FEATURES / "add"
-        store, bad = _features(embedder, inputs, folder, batch_size, loader_threads, progress)
-        problems += bad
-        rows, paths = _store_rows(inputs, store)
-        vectors = embed_store(embedder, store)
-        added = db.add(vectors, store.ids, inputs.latlon[rows], paths=paths, source=inputs.source)
-        db.save()
-        timing = dict(store.meta.get("timing", {}))
-        shutil.rmtree(db.path / FEATURES, ignore_errors=True)
-    write_report(db.path, "add", problems, replace_stage=False)
+    where = path.path if isinstance(path, Database) else Path(path)
+    read_manifest(where)  # no database there: say so before creating anything
+    with database_lock(where, wait=wait):
+        db = path if isinstance(path, Database) else None
+        if db is None or read_manifest(where).generation != db.manifest.generation:
+            db = Database.open(where)
+        embedder = embedder if embedder is not None else embedder_for(db)
+        check_embedder(db, embedder)
+        known = [i for i in inputs.ids if i in db]
+        problems = list(inputs.problems)
+        problems += [
+            Problem(i, p, "already in database", "")
+            for i, p in zip(inputs.ids, inputs.paths, strict=True)
+            if i in db
+        ]
+        if known:
+            keep = np.array([i not in db for i in inputs.ids], dtype=bool)
+            inputs = Inputs(
+                ids=[i for i, k in zip(inputs.ids, keep, strict=True) if k],
+                paths=[p for p, k in zip(inputs.paths, keep, strict=True) if k],
+                latlon=inputs.latlon[keep],
+                source=inputs.source,
+                problems=inputs.problems,
+                root=inputs.root,
+            )
+        added = 0
+        timing: dict[str, float] = {}
+        if len(inputs):
+            folder = db.path / FEATURES / "add"
+            with _staging(folder):
+                try:
+                    store, bad = _features(
+                        embedder, inputs, folder, batch_size, loader_threads, progress
+                    )
+                except InputError:
+                    bad = _failed(folder)
+                    write_report(db.path, "add", problems + bad, replace_stage=False)
+                    if not known or len(bad) < len(inputs):
+                        raise
+                    store = None  # a re-run: what could be read is in the database already
+                problems += bad
+                if store is not None:
+                    rows, paths = _store_rows(inputs, store)
+                    vectors = embed_store(embedder, store)
+                    added = db.add(
+                        vectors, store.ids, inputs.latlon[rows], paths=paths, source=inputs.source
+                    )
+                    db.save()
+                    timing = dict(store.meta.get("timing", {}))
+            shutil.rmtree(db.path / FEATURES, ignore_errors=True)
+        write_report(db.path, "add", problems, replace_stage=False)
     return BuildResult(db, added, problems, seconds=time.perf_counter() - t0, timing=timing)
 
 
 def database_vectors(db: Database, rows: np.ndarray | None = None) -> np.ndarray:
-    """The stored (normalised) vectors, read back from FAISS: exact for Flat and HNSW,
-    approximate for compressed indexes (PQ, SQ)."""
-    import faiss
-
-    n = len(db)
-    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
-    index = db.index
-    with contextlib.suppress(RuntimeError):
-        faiss.extract_index_ivf(index).make_direct_map()
-    try:
-        if rows.size == n and np.array_equal(rows, np.arange(n)):
-            return np.asarray(index.reconstruct_n(0, n), dtype=np.float32)
-        return np.stack([index.reconstruct(int(r)) for r in rows]).astype(np.float32)
-    except RuntimeError as e:
-        msg = str(e).strip().splitlines()[-1] if str(e).strip() else "not supported"
-        raise InputError(
-            f"the FAISS index {db.manifest.factory!r} of {db.path} cannot return its vectors "
-            f"({msg})"
-        ) from None
+    """The stored vectors of ``rows`` (all by default): see :meth:`Database.vectors`."""
+    return db.vectors(rows)
 
 
 def print_problems(problems: list[Problem], limit: int = 10, file: Any = None) -> None:

@@ -11,15 +11,20 @@ A database folder holds
 
 Saving writes a new generation of both data files, then replaces the manifest
 atomically, then deletes the old generation: a reader, or a save interrupted at
-any point, always sees one complete, consistent database.
+any point, always sees one complete, consistent database. The manifest records
+each data file's size and SHA-256, so a truncated or altered file is named as
+damaged on open instead of being half-read; and a save holds the database's
+lock (:mod:`geolocus.index.lock`), so two writers never interleave.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +33,15 @@ import pandas as pd
 
 from geolocus.data.neighbours import Neighbours
 from geolocus.errors import InputError
-from geolocus.files import atomic_path, atomic_write
+from geolocus.files import atomic_path, atomic_write, sha256_file
 from geolocus.geo import validate_latlon
+from geolocus.index.lock import database_lock
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+#: On open, data files up to this many bytes (together) are checked against their SHA-256;
+#: larger ones only against their size (``index info --check`` always hashes them).
+VERIFY_BYTES = 256 << 20
 
 
 def _now() -> str:
@@ -56,6 +65,78 @@ class Manifest:
     format: int = FORMAT_VERSION
     geolocus_version: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: data file name -> {"bytes": n, "sha256": hex}
+    files: dict[str, Any] = field(default_factory=dict)
+
+
+def damaged(path: str | os.PathLike[str], file: str, why: str) -> InputError:
+    """The one error for a database whose files cannot be trusted."""
+    return InputError(f"database {path} is damaged: {file} {why}")
+
+
+def list_some(ids: np.ndarray, limit: int = 3) -> str:
+    """``a, b, c and 4 more``: the first few of a list, for a one-line message."""
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+#: FAISS factories whose stored vectors come back only approximately (no unit-norm check).
+_LOSSY = re.compile(r"PQ|SQ|LSH|RQ|LSQ")
+
+
+def _last_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[-1] if text else type(e).__name__
+
+
+_TYPES = {"model": str, "dim": int, "count": int, "generation": int, "factory": str,
+          "format": int, "extra": dict, "files": dict}  # fmt: skip
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """The manifest of the database at ``path``; garbage there is "damaged", not a traceback."""
+    p = Path(path)
+    mpath = p / MANIFEST
+    if not mpath.exists():
+        raise InputError(f"no geolocus database at {p} (missing {MANIFEST})")
+    try:
+        raw = json.loads(mpath.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise InputError(f"cannot read {mpath}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise damaged(p, MANIFEST, f"is not valid JSON ({e})") from None
+    known = {f.name for f in fields(Manifest)}
+    if not isinstance(raw, dict) or not {"model", "dim"} <= raw.keys() <= known:
+        raise damaged(p, MANIFEST, "is not a geolocus database manifest")
+    man = Manifest(**raw)
+    for name, typ in _TYPES.items():
+        value = getattr(man, name)
+        if not isinstance(value, typ) or isinstance(value, bool):
+            raise damaged(p, MANIFEST, f"has a {name!r} of the wrong type ({value!r})")
+    if man.dim <= 0 or man.count < 0 or man.generation < 0:
+        raise damaged(p, MANIFEST, "has a negative count, dimension or generation")
+    if man.format > FORMAT_VERSION:
+        raise InputError(
+            f"database {p} has format {man.format}; this geolocus reads up to {FORMAT_VERSION}"
+        )
+    return man
+
+
+def _check_files(p: Path, man: Manifest, files: tuple[Path, ...], verify: bool | None) -> None:
+    """Compare data files with the sizes and SHA-256 the manifest records (when it does)."""
+    sizes = {f: f.stat().st_size for f in files}
+    for f, size in sizes.items():
+        rec = man.files.get(f.name)
+        if isinstance(rec, dict) and rec.get("bytes") != size:
+            raise damaged(p, f.name, f"has {size} bytes where {rec.get('bytes')} were written")
+    if verify is None:
+        verify = sum(sizes.values()) <= VERIFY_BYTES
+    if not verify:
+        return
+    for f in files:
+        rec = man.files.get(f.name)
+        if isinstance(rec, dict) and rec.get("sha256") != sha256_file(f):
+            raise damaged(p, f.name, "does not match its checksum: its bytes were altered")
 
 
 def _faiss() -> Any:
@@ -96,8 +177,12 @@ class Database:
         from geolocus import __version__
 
         p = Path(path)
-        if (p / MANIFEST).exists() and not overwrite:
-            raise InputError(f"a database already exists at {p} (use add, or overwrite it)")
+        generation = 0
+        if (p / MANIFEST).exists():
+            if not overwrite:
+                raise InputError(f"a database already exists at {p} (use add, or overwrite it)")
+            with contextlib.suppress(InputError):  # the next save replaces that generation
+                generation = read_manifest(p).generation
         faiss = _faiss()
         try:
             index = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
@@ -110,6 +195,7 @@ class Database:
             model_version=model_version,
             factory=factory,
             normalized=normalized,
+            generation=generation,
             geolocus_version=__version__,
             extra=dict(extra or {}),
         )
@@ -126,34 +212,58 @@ class Database:
 
     @classmethod
     def exists(cls, path: str | os.PathLike[str]) -> bool:
-        return (Path(path) / MANIFEST).exists()
+        return (Path(path) / MANIFEST).is_file()
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> Database:
-        """Load a database folder, checking that its parts agree."""
+    def open(cls, path: str | os.PathLike[str], verify: bool | None = None) -> Database:
+        """Load a database folder, checking that its parts are intact and agree.
+
+        ``verify`` hashes the data files against the manifest's SHA-256 (default:
+        when they are at most :data:`VERIFY_BYTES` together; sizes are always checked).
+        A save by another process while this one reads is waited out by reading again.
+        """
         p = Path(path)
-        mpath = p / MANIFEST
-        if not mpath.exists():
-            raise InputError(f"no geolocus database at {p} (missing {MANIFEST})")
-        try:
-            raw = json.loads(mpath.read_text())
-            man = Manifest(**raw)
-        except (json.JSONDecodeError, TypeError) as e:
-            raise InputError(f"database manifest {mpath} is unreadable: {e}") from None
-        if man.format > FORMAT_VERSION:
-            raise InputError(
-                f"database {p} has format {man.format}; this geolocus reads up to {FORMAT_VERSION}"
-            )
-        faiss = _faiss()
+        for attempt in range(3):
+            man = read_manifest(p)
+            try:
+                return cls._load(p, man, verify)
+            except (InputError, OSError) as e:
+                err = e
+            with contextlib.suppress(InputError):
+                if attempt < 2 and read_manifest(p).generation != man.generation:
+                    continue  # another process saved meanwhile: read the new generation
+            break
+        if isinstance(err, OSError):
+            raise InputError(f"cannot read the database {p}: {err.strerror or err}") from None
+        raise err
+
+    @classmethod
+    def _load(cls, p: Path, man: Manifest, verify: bool | None) -> Database:
         vpath, mepath = cls._files(p, man.generation)
-        if not vpath.exists() or not mepath.exists():
-            raise InputError(f"database {p} is incomplete: missing {vpath.name} or {mepath.name}")
-        index = faiss.read_index(str(vpath))
-        meta = pd.read_parquet(mepath)
+        for f in (vpath, mepath):
+            if not f.exists():
+                raise damaged(p, f.name, f"is missing (the manifest names generation "
+                              f"{man.generation})")  # fmt: skip
+        _check_files(p, man, (vpath, mepath), verify)
+        faiss = _faiss()
+        try:
+            index = faiss.read_index(str(vpath))
+        except (RuntimeError, MemoryError) as e:
+            raise damaged(p, vpath.name, f"cannot be read by FAISS ({_last_line(e)})") from None
+        try:
+            meta = pd.read_parquet(mepath)
+        except Exception as e:  # pyarrow raises several types for a broken file
+            raise damaged(p, mepath.name, f"cannot be read ({_last_line(e)})") from None
+        missing = {"id", "lat", "lon"} - set(meta.columns)
+        if missing:
+            raise damaged(p, mepath.name, f"has no column {', '.join(sorted(missing))}")
         if index.ntotal != len(meta) or len(meta) != man.count or index.d != man.dim:
-            raise InputError(
-                f"database {p} is inconsistent: {index.ntotal} vectors, {len(meta)} metadata rows, "
-                f"manifest says {man.count} of dimension {man.dim}"
+            raise damaged(
+                p,
+                vpath.name,
+                f"disagrees with the rest (inconsistent): {index.ntotal} vectors of dimension "
+                f"{index.d}, {len(meta)} metadata rows, manifest says {man.count} of dimension "
+                f"{man.dim}",
             )
         return cls(p, man, index, meta)
 
@@ -161,25 +271,51 @@ class Database:
     def _files(p: Path, gen: int) -> tuple[Path, Path]:
         return p / f"vectors-{gen}.faiss", p / f"meta-{gen}.parquet"
 
-    def save(self) -> None:
-        """Write a new generation of the files, then switch the manifest to it atomically."""
+    def save(self, wait: bool = False) -> None:
+        """Write a new generation of the files, then switch the manifest to it atomically.
+
+        Holds the database's lock (``wait``: for another writer to finish), and
+        refuses to overwrite a generation some other process saved after this
+        database was opened or created (its additions would be lost).
+        """
+        with database_lock(self.path, wait=wait):
+            on_disk = None
+            with contextlib.suppress(InputError):
+                on_disk = read_manifest(self.path).generation if self.exists(self.path) else None
+            if on_disk is not None and on_disk != self.manifest.generation:
+                raise InputError(
+                    f"the database at {self.path} was changed by another process since it was "
+                    "opened: open it again and redo this change"
+                )
+            try:
+                self._write()
+            except OSError as e:
+                where = f"{e.filename}: " if e.filename else ""
+                raise InputError(
+                    f"cannot write the database {self.path}: {where}{e.strerror or e}"
+                ) from None
+
+    def _write(self) -> None:
         faiss = _faiss()
-        self.path.mkdir(parents=True, exist_ok=True)
-        old = self.manifest.generation
-        new = old + 1
+        new = self.manifest.generation + 1
         vpath, mepath = self._files(self.path, new)
+        files = {}
         with atomic_path(vpath) as tmp:
             faiss.write_index(self.index, str(tmp))
+            files[vpath.name] = {"bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
         with atomic_path(mepath) as tmp:
             self.meta.to_parquet(tmp, index=False)
-        self.manifest.generation = new
-        self.manifest.count = int(self.index.ntotal)
-        self.manifest.updated = _now()
+            files[mepath.name] = {"bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
+        man = replace(
+            self.manifest, generation=new, count=int(self.index.ntotal), updated=_now(), files=files
+        )
         with atomic_write(self.path / MANIFEST) as fh:
-            json.dump(asdict(self.manifest), fh, indent=2)
+            json.dump(asdict(man), fh, indent=2)
             fh.write("\n")
-        for f in self._files(self.path, old):
-            f.unlink(missing_ok=True)
+        self.manifest = man
+        for f in (*self.path.glob("vectors-*.faiss"), *self.path.glob("meta-*.parquet")):
+            if f.name not in files:  # older generations, and any left by a crashed save
+                f.unlink(missing_ok=True)
 
     # ---- contents -------------------------------------------------------------------
     def __len__(self) -> int:
@@ -198,6 +334,63 @@ class Database:
         if self._id_set is None:
             self._id_set = set(self.meta["id"])
         return image_id in self._id_set
+
+    def vectors(self, rows: np.ndarray | range | None = None) -> np.ndarray:
+        """The stored (normalised) vectors of ``rows`` (default: all), read back from FAISS:
+        exact for Flat and HNSW, approximate for compressed indexes (PQ, SQ); an index
+        that cannot give them back is an :class:`InputError` that says so."""
+        faiss = _faiss()
+        n = len(self)
+        rows = range(n) if rows is None else rows
+        if not isinstance(rows, range):
+            rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+            if rows.size and np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size)):
+                rows = range(int(rows[0]), int(rows[0]) + rows.size)
+        with contextlib.suppress(RuntimeError):
+            faiss.extract_index_ivf(self.index).make_direct_map()
+        try:
+            if isinstance(rows, range):
+                return np.asarray(self.index.reconstruct_n(rows.start, len(rows)), np.float32)
+            if rows.size == 0:
+                return np.zeros((0, self.manifest.dim), np.float32)
+            return np.stack([self.index.reconstruct(int(r)) for r in rows]).astype(np.float32)
+        except RuntimeError as e:
+            raise InputError(
+                f"the FAISS index {self.manifest.factory!r} of {self.path} cannot return its "
+                f"vectors ({_last_line(e)})"
+            ) from None
+
+    def check_vectors(self, chunk: int = 65536) -> str:
+        """Read every vector back, ``chunk`` rows at a time: any all-zero or non-finite
+        row (or, where the index is exact, one not of unit length) makes the database
+        damaged (an :class:`InputError` naming a few ids). Returns what was checked, in
+        one line; an index that cannot give its vectors back is said not checked."""
+        n, man = len(self), self.manifest
+        exact = man.normalized and not _LOSSY.search(man.factory)
+        zero: list[int] = []
+        bad: list[int] = []
+        off: list[int] = []
+        for s in range(0, n, chunk):
+            try:
+                v = self.vectors(range(s, min(n, s + chunk)))
+            except InputError as e:
+                return f"vectors: not checked: {e}"
+            finite = np.isfinite(v).all(axis=1)
+            bad += (s + np.flatnonzero(~finite)).tolist()
+            norms = np.linalg.norm(np.where(np.isfinite(v), v, 0.0), axis=1)
+            zero += (s + np.flatnonzero(finite & (norms == 0))).tolist()
+            if exact:
+                far = finite & (norms > 0) & (np.abs(norms - 1) > 1e-3)
+                off += (s + np.flatnonzero(far)).tolist()
+        vname, ids = self._files(self.path, man.generation)[0].name, self.ids
+        for rows, what in ((zero, "all-zero"), (bad, "non-finite"), (off, "not of unit length")):
+            if rows:
+                kind = f"{what} vectors" if what != "not of unit length" else f"vectors {what}"
+                raise damaged(
+                    self.path, vname, f"holds {len(rows)} {kind} (ids {list_some(ids[rows])})"
+                )
+        unit = ", all of unit length" if exact else ""
+        return f"vectors: {n} read back, none all zeros or non-finite{unit}"
 
     def _prepare(self, vectors: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
