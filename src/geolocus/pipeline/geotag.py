@@ -51,8 +51,7 @@ class GeotagResult:
         return len(self.predicted)
 
 
-def _row(pred: Any, root: Path) -> dict[str, Any]:
-    rid = Path(pred.image).resolve().relative_to(root).as_posix()
+def _row(pred: Any, rid: str) -> dict[str, Any]:
     if not pred.ok:
         return dict.fromkeys(FIELDS, "") | {"IMG_ID": rid, "ERROR": pred.error or "no answer"}
     g = pred.top
@@ -193,8 +192,12 @@ def geotag(
         if new_file:
             w.writeheader()
 
+        # ids are paths inside the collection: a photo that is a link to a file elsewhere
+        # keeps its place here (and its sidecar goes beside the link, not outside)
+        ids = {p.path: p.id for p in targets}
+
         def keep(pred: Any) -> None:
-            row = _row(pred, root)
+            row = _row(pred, ids[pred.image])
             done[row["IMG_ID"]] = row
             w.writerow(row)
             fh.flush()
