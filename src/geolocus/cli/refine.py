@@ -55,9 +55,13 @@ def refine(
     """
     from geolocus.data import read_coords, read_neighbours, write_coords
     from geolocus.errors import InputError
+    from geolocus.files import check_output_path
     from geolocus.refine import create
 
     refiner = create(method)
+    check_output_path(out, "--out")  # before fitting, which can take minutes
+    if save_model is not None:
+        check_output_path(save_model, "--save-model")
     if (fit is None) != (labels is None):
         raise InputError("--fit and --labels go together")
     if model is not None and fit is not None:
