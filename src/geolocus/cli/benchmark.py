@@ -70,6 +70,10 @@ def refine_cv(
     if compare:
         rows += [(r.system, r) for r in published_results("im2gps3k")]
     typer.echo(results_table(rows, markdown=markdown))
+    if not markdown:
+        from geolocus.eval.report import ORACLE_NOTE, TABLE_LEGEND
+
+        typer.echo("\n" + TABLE_LEGEND + ("\n" + ORACLE_NOTE if oracle else ""))
 
 
 @app.command("im2gps3k")
@@ -112,9 +116,12 @@ def im2gps3k(
     import json
 
     from geolocus.errors import InputError
-    from geolocus.files import atomic_write
+    from geolocus.files import atomic_write, check_output_path
     from geolocus.pipeline import benchmark as bm
 
+    for path, what in ((map_path, "--map"), (json_out, "--json")):
+        if path is not None:
+            check_output_path(path, what)  # before the hour of work, not after
     methods = [m.strip() for m in refine.split(",") if m.strip()]
     if protocol == "cv3":
         res = bm.cross_validate(model, methods, data=data, cache=cache)
@@ -136,6 +143,10 @@ def im2gps3k(
     )
     typer.echo(res.table(markdown=markdown, compare=compare))
     typer.echo(bm.floor_line())
+    if not markdown:
+        from geolocus.eval.report import TABLE_LEGEND
+
+        typer.echo(TABLE_LEGEND)
     typer.echo("timing: " + ", ".join(f"{k} {v:.1f} s" for k, v in res.seconds.items()), err=True)
     if json_out is not None:
         with atomic_write(json_out) as fh:
