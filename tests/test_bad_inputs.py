@@ -224,7 +224,7 @@ def test_predict_goes_on_past_bad_photos_and_bad_corners_of_folders(
     real = os.scandir  # root reads through chmod 000: an unlistable folder is simulated
 
     def scandir(path):
-        if Path(path).name == "locked":
+        if isinstance(path, (str, os.PathLike)) and Path(path).name == "locked":
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real(path)
 
@@ -311,3 +311,67 @@ def test_geotag_uses_a_photo_linked_from_outside_and_skips_loops(tmp_path, capsy
     # the sidecar goes beside the link, inside the collection; nothing outside is touched
     assert (coll / "camera" / "DSC_0001.jpg.xmp").is_file()
     assert sorted(p.name for p in outside.parent.iterdir()) == ["DSC_0001.jpg"]
+
+
+# -- usage, and what a new user tries ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["nosuch"], "No such command 'nosuch'. (see 'geolocus -h')"),
+        (["evaluate", "--pred", "p.csv"], "Missing option '--truth'. (see 'geolocus evaluate -h')"),
+        (["predict", "x.jpg", "--db", "db", "--top-k", "0"], "Invalid value for '--top-k'"),
+        (["benchmark", "refine", "--neighbours", "n", "--labels", "l", "--folds", "0"], "--folds"),
+        (["benchmark", "im2gps3k", "--sample", "-5"], "--sample"),
+    ],
+)
+def test_usage_errors_are_one_line(capsys, argv, match):
+    rc, out, err = _run(capsys, argv)
+    assert rc == 2 and match in _one_error(err) and out == ""
+
+
+def test_compare_with_an_unknown_benchmark_is_refused(tables, capsys):
+    ev = ["evaluate", "--pred", str(tables["labels"]), "--truth", str(tables["labels"])]
+    rc, _, err = _run(capsys, [*ev, "--compare", "--benchmark", "im2gps99"])
+    assert rc == 2 and "no published results for 'im2gps99'; known: im2gps3k" in _one_error(err)
+
+
+def test_an_empty_photo_argument_does_not_mean_the_current_folder(
+    db, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # a folder with a photo, which "" must not pick up
+    photo(tmp_path / "here.jpg", PLACES["paris"][2])
+    rc, out, err = _run(capsys, ["predict", "", "--db", str(db)])
+    assert rc == 2 and "an empty photo path" in _one_error(err) and out == ""
+
+
+def test_index_build_skips_loops_and_an_unlistable_subfolder(tmp_path, capsys, monkeypatch):
+    img = tmp_path / "photos"
+    rows = []
+    for name, (lat, lon, col) in PLACES.items():
+        sub = "locked" if name == "nairobi" else "ok"
+        photo(img / sub / f"{name}.jpg", col)
+        if sub == "ok":  # a labelled photo is looked up by its path, listed or not
+            rows.append(f"{sub}/{name}.jpg,{lat},{lon}\n")
+    (tmp_path / "labels.csv").write_text("IMG_ID,LAT,LON\n" + "".join(rows))
+    (img / "ok" / "loop.jpg").symlink_to("loop.jpg")
+    (img / "ok" / "up").symlink_to("..")
+    real = os.scandir  # root reads through chmod 000: an unlistable folder is simulated
+
+    def scandir(path):
+        if isinstance(path, (str, os.PathLike)) and Path(path).name == "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    argv = ["index", "build", "--images", str(img), "--labels", str(tmp_path / "labels.csv")]
+    rc, _, err = _run(capsys, [*argv, "--out", str(tmp_path / "db")])
+    assert rc == 0, err
+    warned = [x for x in err.splitlines() if x.startswith("geolocus: warning:")]
+    assert len(warned) == 3
+    assert any("locked: skipped (cannot list: Permission denied)" in w for w in warned)
+    assert any("loop.jpg: skipped" in w for w in warned) and any("up: skipped" in w for w in warned)
+    from geolocus.index.database import Database
+
+    assert len(Database.open(tmp_path / "db")) == 3  # the rest was indexed

@@ -16,7 +16,9 @@ def refine_cv(
     methods: str = typer.Option(
         "nearest,dualgeo,kde,best", "--methods", help="Comma-separated refiners to compare."
     ),
-    folds: int = typer.Option(5, "--folds", help="Photographer-grouped cross-validation folds."),
+    folds: int = typer.Option(
+        5, "--folds", min=2, help="Photographer-grouped cross-validation folds."
+    ),
     compare: bool = typer.Option(True, "--compare/--no-compare", help="Add published rows."),
     oracle: bool = typer.Option(True, "--oracle/--no-oracle", help="Add the best-of-K row."),
     markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
@@ -96,7 +98,7 @@ def im2gps3k(
     db: Path = typer.Option(Path("out/demo-db"), "--db", help="holdout: database folder."),
     test_fold: int = typer.Option(0, "--test-fold", help="holdout: the fold geolocated."),
     sample: int = typer.Option(
-        300, "--sample", help="holdout: photos of that fold geolocated (0: all)."
+        300, "--sample", min=0, help="holdout: photos of that fold geolocated (0: all)."
     ),
     show: int = typer.Option(5, "--show", help="holdout: photos whose guesses are printed."),
     map_path: Path | None = typer.Option(

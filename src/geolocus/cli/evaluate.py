@@ -33,12 +33,16 @@ def evaluate(
     (one row per guess) is scored on its rank-1 guesses.
     """
     from geolocus.data import read_coords
+    from geolocus.errors import InputError
     from geolocus.eval import evaluate as score
     from geolocus.eval import published_results, results_table
     from geolocus.files import atomic_write, check_output_path
 
     if json_out is not None:
         check_output_path(json_out, "--json")
+    if compare and not published_results(benchmark):  # an empty comparison would look like one
+        known = sorted({r.benchmark for r in published_results()})
+        raise InputError(f"no published results for {benchmark!r}; known: {', '.join(known)}")
     scores = score(read_coords(pred, "predictions", rank1=True), read_coords(truth, "ground truth"))
     if scores.n_missing:
         first = ", ".join(scores.missing[:3])

@@ -32,12 +32,10 @@ def geotag(
     resumable); each photo without a position gets the best place, a confidence
     and a radius. Photos are never modified. An interrupted run resumes.
     """
-    from geolocus.files import check_output_path
     from geolocus.pipeline.geotag import check_table, write_sidecars
     from geolocus.pipeline.geotag import geotag as run
 
     out = out if out is not None else collection / "geotags.csv"
-    check_output_path(out, "--out")  # before the database is built
     res = run(
         collection,
         out,

@@ -78,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as e:
         # usage errors from Typer's click layer (vendored in recent Typer, plain click before)
-        if hasattr(e, "show") and hasattr(e, "exit_code"):
-            e.show()
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
+            msg = " ".join(str(e.format_message()).split())
+            typer.echo(f"geolocus: error: {msg}{hint}", err=True)
             return int(e.exit_code)
         return _last_resort(e)
     return 0

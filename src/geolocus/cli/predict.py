@@ -15,7 +15,7 @@ def _map_paths(base: Path, n: int) -> list[Path]:
 
 
 def predict(
-    photos: list[Path] = typer.Argument(
+    photos: list[str] = typer.Argument(  # str: typer would turn "" into "." (the cwd)
         ..., help="Photos, folders of photos, or .txt files listing one photo path per line."
     ),
     db: Path = typer.Option(..., "--db", help="Database folder (from 'geolocus index build')."),

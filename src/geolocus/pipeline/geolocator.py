@@ -431,6 +431,8 @@ def expand_inputs(
 
     out: list[str] = []
     for a in args:
+        if not str(a).strip():  # Path("") is ".": an empty argument must not list the cwd
+            raise InputError("an empty photo path was given")
         p = Path(a)
         if p.is_dir():
             out += [str(x) for x in list_images(p, on_skip=on_skip)]

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from geolocus.errors import InputError
-from geolocus.files import atomic_write, write_text_atomic
+from geolocus.files import atomic_write, check_output_path, write_text_atomic
 
 WORK = ".geolocus"
 PARTIAL = "geotag-partial.csv"
@@ -159,6 +159,7 @@ def geotag(
     root = Path(collection).expanduser().resolve()
     if not root.is_dir():
         raise InputError(f"{root} is not a folder of photos")
+    check_output_path(out, "output")  # refused now, not after the database is built
     work = root / WORK
     db_path = Path(db) if db is not None else work / "db"
     inputs = gather_inputs(root, exif=True, progress=progress)
