@@ -294,6 +294,13 @@ def test_list_images_skips_and_reports_link_loops_and_special_files(tmp_path: Pa
     (tmp_path / "other" / "e.png").write_bytes(b"x")
     got = list_images(d, on_skip=lambda p, why: None)
     assert "elsewhere/e.png" in [p.relative_to(d).as_posix() for p in got]
+    # a folder is listed by its own path, not by a link met first (a_link sorts before sub)
+    (d / "a_link").symlink_to("sub")
+    skipped.clear()
+    got = list_images(d, on_skip=lambda p, why: skipped.append((Path(p).name, why)))
+    assert "sub/b.jpg" in [p.relative_to(d).as_posix() for p in got]
+    assert not any(p.relative_to(d).as_posix().startswith("a_link") for p in got)
+    assert ("a_link", why["up"]) in skipped
 
 
 def test_list_images_reports_an_unlistable_subfolder_and_lists_the_rest(

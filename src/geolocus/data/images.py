@@ -345,8 +345,10 @@ def list_images(
 ) -> list[Path]:
     """Image files under ``folder`` by extension, sorted; hidden files and folders skipped.
 
-    Links to folders are followed once: a link back to a folder already listed (a loop
-    such as ``sub/up -> ..``) is never followed. Sub-folders that cannot be listed,
+    Links to folders are followed once, after the folders themselves: a link to a folder
+    already listed (a loop such as ``sub/up -> ..``, or a second way into one) is never
+    followed, and a folder is listed under its own path rather than a link's. Sub-folders
+    that cannot be listed,
     link loops, broken links and special files (FIFOs, sockets) with a photo extension
     are passed to ``on_skip(path, reason)`` (default: a warning on stderr) and the rest
     is listed; a user's folder with one bad corner is still usable.
@@ -363,9 +365,18 @@ def list_images(
         raise InputError(f"{root}: not a folder")
     seen = {(st.st_dev, st.st_ino)}
     found: list[Path] = []
-    stack = [root]
-    while stack:
-        d = stack.pop()
+    stack: list[Path] = [root]  # folders to list
+    links: list[tuple[str, tuple[int, int]]] = []  # links to folders, followed last
+    while stack or links:
+        if stack:
+            d = stack.pop()
+        else:
+            path, key = links.pop(0)
+            if key in seen:
+                skip(path, "a link to a folder already listed (a loop?); not followed")
+                continue
+            seen.add(key)
+            d = Path(path)
         try:
             with os.scandir(d) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -388,11 +399,11 @@ def list_images(
                 if not recursive:
                     continue
                 key = (st.st_dev, st.st_ino)
-                if key in seen:
-                    skip(e.path, "a link to a folder already listed (a loop?); not followed")
-                    continue
-                seen.add(key)
-                stack.append(Path(e.path))
+                if e.is_symlink():
+                    links.append((e.path, key))
+                elif key not in seen:  # (seen already only through a bind mount)
+                    seen.add(key)
+                    stack.append(Path(e.path))
             elif is_photo and S_ISREG(st.st_mode):
                 found.append(Path(e.path))
             elif is_photo:
