@@ -247,9 +247,12 @@ def test_predict_goes_on_past_bad_photos_and_bad_corners_of_folders(
     assert answered == {"paris.jpg", "tokyo.jpg", "nairobi.jpg"}  # the good ones went on
 
 
-def test_predict_table_says_how_guesses_are_ordered(db, queries, capsys):
+def test_predict_says_how_guesses_are_ordered(db, queries, capsys):
     rc, out, _ = _run(capsys, ["predict", str(queries["paris"]), "--db", str(db)])
     assert rc == 0 and out.startswith("guess 1 is the answer;") and "not by confidence" in out
+    rc, out, _ = _run(capsys, ["predict", str(queries["paris"]), "--db", str(db), "-f", "json"])
+    guesses = json.loads(out)[0]["guesses"]
+    assert rc == 0 and [g["rank"] for g in guesses] == list(range(1, len(guesses) + 1))
 
 
 def test_predict_keeps_the_answers_when_out_cannot_be_written(
