@@ -42,11 +42,17 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	@if [ ! -f $(SHARED)/im2gps3k/g3_neighbours.csv ]; then \
 	  echo "demo: $(SHARED)/im2gps3k not found (set SHARED=/path/to/data)"; exit 1; fi
+	@echo "== 1/2 stage 2 alone: each refiner picks a position among the 20 neighbours that G3"
+	@echo "   retrieved for each IM2GPS3k photo (photographer-grouped 5-fold cross-validation)."
+	@echo "   Columns: % of photos placed within 1 / 25 / 200 / 750 / 2500 km of the truth."
 	$(BIN)/geolocus benchmark refine \
 	  --neighbours $(SHARED)/im2gps3k/g3_neighbours.csv \
 	  --labels $(SHARED)/im2gps3k/labels.csv
 	@# end to end from pixels: a database of two photographer-grouped folds (out/demo-db,
 	@# resumable), 300 photos of the third geolocated, a map of the first (docs/benchmark.md)
+	@echo "== 2/2 end to end, offline: the ImageNet EfficientNet backbone and a database of"
+	@echo "   ~2,000 IM2GPS3k photos, geolocating 300 others from their pixels; expect figures"
+	@echo "   below the constant-guess floor: worldwide backbones need a model hub (README)."
 	$(BIN)/geolocus benchmark im2gps3k --protocol holdout --data $(SHARED)/im2gps3k \
 	  --model efficientnet-lite0 --refine best --sample 300 --show 8 \
 	  --db out/demo-db --map out/demo_map.html

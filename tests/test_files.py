@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import tempfile
+
 import numpy as np
 import pytest
 
-from geolocus.files import atomic_write, cached_arrays, write_text_atomic
+from geolocus.errors import InputError
+from geolocus.files import atomic_write, cached_arrays, check_output_path, write_text_atomic
 
 
 def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
@@ -37,3 +41,35 @@ def test_cached_arrays_builds_once_and_rebuilds_a_corrupt_cache(tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("x")
     assert np.array_equal(cached_arrays(blocked / "c.npz", build)["a"], np.arange(3))
+
+
+def test_check_output_path_refuses_what_cannot_be_written_and_creates_nothing(
+    tmp_path, monkeypatch
+):
+    with pytest.raises(InputError, match=r"--out .* is a folder; give a file path"):
+        check_output_path(tmp_path, "--out")
+    (tmp_path / "f.csv").write_text("x")
+    with pytest.raises(InputError, match=r"f\.csv is not a folder"):
+        check_output_path(tmp_path / "f.csv" / "sub" / "o.json")
+    # missing parents are fine (made when the file is written), but the check makes none
+    assert check_output_path(tmp_path / "a" / "b" / "o.json") == tmp_path / "a" / "b" / "o.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.csv"]
+    # a folder where no file can be made (mode 000 for anyone but root; simulated)
+    real = tempfile.mkstemp
+
+    def mkstemp(*a, dir=None, **k):
+        if dir is not None and str(dir) == str(tmp_path):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    with pytest.raises(InputError, match=r"cannot write --json .*o\.json: Permission denied"):
+        check_output_path(tmp_path / "new" / "o.json", "--json")
+    # the writers' own failures stay OSErrors (caches suppress them) but name the target
+    with pytest.raises(PermissionError) as e, atomic_write(tmp_path / "o.json") as fh:
+        fh.write("never")
+    assert e.value.filename == str(tmp_path / "o.json")
+    with pytest.raises(IsADirectoryError) as e, atomic_write(tmp_path) as fh:
+        fh.write("never")
+    assert e.value.filename == str(tmp_path) and "is a folder" in e.value.strerror
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.csv"]

@@ -195,6 +195,13 @@ def test_hub_offline_without_weights_says_how(tmp_path, monkeypatch) -> None:
     with pytest.raises(ModelUnavailableError, match=r"GEOLOCUS_WEIGHTS_DIR/clip-vit-l14") as e:
         create_encoder("clip-vit-l14")
     assert "\n" not in str(e.value)
+    # the hint names only what exists: the variable the locator reads, a real command
+    from geolocus.cli.main import app
+    from geolocus.weights import WEIGHTS_DIR_ENV
+
+    assert "--weights" not in str(e.value) and f"export {WEIGHTS_DIR_ENV}=" in str(e.value)
+    names = {c.name for c in app.registered_commands}
+    assert "'geolocus models'" in str(e.value) and "models" in names
 
 
 def test_hub_loads_from_weights_dir(tmp_path, monkeypatch) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import sys
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -267,3 +269,82 @@ def test_list_images(tmp_path: Path) -> None:
     assert [p.name for p in list_images(tmp_path, recursive=False)] == ["a.png", "b.JPG"]
     with pytest.raises(InputError):
         list_images(tmp_path / "missing")
+
+
+def test_list_images_skips_and_reports_link_loops_and_special_files(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    (d / "sub" / "deeper").mkdir(parents=True)
+    for rel in ["a.jpg", "sub/b.jpg", "sub/deeper/c.jpg"]:
+        (d / rel).write_bytes(b"x")
+    (d / "loop.jpg").symlink_to("loop.jpg")  # a link to itself
+    (d / "sub" / "up").symlink_to("..")  # a folder loop: would list d again, forever
+    (d / "sub" / "deeper" / "top").symlink_to(d)  # the same, absolute
+    (d / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")  # a broken link
+    os.mkfifo(d / "pipe.jpg")  # reading a FIFO would block
+    skipped: list[tuple[str, str]] = []
+    got = list_images(d, on_skip=lambda p, why: skipped.append((Path(p).name, why)))
+    assert [p.relative_to(d).as_posix() for p in got] == ["a.jpg", "sub/b.jpg", "sub/deeper/c.jpg"]
+    why = dict(skipped)
+    assert set(why) == {"loop.jpg", "up", "top", "gone.jpg", "pipe.jpg"}
+    assert "symbolic links" in why["loop.jpg"] and "not followed" in why["up"]
+    assert why["pipe.jpg"] == "not a regular file"
+    # a link to a folder outside is followed (once)
+    (d / "elsewhere").symlink_to(tmp_path / "other")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "e.png").write_bytes(b"x")
+    got = list_images(d, on_skip=lambda p, why: None)
+    assert "elsewhere/e.png" in [p.relative_to(d).as_posix() for p in got]
+    # a folder is listed by its own path, not by a link met first (a_link sorts before sub)
+    (d / "a_link").symlink_to("sub")
+    skipped.clear()
+    got = list_images(d, on_skip=lambda p, why: skipped.append((Path(p).name, why)))
+    assert "sub/b.jpg" in [p.relative_to(d).as_posix() for p in got]
+    assert not any(p.relative_to(d).as_posix().startswith("a_link") for p in got)
+    assert ("a_link", why["up"]) in skipped
+
+
+def test_list_images_reports_an_unlistable_subfolder_and_lists_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # as root, chmod 000 does not stop reading: make os.scandir fail for one folder instead
+    for rel in ["a.jpg", "locked/b.jpg", "open/c.jpg"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    real = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    got = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)]
+    assert got == ["a.jpg", "open/c.jpg"]
+    err = capsys.readouterr().err  # the default report: a warning line on stderr
+    locked = tmp_path / "locked"
+    assert err == f"geolocus: warning: {locked}: skipped (cannot list: Permission denied)\n"
+    with pytest.raises(InputError, match="cannot list"):  # the folder named itself: an error
+        list_images(tmp_path / "locked")
+
+
+def test_list_images_deep_tree_needs_no_recursion() -> None:
+    # not under tmp_path: pytest (shutil.rmtree) removes old tmp folders recursively and would
+    # fail on this one in a later session; it is undone here, without recursion, in any case
+    top = d = Path(tempfile.mkdtemp(prefix="geolocus-deep-"))
+    try:
+        for _ in range(1100):  # deeper than Python's recursion limit, shallower than PATH_MAX
+            d = d / "d"
+            os.mkdir(d)
+        (d / "x.jpg").write_bytes(b"x")
+        assert len(list_images(top)) == 1
+    finally:
+        (d / "x.jpg").unlink(missing_ok=True)
+        while d != top.parent:
+            d.rmdir()
+            d = d.parent
+
+
+def test_a_fifo_named_like_a_photo_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image(tmp_path / "pipe.jpg")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from geolocus.errors import InputError
 
 
 def _umask() -> int:
@@ -20,6 +23,43 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
+def check_output_path(path: str | os.PathLike[str], what: str = "output") -> Path:
+    """Refuse, before any long work starts, an output file that could not be written: a
+    folder, a path under a file, or a place where no file can be created (read-only,
+    /proc, no permission). Creates nothing: missing parent folders of ``path`` (and only
+    those) are created when the file is written."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputError(f"{what} {p} is a folder; give a file path")
+    folder = p.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the nearest existing ancestor is where folders get made
+    if not folder.is_dir():
+        raise InputError(f"{what} {p}: {folder} is not a folder")
+    try:  # the only reliable test (root ignores modes, read-only mounts ignore os.access)
+        fd, probe = tempfile.mkstemp(prefix=".geolocus-probe.", dir=folder)
+    except OSError as e:
+        raise InputError(f"cannot write {what} {p}: {e.strerror or e} (in {folder})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return p
+
+
+def _temp_beside(target: Path) -> tuple[int, str]:
+    """A new temporary file in ``target``'s folder (made with its missing parents), as
+    (fd, path). Failures stay OSErrors (callers of caches suppress them) but name
+    ``target``, not the temporary file, so that the CLI's one line makes sense."""
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; give a file path", str(target))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(target)) from None
+    os.fchmod(fd, _FILE_MODE)
+    return fd, tmp
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; rename it over ``path`` only on success.
@@ -28,9 +68,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -
     complete new one, never a partial write.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, _FILE_MODE)
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
@@ -57,9 +95,7 @@ def atomic_path(path: str | os.PathLike[str]) -> contextlib.AbstractContextManag
     @contextlib.contextmanager
     def _cm() -> Iterator[Path]:
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.fchmod(fd, _FILE_MODE)
+        fd, tmp = _temp_beside(target)
         os.close(fd)
         try:
             yield Path(tmp)

@@ -17,7 +17,9 @@ def refine_cv(
     neighbours: Path = typer.Option(..., "--neighbours", help="Neighbours CSV (dev queries)."),
     labels: Path = typer.Option(..., "--labels", help="IMG_ID,LAT,LON of those queries."),
     methods: str = refiner_option("--methods", default=",".join(list_refiners()), several=True),
-    folds: int = typer.Option(5, "--folds", help="Photographer-grouped cross-validation folds."),
+    folds: int = typer.Option(
+        5, "--folds", min=2, help="Photographer-grouped cross-validation folds."
+    ),
     compare: bool = typer.Option(True, "--compare/--no-compare", help="Add published rows."),
     oracle: bool = typer.Option(True, "--oracle/--no-oracle", help="Add the best-of-K row."),
     markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
@@ -57,6 +59,10 @@ def refine_cv(
         progress=lambda m: typer.echo(f"{m}: done", err=True),
     )
     typer.echo(results_table(rows, markdown=markdown))
+    if not markdown:
+        from geolocus.eval.report import ORACLE_NOTE, TABLE_LEGEND
+
+        typer.echo("\n" + TABLE_LEGEND + ("\n" + ORACLE_NOTE if oracle else ""))
 
 
 @app.command("im2gps3k")
@@ -77,7 +83,7 @@ def im2gps3k(
     db: Path = db_option(Path("out/demo-db"), help="holdout: database folder."),
     test_fold: int = typer.Option(0, "--test-fold", help="holdout: the fold geolocated."),
     sample: int = typer.Option(
-        300, "--sample", help="holdout: photos of that fold geolocated (0: all)."
+        300, "--sample", min=0, help="holdout: photos of that fold geolocated (0: all)."
     ),
     show: int = typer.Option(5, "--show", help="holdout: photos whose guesses are printed."),
     map_path: Path | None = typer.Option(
@@ -97,9 +103,12 @@ def im2gps3k(
     import json
 
     from geolocus.errors import InputError
-    from geolocus.files import atomic_write
+    from geolocus.files import atomic_write, check_output_path
     from geolocus.pipeline import benchmark as bm
 
+    for path, what in ((map_path, "--map"), (json_out, "--json")):
+        if path is not None:
+            check_output_path(path, what)  # before the hour of work, not after
     methods = refiner_names(refine)
     if protocol == "cv3":
         res = bm.cross_validate(model, methods, data=data, cache=cache)
@@ -121,6 +130,10 @@ def im2gps3k(
     )
     typer.echo(res.table(markdown=markdown, compare=compare))
     typer.echo(bm.floor_line())
+    if not markdown:
+        from geolocus.eval.report import TABLE_LEGEND
+
+        typer.echo(TABLE_LEGEND)
     typer.echo("timing: " + ", ".join(f"{k} {v:.1f} s" for k, v in res.seconds.items()), err=True)
     if json_out is not None:
         with atomic_write(json_out) as fh:

@@ -9,7 +9,11 @@ import typer
 
 
 def evaluate(
-    pred: Path = typer.Option(..., "--pred", help="Predictions CSV with IMG_ID,LAT,LON."),
+    pred: Path = typer.Option(
+        ...,
+        "--pred",
+        help="Predictions CSV with IMG_ID,LAT,LON, or the CSV of 'geolocus predict' (rank 1).",
+    ),
     truth: Path = typer.Option(..., "--truth", help="Ground-truth CSV with IMG_ID,LAT,LON."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the scores as JSON."),
     compare: bool = typer.Option(
@@ -24,14 +28,22 @@ def evaluate(
 
     Images of the ground truth without a prediction count as misses (at the
     largest possible distance) and are reported; predictions for images not in
-    the ground truth are an error.
+    the ground truth are an error. A prediction's IMG_ID may be a path ending
+    with the ground truth's (photos/a.jpg for a.jpg). The CSV of 'geolocus predict'
+    (one row per guess) is scored on its rank-1 guesses.
     """
     from geolocus.data import read_coords
+    from geolocus.errors import InputError
     from geolocus.eval import evaluate as score
     from geolocus.eval import published_results, results_table
-    from geolocus.files import atomic_write
+    from geolocus.files import atomic_write, check_output_path
 
-    scores = score(read_coords(pred, "predictions"), read_coords(truth, "ground truth"))
+    if json_out is not None:
+        check_output_path(json_out, "--json")
+    if compare and not published_results(benchmark):  # an empty comparison would look like one
+        known = sorted({r.benchmark for r in published_results()})
+        raise InputError(f"no published results for {benchmark!r}; known: {', '.join(known)}")
+    scores = score(read_coords(pred, "predictions", rank1=True), read_coords(truth, "ground truth"))
     if scores.n_missing:
         first = ", ".join(scores.missing[:3])
         typer.echo(

@@ -59,7 +59,8 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI; a :class:`GeolocusError` becomes one line on stderr, exit 2."""
+    """Entry point: run the CLI; a :class:`GeolocusError` or an OSError becomes one line on
+    stderr, exit 2; any other error one line too, exit 1 (the traceback with GEOLOCUS_DEBUG=1)."""
     try:
         rv = app(args=argv, prog_name="geolocus", standalone_mode=False)
         if isinstance(rv, int) and not isinstance(rv, bool):
@@ -77,11 +78,39 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as e:
         # usage errors from Typer's click layer (vendored in recent Typer, plain click before)
-        if hasattr(e, "show") and hasattr(e, "exit_code"):
-            e.show()
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
+            msg = " ".join(str(e.format_message()).split())
+            typer.echo(f"geolocus: error: {msg}{hint}", err=True)
             return int(e.exit_code)
-        raise
+        return _last_resort(e)
     return 0
+
+
+#: Set to 1 to see the traceback of an unexpected error instead of its one line.
+DEBUG_ENV = "GEOLOCUS_DEBUG"
+
+
+def _last_resort(e: Exception) -> int:
+    """What no command turned into a :class:`GeolocusError` still ends as one line: a
+    system error (a full disk, a place that cannot be written) exit 2, a bug exit 1."""
+    import os
+    import traceback
+
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        traceback.print_exception(e)
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename is not None else ""
+        typer.echo(f"geolocus: error: {where}{e.strerror or e}", err=True)
+        return 2
+    msg = (str(e).strip().splitlines() or [""])[0]
+    typer.echo(
+        f"geolocus: error: internal error: {type(e).__name__}: {msg} "
+        f"(set {DEBUG_ENV}=1 for the traceback)",
+        err=True,
+    )
+    return 1
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def _map_paths(base: Path, n: int) -> list[Path]:
 
 
 def predict(
-    photos: list[Path] = typer.Argument(
+    photos: list[str] = typer.Argument(  # str: typer would turn "" into "." (the cwd)
         ..., help="Photos, folders of photos, or .txt files listing one photo path per line."
     ),
     db: Path = db_option(),
@@ -58,7 +58,7 @@ def predict(
     import sys
 
     from geolocus.errors import InputError
-    from geolocus.files import write_text_atomic
+    from geolocus.files import check_output_path, write_text_atomic
     from geolocus.pipeline import (
         FORMATS,
         Geolocator,
@@ -69,16 +69,26 @@ def predict(
         render,
         write_map,
     )
-    from geolocus.pipeline.formats import table_text
+    from geolocus.pipeline.formats import ORDER_NOTE, table_text
+    from geolocus.refine import create_refiner
 
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if lmm is not None and not lmm_model:
         raise InputError("--lmm needs --lmm-model NAME")
-    from geolocus.refine import create_refiner
-
     create_refiner(refine)  # an unknown name fails before the model is loaded
-    paths = expand_inputs(photos)
+    # outputs that could not be written are refused before any photo is geolocated
+    if out is not None:
+        check_output_path(out, "--out")
+    if map_path is not None:
+        check_output_path(map_path, "--map")
+    skipped: list[str] = []
+
+    def on_skip(path: str, reason: str) -> None:
+        typer.echo(f"geolocus: error: {path}: skipped ({reason})", err=True)
+        skipped.append(path)
+
+    paths = expand_inputs(photos, on_skip=on_skip)
     if not paths:
         raise InputError("no photos given (the folders named hold none)")
     geo = Geolocator.from_database(
@@ -100,6 +110,8 @@ def predict(
             typer.echo(table_text(pred) + "\n")
             sys.stdout.flush()
 
+    if stream:
+        typer.echo(ORDER_NOTE + "\n")
     preds = geo.predict(paths, progress=progress, on_result=on_result)
     ok = [p for p in preds if p.ok]
     if not stream:
@@ -107,7 +119,13 @@ def predict(
         if out is None:
             typer.echo(text, nl=False)
         else:
-            write_text_atomic(out, text)
+            try:
+                write_text_atomic(out, text)
+            except OSError as e:  # e.g. the disk filled up: the answers are not lost
+                typer.echo(text, nl=False)
+                raise InputError(
+                    f"cannot write --out {out}: {e.strerror or e}; the answers went to stdout"
+                ) from None
             typer.echo(f"wrote {len(preds)} predictions to {out}", err=True)
     if map_path is not None and ok:
         for p, path in zip(ok, _map_paths(map_path, len(ok)), strict=True):
@@ -118,4 +136,7 @@ def predict(
     failed = len(preds) - len(ok)
     if failed:
         typer.echo(f"geolocus: {failed} of {len(preds)} photos could not be geolocated", err=True)
+    if skipped:
+        typer.echo(f"geolocus: {len(skipped)} path(s) in the folders given were skipped", err=True)
+    if failed or skipped:
         raise typer.Exit(1)

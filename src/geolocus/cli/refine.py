@@ -56,10 +56,14 @@ def refine(
     """
     from geolocus.data import write_coords
     from geolocus.errors import InputError
+    from geolocus.files import check_output_path
     from geolocus.pipeline.refining import OCRSettings, get_refiner, refine_table
 
     if save_refiner is not None and fit is None:
         raise InputError("--save-refiner saves what --fit learned: give --fit and --labels")
+    check_output_path(out, "--out")  # before fitting, which can take minutes
+    if save_refiner is not None:
+        check_output_path(save_refiner, "--save-refiner")
     ocr = OCRSettings(ocr_cache, ocr_backend)
     refiner = get_refiner(
         method,

@@ -14,13 +14,16 @@ exists so that ``predict`` can report it beside the answer and ``index build
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
+import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 from typing import IO
 
 import numpy as np
@@ -70,7 +73,10 @@ def _read_bytes(source: Source, max_bytes: int) -> tuple[bytes, str]:
         if p.is_dir():
             raise ImageError(f"{name}: is a folder, not an image")
         try:
-            size = p.stat().st_size
+            st = p.stat()
+            if not S_ISREG(st.st_mode):  # a FIFO would block open() forever
+                raise ImageError(f"{name}: not a regular file")
+            size = st.st_size
             if size > max_bytes:
                 raise ImageError(f"{name}: file too large ({size:,} bytes > {max_bytes:,})")
             with open(p, "rb") as fh:
@@ -330,26 +336,77 @@ def _exif_gps(im: Image.Image) -> tuple[float, float] | None:
     return (lat, lon)
 
 
-def list_images(folder: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
-    """Image files under ``folder`` by extension, sorted; hidden files and folders skipped."""
-    root = Path(folder)
-    if not root.exists():
-        raise InputError(f"{root}: no such folder")
-    if not root.is_dir():
-        raise InputError(f"{root}: not a folder")
+def _warn_skipped(path: str, reason: str) -> None:
+    print(f"geolocus: warning: {path}: skipped ({reason})", file=sys.stderr)
 
-    def walk(d: Path) -> Iterator[Path]:
+
+def list_images(
+    folder: str | os.PathLike[str],
+    recursive: bool = True,
+    on_skip: Callable[[str, str], None] | None = None,
+) -> list[Path]:
+    """Image files under ``folder`` by extension, sorted; hidden files and folders skipped.
+
+    Links to folders are followed once, after the folders themselves: a link to a folder
+    already listed (a loop such as ``sub/up -> ..``, or a second way into one) is never
+    followed, and a folder is listed under its own path rather than a link's. Sub-folders
+    that cannot be listed, link loops, broken links and special files (FIFOs, sockets)
+    with a photo extension are passed to ``on_skip(path, reason)`` (default: a warning on
+    stderr) and the rest is listed; a user's folder with one bad corner is still usable.
+    """
+    root = Path(folder)
+    skip = on_skip or _warn_skipped
+    try:
+        st = root.stat()
+    except FileNotFoundError:
+        raise InputError(f"{root}: no such folder") from None
+    except OSError as e:
+        raise InputError(f"{root}: cannot read ({e.strerror or e})") from None
+    if not S_ISDIR(st.st_mode):
+        raise InputError(f"{root}: not a folder")
+    seen = {(st.st_dev, st.st_ino)}
+    found: list[Path] = []
+    stack: list[Path] = [root]  # folders to list
+    links: list[tuple[str, tuple[int, int]]] = []  # links to folders, followed last
+    while stack or links:
+        if stack:
+            d = stack.pop()
+        else:
+            path, key = links.pop(0)
+            if key in seen:
+                skip(path, "a link to a folder already listed (a loop?); not followed")
+                continue
+            seen.add(key)
+            d = Path(path)
         try:
-            entries = sorted(os.scandir(d), key=lambda e: e.name)
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
-            raise InputError(f"{d}: cannot list ({e.strerror or e})") from None
+            if d == root:
+                raise InputError(f"{root}: cannot list ({e.strerror or e})") from None
+            skip(str(d), f"cannot list: {e.strerror or e}")
+            continue
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir(follow_symlinks=True):
-                if recursive:
-                    yield from walk(Path(entry.path))
-            elif entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
-                yield Path(entry.path)
-
-    return sorted(walk(root))
+            is_photo = Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS
+            try:
+                st = os.stat(entry.path)  # follows links: a loop raises ELOOP here
+            except OSError as err:
+                if is_photo or err.errno == errno.ELOOP:  # a broken link to a non-photo: ignored
+                    skip(entry.path, err.strerror or str(err))
+                continue
+            if S_ISDIR(st.st_mode):
+                if not recursive:
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if entry.is_symlink():
+                    links.append((entry.path, key))
+                elif key not in seen:  # (seen already only through a bind mount)
+                    seen.add(key)
+                    stack.append(Path(entry.path))
+            elif is_photo and S_ISREG(st.st_mode):
+                found.append(Path(entry.path))
+            elif is_photo:
+                skip(entry.path, "not a regular file")
+    return sorted(found)

@@ -39,7 +39,7 @@ def _read_csv(path: str | os.PathLike[str], what: str) -> pd.DataFrame:
         with warnings.catch_warnings():
             # a row longer than the header would silently lose data: make it an error
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            return pd.read_csv(
+            df = pd.read_csv(
                 p, dtype=str, keep_default_na=False, skip_blank_lines=True, index_col=False
             )
     except pd.errors.ParserWarning:
@@ -51,6 +51,9 @@ def _read_csv(path: str | os.PathLike[str], what: str) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise InputError(f"{what} file {p} is not a valid CSV: {msg}") from None
+    if len(df) == 0:  # every reader needs rows: refusing here beats an empty array later
+        raise InputError(f"{what} file {p} has a header but no rows")
+    return df
 
 
 def _numeric(df: pd.DataFrame, col: str, path: Path, what: str) -> np.ndarray:
@@ -65,15 +68,24 @@ def _numeric(df: pd.DataFrame, col: str, path: Path, what: str) -> np.ndarray:
     return vals
 
 
-def read_coords(path: str | os.PathLike[str], what: str = "coordinates") -> pd.DataFrame:
+def read_coords(
+    path: str | os.PathLike[str], what: str = "coordinates", rank1: bool = False
+) -> pd.DataFrame:
     """Read an ``IMG_ID,LAT,LON`` table; returns a DataFrame with exactly those columns.
 
     Extra columns are ignored. Duplicate ids, missing columns, non-numeric or
-    out-of-range coordinates raise :class:`InputError`.
+    out-of-range coordinates raise :class:`InputError`. ``rank1``: a table with a
+    ``rank`` column (``geolocus predict --format csv``: one row per guess) is read as
+    its rank-1 rows, so that each photo's best guess is what counts; rows without a
+    rank (photos that could not be geolocated) are left out.
     """
     p = Path(path)
     df = _read_csv(p, what)
     lower = {c.strip().lower(): c for c in df.columns}
+    if rank1 and "rank" in lower:
+        df = df[df[lower["rank"]].str.strip() == "1"].reset_index(drop=True)
+        if len(df) == 0:
+            raise InputError(f"{what} file {p} has no row of rank 1")
     cols = {}
     for canon, aliases in _ALIASES.items():
         found = next((lower[a] for a in aliases if a in lower), None)

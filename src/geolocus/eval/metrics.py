@@ -14,6 +14,7 @@ dropping hard photos can never improve a result.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -67,6 +68,32 @@ def score_errors(errors_km: np.ndarray, n_missing: int = 0, missing: list[str] |
     )
 
 
+def _match_paths(pred: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """Predicted ids that are paths (``photos/a/b.jpg``, as ``geolocus predict`` names a
+    photo) renamed to the ground-truth id they end with (``a/b.jpg``), the longest such
+    ending; two predictions ending up with one id are an error, not a silent choice."""
+    known = set(truth["IMG_ID"])
+    ids = pred["IMG_ID"].astype(str).tolist()
+    renamed = False
+    for i, s in enumerate(ids):
+        if s in known:
+            continue
+        parts = PurePosixPath(s.replace("\\", "/")).parts
+        tail = next((t for j in range(1, len(parts)) if (t := "/".join(parts[j:])) in known), None)
+        if tail is not None:
+            ids[i], renamed = tail, True
+    if not renamed:
+        return pred
+    out = pred.assign(IMG_ID=ids)
+    dup = out["IMG_ID"].duplicated()
+    if dup.any():
+        raise InputError(
+            f"two predictions are for the ground truth's {out['IMG_ID'][dup].iloc[0]!r} "
+            "(paths ending alike)"
+        )
+    return out
+
+
 def errors_km(pred: pd.DataFrame, truth: pd.DataFrame) -> tuple[pd.Series, list[str]]:
     """Per-image error (km) of ``pred`` against ``truth`` (both ``IMG_ID,LAT,LON``).
 
@@ -74,6 +101,7 @@ def errors_km(pred: pd.DataFrame, truth: pd.DataFrame) -> tuple[pd.Series, list[
     with no prediction. Predictions for ids absent from ``truth`` are an error:
     they mean the two files do not describe the same benchmark.
     """
+    pred = _match_paths(pred, truth)
     extra = ~pred["IMG_ID"].isin(truth["IMG_ID"])
     if extra.any():
         first = pred["IMG_ID"][extra].iloc[0]

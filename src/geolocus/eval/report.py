@@ -8,6 +8,18 @@ from geolocus.eval.metrics import Scores
 from geolocus.eval.published import PublishedResult
 from geolocus.geo import THRESHOLDS_KM
 
+#: What the numbers of :func:`results_table` mean, for a reader who has not read docs/.
+TABLE_LEGEND = (
+    "'N km': % of photos whose answer is within N km of where they were taken "
+    "(1 street, 25 city, 200 region, 750 country, 2500 continent); "
+    "median km: half the answers are closer; n: photos scored"
+)
+#: What the oracle row of a refiner comparison is.
+ORACLE_NOTE = (
+    "oracle (best of K): the retrieved neighbour nearest the true position, picked knowing "
+    "it: the most any stage 2 could reach from these neighbours"
+)
+
 
 def results_table(
     rows: Sequence[tuple[str, Scores | PublishedResult]], markdown: bool = False

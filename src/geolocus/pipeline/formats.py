@@ -29,6 +29,13 @@ CSV_FIELDS = (
 )
 
 
+#: What the order of the guesses means (above a table; the README says it for the others).
+ORDER_NOTE = (
+    "guess 1 is the answer; the other places follow in stage 2's order, not by confidence "
+    "(a place's share of the retrieved evidence)"
+)
+
+
 def _pct(c: float | None) -> str:
     return "-" if c is None else f"{100 * c:.1f} %"
 
@@ -71,7 +78,8 @@ def table_text(pred: Prediction) -> str:
 
 
 def to_table(predictions: Sequence[Prediction]) -> str:
-    return "\n\n".join(table_text(p) for p in predictions) + "\n"
+    """The photos' answers as text blocks, under a line that says how guesses are ordered."""
+    return "\n\n".join([ORDER_NOTE, *(table_text(p) for p in predictions)]) + "\n"
 
 
 def to_json(predictions: Sequence[Prediction], neighbours: bool = True) -> str:

@@ -490,17 +490,25 @@ class Geolocator:
             pred.notes.append(f"lmm: {ans.reason}")
 
 
-def expand_inputs(args: Iterable[str | os.PathLike[str]]) -> list[str]:
+def expand_inputs(
+    args: Iterable[str | os.PathLike[str]],
+    on_skip: Callable[[str, str], None] | None = None,
+) -> list[str]:
     """Photo arguments as a list of paths: files as given, folders expanded to their photos,
-    ``.txt``/``.lst`` files read as one path per line (relative to the list's folder)."""
+    ``.txt``/``.lst`` files read as one path per line (relative to the list's folder).
+
+    What a folder holds that cannot be used (link loops, unreadable sub-folders) goes to
+    ``on_skip(path, reason)`` (see :func:`~geolocus.data.images.list_images`)."""
     from geolocus.data.images import list_images
     from geolocus.errors import InputError
 
     out: list[str] = []
     for a in args:
+        if not str(a).strip():  # Path("") is ".": an empty argument must not list the cwd
+            raise InputError("an empty photo path was given")
         p = Path(a)
         if p.is_dir():
-            out += [str(x) for x in list_images(p)]
+            out += [str(x) for x in list_images(p, on_skip=on_skip)]
         elif p.suffix.lower() in (".txt", ".lst", ".list") and p.is_file():
             try:
                 lines = p.read_text(encoding="utf-8").splitlines()

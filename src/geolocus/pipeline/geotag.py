@@ -28,7 +28,7 @@ import numpy as np
 from geolocus.errors import InputError
 from geolocus.eval import results_table, score_errors
 from geolocus.eval.crossval import cross_val_predict
-from geolocus.files import atomic_write, write_text_atomic
+from geolocus.files import atomic_write, check_output_path, write_text_atomic
 from geolocus.geo import haversine_km
 from geolocus.index.build import build_database, gather_inputs
 from geolocus.models.embedder import create_embedder
@@ -62,8 +62,7 @@ class GeotagResult:
         return len(self.predicted)
 
 
-def _row(pred: Any, root: Path) -> dict[str, Any]:
-    rid = Path(pred.image).resolve().relative_to(root).as_posix()
+def _row(pred: Any, rid: str) -> dict[str, Any]:
     if not pred.ok:
         return dict.fromkeys(FIELDS, "") | {"IMG_ID": rid, "ERROR": pred.error or "no answer"}
     g = pred.top
@@ -162,6 +161,7 @@ def geotag(
     root = Path(collection).expanduser().resolve()
     if not root.is_dir():
         raise InputError(f"{root} is not a folder of photos")
+    check_output_path(out, "output")  # refused now, not after the database is built
     work = root / WORK
     db_path = Path(db) if db is not None else work / "db"
     inputs = gather_inputs(root, exif=True, progress=progress)
@@ -201,8 +201,12 @@ def geotag(
         if new_file:
             w.writeheader()
 
+        # ids are paths inside the collection: a photo that is a link to a file elsewhere
+        # keeps its place here (and its sidecar goes beside the link, not outside)
+        ids = {p.path: p.id for p in targets}
+
         def keep(pred: Any) -> None:
-            row = _row(pred, root)
+            row = _row(pred, ids[pred.image])
             done[row["IMG_ID"]] = row
             w.writerow(row)
             fh.flush()

@@ -121,7 +121,8 @@ class Prediction:
         d: dict[str, Any] = {
             "image": self.image,
             "error": self.error,
-            "guesses": [g.to_dict() for g in self.guesses],
+            # rank 1 is the answer; the others in stage 2's order (see formats.ORDER_NOTE)
+            "guesses": [{"rank": r, **g.to_dict()} for r, g in enumerate(self.guesses, 1)],
             "exif_gps": None if self.exif_gps is None else [*map(float, self.exif_gps)],
             "exif_error_km": _num(self.exif_error_km, 3),
         }

@@ -149,7 +149,11 @@ def build(
         raise ValueError("config overrides apply to pretrained=False only")
     model_id = spec.model_id or spec.name
     local = Path(weights) if weights is not None else spec.locate()
-    hint = f"pass --weights DIR or put a copy of {model_id} in ${WEIGHTS_DIR_ENV}/{spec.name}"
+    # no command takes a weights path: the folder the environment variable names is the way
+    hint = (
+        f"put a copy of {model_id} (config.json and weights) in ${WEIGHTS_DIR_ENV}/{spec.name} "
+        f"(export {WEIGHTS_DIR_ENV}=a folder of yours; 'geolocus models' shows what is found)"
+    )
     if local is not None:
         if not (local / "config.json").is_file():
             raise ModelUnavailableError(f"{local}: no config.json of {model_id} there; {hint}")
