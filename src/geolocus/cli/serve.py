@@ -15,12 +15,27 @@ def serve(
     top_k: int = typer.Option(5, "--top-k", min=1, help="Distinct places per photo."),
     lmm: str | None = typer.Option(None, "--lmm", help="URL of an OpenAI-compatible vision API."),
     lmm_model: str | None = typer.Option(None, "--lmm-model", help="Model name for --lmm."),
-    max_upload_mb: float = typer.Option(32.0, "--max-upload-mb", help="Largest request."),
+    max_upload_mb: float = typer.Option(
+        32.0, "--max-upload-mb", min=0.001, help="Largest request body, in MB."
+    ),
+    max_request_mp: float = typer.Option(
+        256.0,
+        "--max-request-mp",
+        min=0.001,
+        help="Most megapixels the photos of one request may declare together.",
+    ),
+    read_timeout: float = typer.Option(
+        30.0, "--read-timeout", min=0.01, help="Seconds a client may stay silent mid-request."
+    ),
+    max_connections: int = typer.Option(
+        32, "--max-connections", min=1, help="Connections served at once; more get a 503."
+    ),
 ) -> None:
     """Serve the geolocator over HTTP: an upload page at /, POST /v1/predict, GET /v1/health.
 
     The model, index and gazetteer are loaded once at start. It listens on
-    127.0.0.1 by default; pass --host 0.0.0.0 to accept other machines.
+    127.0.0.1 by default; pass --host 0.0.0.0 to accept other machines (the
+    limits it holds against hostile clients: docs/server.md).
     """
     from geolocus.pipeline import Geolocator
     from geolocus.server import make_server
@@ -29,7 +44,15 @@ def serve(
         db, refine=refine, top_k=top_k, lmm_url=lmm, lmm_model=lmm_model, lmm_fallback=True
     )
     try:
-        server = make_server(geo, host, port, max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+        server = make_server(
+            geo,
+            host,
+            port,
+            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            max_request_pixels=int(max_request_mp * 1_000_000),
+            read_timeout=read_timeout,
+            max_connections=max_connections,
+        )
     except OSError as e:
         from geolocus.errors import InputError
 
