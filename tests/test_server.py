@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
 import struct
 import threading
@@ -292,6 +293,20 @@ def test_stalled_clients_time_out_and_others_are_served(server):
     assert time.monotonic() - t0 < 3 * TIMEOUT
     mid_body.close()
     mid_head.close()
+
+
+def test_trickling_client_is_cut_off_at_the_request_deadline(geo):
+    with serving(geo, request_timeout=1.5) as url, _connect(url) as s:
+        t0 = time.monotonic()
+        s.sendall(_head("Content-Type: image/jpeg", "Content-Length: 1000") + b"\r\n")
+        while time.monotonic() - t0 < 4:  # a byte every 0.2 s: never silent for a second
+            if select.select([s], [], [], 0.2)[0]:
+                break  # the answer has come
+            s.sendall(b"x")
+        took = time.monotonic() - t0
+        code, body = _answer(s)
+    assert code == 408 and "timed out" in _error(body)
+    assert 1.4 < took < 2.5
 
 
 def test_connections_beyond_the_bound_get_503_without_threads(geo):

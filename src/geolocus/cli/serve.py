@@ -27,6 +27,9 @@ def serve(
     read_timeout: float = typer.Option(
         30.0, "--read-timeout", min=0.01, help="Seconds a client may stay silent mid-request."
     ),
+    request_timeout: float = typer.Option(
+        300.0, "--request-timeout", min=0.01, help="Seconds a whole request may take to arrive."
+    ),
     max_connections: int = typer.Option(
         32, "--max-connections", min=1, help="Connections served at once; more get a 503."
     ),
@@ -51,6 +54,7 @@ def serve(
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
             max_request_pixels=int(max_request_mp * 1_000_000),
             read_timeout=read_timeout,
+            request_timeout=request_timeout,
             max_connections=max_connections,
         )
     except OSError as e:

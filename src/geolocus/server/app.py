@@ -28,10 +28,12 @@ their headers before any is decoded. A client that goes away costs one log line.
 from __future__ import annotations
 
 import html
+import io
 import json
 import socket
 import sys
 import threading
+import time
 import traceback
 from email.message import Message
 from email.parser import BytesParser
@@ -53,6 +55,8 @@ MAX_FILES = 32
 MAX_REQUEST_PIXELS = 256_000_000
 #: Seconds a connection may stay silent while the server waits for its request.
 READ_TIMEOUT_S = 30.0
+#: Seconds a whole request (line, headers and body) may take to arrive, however it trickles.
+REQUEST_TIMEOUT_S = 300.0
 #: Connections served at once (one thread each); more are answered 503.
 MAX_CONNECTIONS = 32
 
@@ -70,6 +74,25 @@ class RequestError(Exception):
     def __init__(self, status: HTTPStatus, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's input where each wait is at most ``idle`` seconds and all of them
+    end at ``deadline``: a client trickling a byte at a time cannot hold a thread."""
+
+    def __init__(self, sock: socket.socket, idle: float, deadline: float) -> None:
+        super().__init__()
+        self.sock, self.idle, self.deadline = sock, idle, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took too long to arrive")
+        self.sock.settimeout(min(self.idle, left))
+        return self.sock.recv_into(buf)
 
 
 def _one_line(e: BaseException) -> str:
@@ -394,19 +417,21 @@ def make_server(
     *,
     max_request_pixels: int = MAX_REQUEST_PIXELS,
     read_timeout: float = READ_TIMEOUT_S,
+    request_timeout: float = REQUEST_TIMEOUT_S,
     max_connections: int = MAX_CONNECTIONS,
 ) -> GeolocusHTTPServer:
     """An HTTP server answering with ``geolocator`` (call ``serve_forever()`` on it).
 
     ``read_timeout``: seconds a client may stay silent while its request is read;
+    ``request_timeout``: seconds the whole request may take to arrive;
     ``max_connections``: connections served at once; ``max_request_pixels``: the
     pixel budget of one request (see :func:`check_pixels`).
     """
     from geolocus import __version__
     from geolocus.pipeline.formats import map_text
 
-    if read_timeout <= 0:
-        raise ValueError("read_timeout must be positive")
+    if read_timeout <= 0 or request_timeout <= 0:
+        raise ValueError("read_timeout and request_timeout must be positive")
     lock = threading.Lock()
     db = geolocator.database
     db_label = html.escape(f"{len(db)} photos, model {db.manifest.model}")
@@ -423,6 +448,11 @@ def make_server(
         def log_message(self, fmt: str, *args: Any) -> None:
             if log:
                 sys.stderr.write(f"{self.address_string()} {fmt % args}\n")
+
+        def setup(self) -> None:
+            super().setup()
+            deadline = time.monotonic() + request_timeout
+            self.rfile = io.BufferedReader(_DeadlineReader(self.connection, read_timeout, deadline))
 
         def handle(self) -> None:
             self._body_unread = False
@@ -458,6 +488,7 @@ def make_server(
                 pass
 
         def _send(self, status: HTTPStatus, body: bytes, ctype: str) -> None:
+            self.connection.settimeout(read_timeout)  # a client that never reads is let go
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
