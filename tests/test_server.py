@@ -201,6 +201,21 @@ def _error(body: bytes) -> str:
 
 
 @pytest.mark.parametrize(
+    "request_bytes,status",
+    [
+        (b"GET /a b HTTP/1.1\r\n\r\n", 400),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", 431),
+        (b"GET / HTTP/1.1\r\nX-A: " + b"b" * 70_000 + b"\r\n\r\n", 431),
+        (b"BREW /v1/predict HTTP/1.1\r\n\r\n", 501),
+    ],
+)
+def test_malformed_requests_get_one_line_json(server, request_bytes, status):
+    code, body, _ = _raw(server, request_bytes)
+    assert code == status and _error(body)
+
+
+@pytest.mark.parametrize(
     "length,status,match",
     [
         ("-1", 400, "whole number"),

@@ -6,6 +6,14 @@ from pathlib import Path
 
 import typer
 
+from geolocus.server.app import (
+    MAX_CONNECTIONS,
+    MAX_REQUEST_PIXELS,
+    MAX_UPLOAD_BYTES,
+    READ_TIMEOUT_S,
+    REQUEST_TIMEOUT_S,
+)
+
 
 def serve(
     db: Path = typer.Option(..., "--db", help="Database folder (from 'geolocus index build')."),
@@ -16,22 +24,31 @@ def serve(
     lmm: str | None = typer.Option(None, "--lmm", help="URL of an OpenAI-compatible vision API."),
     lmm_model: str | None = typer.Option(None, "--lmm-model", help="Model name for --lmm."),
     max_upload_mb: float = typer.Option(
-        32.0, "--max-upload-mb", min=0.001, help="Largest request body, in MB."
+        MAX_UPLOAD_BYTES / 2**20, "--max-upload-mb", min=0.001, help="Largest request body, in MB."
     ),
     max_request_mp: float = typer.Option(
-        256.0,
+        MAX_REQUEST_PIXELS / 1e6,
         "--max-request-mp",
         min=0.001,
         help="Most megapixels the photos of one request may declare together.",
     ),
     read_timeout: float = typer.Option(
-        30.0, "--read-timeout", min=0.01, help="Seconds a client may stay silent mid-request."
+        READ_TIMEOUT_S,
+        "--read-timeout",
+        min=0.01,
+        help="Seconds a client may stay silent mid-request.",
     ),
     request_timeout: float = typer.Option(
-        300.0, "--request-timeout", min=0.01, help="Seconds a whole request may take to arrive."
+        REQUEST_TIMEOUT_S,
+        "--request-timeout",
+        min=0.01,
+        help="Seconds a whole request may take to arrive.",
     ),
     max_connections: int = typer.Option(
-        32, "--max-connections", min=1, help="Connections served at once; more get a 503."
+        MAX_CONNECTIONS,
+        "--max-connections",
+        min=1,
+        help="Connections served at once; more get a 503.",
     ),
 ) -> None:
     """Serve the geolocator over HTTP: an upload page at /, POST /v1/predict, GET /v1/health.
@@ -51,7 +68,7 @@ def serve(
             geo,
             host,
             port,
-            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            max_upload_bytes=int(max_upload_mb * 2**20),
             max_request_pixels=int(max_request_mp * 1_000_000),
             read_timeout=read_timeout,
             request_timeout=request_timeout,

@@ -487,6 +487,19 @@ def make_server(
             except OSError:
                 pass
 
+        def send_error(
+            self, code: int, message: str | None = None, explain: str | None = None
+        ) -> None:
+            """The standard library's own refusals (a bad request line, 414, 431, an
+            unknown method) as one-line JSON, like every other error."""
+            try:
+                status = HTTPStatus(code)
+            except ValueError:
+                status = HTTPStatus.BAD_REQUEST
+            self._body_unread = True
+            self.close_connection = True
+            self._json(status, {"error": (message or status.phrase).splitlines()[0]})
+
         def _send(self, status: HTTPStatus, body: bytes, ctype: str) -> None:
             self.connection.settimeout(read_timeout)  # a client that never reads is let go
             self.send_response(status)
