@@ -6,6 +6,7 @@ stalled uploads, more connections than the bound, pixel bombs, disconnects.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import select
@@ -22,7 +23,7 @@ import pytest
 
 from geolocus.pipeline import Geolocator
 from geolocus.server import make_server
-from geolocus.server.app import MAX_UPLOAD_BYTES
+from geolocus.server.app import MAX_UPLOAD_BYTES, RequestError, parse_photos
 from test_pipeline import PLACES, bomb, photo, world  # noqa: F401  (world is a fixture)
 
 #: Read timeout of the test servers: short, so that stalled clients time out quickly.
@@ -125,6 +126,54 @@ def test_bad_requests_are_one_line_json_errors(server, body, ctype, status, matc
     err = json.loads(data)["error"]
     assert code == status and rtype.startswith("application/json")
     assert match in err and "\n" not in err
+
+
+def test_hostile_multipart_is_parsed_in_linear_time():
+    b = "x" * 8
+    ctype = f"multipart/form-data; boundary={b}"
+    head = f'--{b}\r\nContent-Disposition: form-data; name="p"; filename="a"\r\n\r\n'.encode()
+    t0 = time.monotonic()
+    with pytest.raises(RequestError, match="at most 64 parts"):  # 100,000 tiny parts
+        parse_photos(ctype, (head + b"z\r\n") * 100_000 + f"--{b}--\r\n".encode())
+    lines = b"\n" * (8 << 20)  # one part of 8 million lines
+    assert parse_photos(ctype, head + lines + f"\r\n--{b}--\r\n".encode()) == [("a", lines)]
+    assert time.monotonic() - t0 < 1.5  # the email package's parser: 75 s and 9 s
+
+
+def test_base64_part_is_decoded(server, tmp_path):
+    data = _jpeg(tmp_path, "p.jpg", PLACES["paris"][2])
+    b = uuid.uuid4().hex
+    body = (
+        f'--{b}\r\nContent-Disposition: form-data; name="photo"; filename="p.jpg"\r\n'
+        f"Content-Transfer-Encoding: base64\r\n\r\n".encode()
+        + base64.b64encode(data)
+        + f"\r\n--{b}--\r\n".encode()
+    )
+    code, out, _ = _post(server + "/v1/predict", body, f"multipart/form-data; boundary={b}")
+    assert code == 200 and json.loads(out)["predictions"][0]["guesses"][0]["country_code"] == "FR"
+
+
+@pytest.mark.parametrize(
+    "body,ctype,match",
+    [
+        (b"--b\r\n\r\nabc", "multipart/form-data; boundary=b", "does not end"),
+        (b"abc", "multipart/form-data; boundary=b", "no boundary in the body"),
+        (b"--b\r\n\r\nabc\r\n--b--", "multipart/form-data", "no usable boundary"),
+        (
+            b"--b\r\n" + b"X: y\r\n" * 5000 + b"\r\nz\r\n--b--",
+            "multipart/form-data; boundary=b",
+            "part headers",
+        ),
+        (
+            b"--b\r\nContent-Disposition: form-data; name=n\r\n\r\nv\r\n--b--",
+            "multipart/form-data; boundary=b",
+            "no photo",
+        ),
+    ],
+)
+def test_malformed_multipart_is_400(server, body, ctype, match):
+    code, out, _ = _post(server + "/v1/predict", body, ctype)
+    assert code == 400 and match in _error(out)
 
 
 def test_bomb_is_refused(server, tmp_path):

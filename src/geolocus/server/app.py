@@ -22,21 +22,25 @@ headers before it is read (chunked bodies while they are read); every wait for
 a client's bytes has a timeout; at most ``max_connections`` connections are
 served at once (one thread each), others get a quick 503; the photos of one
 request may declare at most ``max_request_pixels`` pixels in all, weighed from
-their headers before any is decoded. A client that goes away costs one log line.
+their headers before any is decoded; multipart bodies are split in linear time.
+A client that goes away costs one log line.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import html
 import io
 import json
+import quopri
 import socket
 import sys
 import threading
 import time
 import traceback
 from email.message import Message
-from email.parser import BytesParser
+from email.parser import BytesHeaderParser
 from email.policy import HTTP
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,6 +67,8 @@ MAX_CONNECTIONS = 32
 #: What a client that went away raises: one log line, never a traceback.
 CLIENT_GONE = (ConnectionError, TimeoutError)
 _MAX_LINE = 4096  # a chunk-size or trailer line
+_MAX_PARTS = 2 * MAX_FILES  # parts of a multipart body, plain form fields included
+_MAX_PART_HEAD = 16384  # bytes of one part's headers
 _MAX_TRAILERS = 64
 _HEX = b"0123456789abcdefABCDEF"
 _PIECE = 1 << 16  # bytes read from the socket at a time
@@ -237,6 +243,53 @@ def check_pixels(files: list[tuple[str, bytes]], budget: int) -> None:
             )
 
 
+def _malformed(why: str) -> RequestError:
+    return RequestError(HTTPStatus.BAD_REQUEST, f"malformed multipart body: {why}")
+
+
+def _multipart_parts(body: bytes, boundary: bytes) -> list[bytes]:
+    """The parts of a multipart body (RFC 2046), split with ``bytes.find``: linear time.
+
+    (The ``email`` parser goes line by line: a 2 MB part of newlines took it 2 s,
+    10,000 tiny parts 9 s.)
+    """
+    dash = b"--" + boundary
+    if body.startswith(dash):
+        pos = len(dash)
+    else:  # a preamble before the first delimiter is ignored
+        first = body.find(b"\r\n" + dash)
+        if first < 0:
+            raise _malformed("no boundary in the body")
+        pos = first + 2 + len(dash)
+    delimiter = b"\r\n" + dash
+    parts: list[bytes] = []
+    while not body.startswith(b"--", pos):  # "--" after a delimiter ends the body
+        eol = body.find(b"\r\n", pos, pos + 1024)  # (transport padding, then CRLF)
+        end = body.find(delimiter, eol + 2) if eol >= 0 else -1
+        if end < 0:
+            raise _malformed("a part does not end with the boundary")
+        if len(parts) == _MAX_PARTS:
+            raise RequestError(
+                HTTPStatus.BAD_REQUEST,
+                f"at most {_MAX_PARTS} parts ({MAX_FILES} photos) per request",
+            )
+        parts.append(body[eol + 2 : end])
+        pos = end + len(delimiter)
+    return parts
+
+
+def _transfer_decoded(data: bytes, cte: str) -> bytes:
+    """A part's bytes under its (rare, deprecated by RFC 7578) Content-Transfer-Encoding."""
+    if cte == "base64":
+        try:
+            return base64.b64decode(data)
+        except binascii.Error:
+            raise _malformed("bad base64 part") from None
+    if cte == "quoted-printable":
+        return quopri.decodestring(data)
+    return data
+
+
 def parse_photos(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
     """(file name, bytes) of each photo in a request body."""
     ctype = content_type.split(";")[0].strip().lower()
@@ -249,17 +302,26 @@ def parse_photos(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
             HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
             f"send photos as multipart/form-data or as an image/* body, not {ctype or 'nothing'}",
         )
-    msg = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
-    )
-    if not msg.is_multipart():
-        raise RequestError(HTTPStatus.BAD_REQUEST, "malformed multipart body")
+    outer = Message()
+    outer["Content-Type"] = content_type
+    boundary = outer.get_boundary()
+    if not boundary or len(boundary) > 200:
+        raise _malformed("no usable boundary in its Content-Type")
     files = []
-    for part in msg.iter_parts():
-        name = part.get_filename()
+    for part in _multipart_parts(body, boundary.encode("latin-1")):
+        if part.startswith(b"\r\n"):
+            head, data = b"", part[2:]  # a part without headers
+        else:
+            blank = part.find(b"\r\n\r\n", 0, _MAX_PART_HEAD)
+            if blank < 0:
+                raise _malformed("part headers too long or unterminated")
+            head, data = part[:blank], part[blank + 4 :]
+        headers = BytesHeaderParser(policy=HTTP).parsebytes(head + b"\r\n\r\n")
+        name = headers.get_filename()
         if name is None:
             continue  # a plain form field
-        data = part.get_payload(decode=True) or b""
+        cte = str(headers.get("Content-Transfer-Encoding", "")).strip().lower()
+        data = _transfer_decoded(data, cte)
         if data:
             files.append((name, data))
     if not files:
