@@ -19,6 +19,8 @@ the photo requests), the statuses, 5xx answers, answers other than expected,
 the server's peak resident memory (VmHWM) and how many tracebacks it printed.
 Then ``--stalled`` uploads stall all at once, after 3 bytes of their body: it
 prints the server's thread count before and during, and what they were answered.
+Last, ``--big`` uploads of ``--big-mb`` MB (not photos) arrive at once: it prints
+what they were answered and the server's peak memory before and after.
 
     .venv/bin/python bench/serve_load.py                       # 200 requests, 8 clients
     .venv/bin/python bench/serve_load.py --n 400 --clients 16 --max-seconds 120
@@ -249,6 +251,35 @@ def stalled_phase(port: int, pid: int, k: int, read_timeout: float) -> None:
     )
 
 
+def big_phase(port: int, pid: int, k: int, mb: float) -> None:
+    """``k`` uploads of ``mb`` MB at once (not photos: each is read whole, then refused 422)."""
+    blob = os.urandom(int(mb * 2**20))
+    request = post(blob, "image/jpeg")
+    before = peak_rss_mb(pid)
+    statuses: Counter = Counter()
+    lock = threading.Lock()
+
+    def one() -> None:
+        try:
+            status = exchange(port, request, timeout=120)
+        except OSError as e:
+            status = type(e).__name__
+        with lock:
+            statuses[str(status)] += 1
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=one) for _ in range(k)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    print(
+        f"{k} uploads of {mb:g} MB at once: answers {json.dumps(dict(statuses))} in "
+        f"{time.monotonic() - t0:.1f} s; server peak memory {before:.0f} MB before, "
+        f"{peak_rss_mb(pid):.0f} MB after"
+    )
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -265,6 +296,8 @@ def main() -> None:
     ap.add_argument("--read-timeout", type=float, default=2.0, help="the server's, in seconds")
     ap.add_argument("--max-connections", type=int, default=32)
     ap.add_argument("--stalled", type=int, default=300, help="stalled uploads, after the load")
+    ap.add_argument("--big", type=int, default=32, help="large uploads at once, at the end")
+    ap.add_argument("--big-mb", type=float, default=30.0, help="size of each large upload")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -315,6 +348,8 @@ def main() -> None:
             rss = peak_rss_mb(proc.pid)
             if args.stalled:
                 stalled_phase(port, proc.pid, args.stalled, args.read_timeout)
+            if args.big:
+                big_phase(port, proc.pid, args.big, args.big_mb)
         finally:
             proc.send_signal(signal.SIGINT)
             try:
