@@ -220,7 +220,7 @@ def server_threads(pid: int) -> int:
     return int(m.group(1)) if m else -1
 
 
-def stalled_phase(port: int, pid: int, k: int, read_timeout: float) -> None:
+def stalled_phase(port: int, pid: int, k: int, read_timeout: float) -> str:
     """``k`` uploads that stall after 3 bytes, all at once: the server's threads and answers."""
     before = server_threads(pid)
     head = b"POST /v1/predict HTTP/1.1\r\nHost: bench\r\nContent-Type: image/jpeg\r\n"
@@ -244,14 +244,14 @@ def stalled_phase(port: int, pid: int, k: int, read_timeout: float) -> None:
         m = re.match(rb"HTTP/1\.\d (\d{3})", data)
         statuses[int(m.group(1)) if m else "no answer"] += 1
     took = time.monotonic() - t0
-    print(
+    return (
         f"{k} stalled uploads at once: server threads {before} before, {during} during; "
         f"answers {json.dumps({str(a): b for a, b in statuses.items()})}; "
         f"all closed by the server within {took:.1f} s"
     )
 
 
-def big_phase(port: int, pid: int, k: int, mb: float) -> None:
+def big_phase(port: int, pid: int, k: int, mb: float) -> str:
     """``k`` uploads of ``mb`` MB at once (not photos: each is read whole, then refused 422)."""
     blob = os.urandom(int(mb * 2**20))
     request = post(blob, "image/jpeg")
@@ -273,7 +273,7 @@ def big_phase(port: int, pid: int, k: int, mb: float) -> None:
         th.start()
     for th in threads:
         th.join()
-    print(
+    return (
         f"{k} uploads of {mb:g} MB at once: answers {json.dumps(dict(statuses))} in "
         f"{time.monotonic() - t0:.1f} s; server peak memory {before:.0f} MB before, "
         f"{peak_rss_mb(pid):.0f} MB after"
@@ -346,10 +346,11 @@ def main() -> None:
                 th.join()
             wall = time.monotonic() - t_start
             rss = peak_rss_mb(proc.pid)
+            phases = []
             if args.stalled:
-                stalled_phase(port, proc.pid, args.stalled, args.read_timeout)
+                phases.append(stalled_phase(port, proc.pid, args.stalled, args.read_timeout))
             if args.big:
-                big_phase(port, proc.pid, args.big, args.big_mb)
+                phases.append(big_phase(port, proc.pid, args.big, args.big_mb))
         finally:
             proc.send_signal(signal.SIGINT)
             try:
@@ -378,6 +379,8 @@ def main() -> None:
     print(f"server errors (5xx): {errors}")
     print(f"answers other than expected: {len(unexpected)} {unexpected[:5]}")
     print(f"server peak resident memory: {rss:.0f} MB ({rss_start:.0f} MB once started)")
+    for line in phases:
+        print(line)
     lines = server_log.splitlines()
     print(
         f"server log: {len(lines)} lines, {server_log.count('Traceback')} tracebacks, "
