@@ -417,7 +417,8 @@ class GeolocusHTTPServer(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, handler)
 
-    def _log(self, client: Any, message: str) -> None:
+    def log_line(self, client: Any, message: str) -> None:
+        """One line on stderr, prefixed with the client's address (unless ``log`` is off)."""
         if self.log:
             host = client[0] if isinstance(client, tuple) else client
             sys.stderr.write(f"{host} {message}\n")
@@ -432,7 +433,7 @@ class GeolocusHTTPServer(ThreadingHTTPServer):
             ).start()
         except RuntimeError as e:  # no thread to be had: refuse rather than fail the loop
             self._slots.release()
-            self._log(client_address, f"cannot start a thread: {e}")
+            self.log_line(client_address, f"cannot start a thread: {e}")
             self._refuse(request, client_address)
 
     def _serve_in_slot(self, request: Any, client_address: Any) -> None:
@@ -456,7 +457,7 @@ class GeolocusHTTPServer(ThreadingHTTPServer):
             request.send(head.encode() + body)
         except OSError:
             pass
-        self._log(client_address, "refused: 503 server busy")
+        self.log_line(client_address, "refused: 503 server busy")
         self.shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -465,9 +466,9 @@ class GeolocusHTTPServer(ThreadingHTTPServer):
         if e is None:
             return
         if isinstance(e, CLIENT_GONE):
-            self._log(client_address, f"client went away: {_one_line(e)}")
+            self.log_line(client_address, f"client went away: {_one_line(e)}")
         else:
-            self._log(client_address, f"internal error: {_one_line(e)}")
+            self.log_line(client_address, f"internal error: {_one_line(e)}")
 
 
 def make_server(
@@ -508,11 +509,11 @@ def make_server(
         server: GeolocusHTTPServer
 
         def log_message(self, fmt: str, *args: Any) -> None:
-            if log:
-                sys.stderr.write(f"{self.address_string()} {fmt % args}\n")
+            self.server.log_line(self.client_address, fmt % args)
 
         def setup(self) -> None:
             super().setup()
+            self.rfile.close()  # (else the socket's file stays open after close())
             deadline = time.monotonic() + request_timeout
             self.rfile = io.BufferedReader(_DeadlineReader(self.connection, read_timeout, deadline))
 
