@@ -286,6 +286,20 @@ def test_bad_content_length_is_refused_from_the_headers(server, length, status, 
     assert took < TIMEOUT / 2
 
 
+def test_expect_100_continue_is_answered_from_the_headers(server, tmp_path):
+    expect = ("Content-Type: image/jpeg", "Expect: 100-continue")
+    # over the limit: refused before the client sends its body
+    code, body, took = _raw(server, _head(*expect, "Content-Length: 300000") + b"\r\n")
+    assert code == 413 and "over the limit" in _error(body) and took < TIMEOUT / 2
+    data = _jpeg(tmp_path, "n.jpg", PLACES["nairobi"][2])
+    with _connect(server) as s:
+        s.sendall(_head(*expect, f"Content-Length: {len(data)}") + b"\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        s.sendall(data)
+        code, body = _answer(s)
+    assert code == 200 and json.loads(body)["predictions"][0]["guesses"][0]["country_code"] == "KE"
+
+
 def test_missing_length_is_411_and_body_is_not_read(server):
     code, body, took = _raw(server, _head("Content-Type: image/jpeg") + b"\r\nsome bytes")
     assert code == 411 and "Content-Length" in _error(body) and took < TIMEOUT / 2

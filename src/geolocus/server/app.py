@@ -182,12 +182,11 @@ def _read_chunked(rfile: IO[bytes], limit: int) -> bytes:
     raise RequestError(HTTPStatus.BAD_REQUEST, "malformed chunked body: too many trailers")
 
 
-def read_body(rfile: IO[bytes], headers: Message, limit: int) -> bytes:
-    """The request body, its size refused from the headers alone before a byte is read.
+def body_length(headers: Message, limit: int) -> int | None:
+    """The body's declared length (None: chunked), checked from the headers alone.
 
-    411 without a length, 400 for a malformed or negative one, 413 over ``limit``
-    (a chunked body: as soon as its running total passes ``limit``), 501 for a
-    transfer coding other than chunked, 408 when the client stalls.
+    411 without a length, 400 for a malformed or negative one or for both framings,
+    413 over ``limit``, 501 for a transfer coding other than chunked.
     """
     codings = [
         c.strip().lower()
@@ -196,26 +195,34 @@ def read_body(rfile: IO[bytes], headers: Message, limit: int) -> bytes:
         if c.strip()
     ]
     n = _content_length(headers)
-    try:
-        if codings:
-            if n is not None:
-                raise RequestError(
-                    HTTPStatus.BAD_REQUEST, "both Transfer-Encoding and Content-Length given"
-                )
-            if codings != ["chunked"]:
-                raise RequestError(
-                    HTTPStatus.NOT_IMPLEMENTED,
-                    f"transfer coding {', '.join(codings)!r} is not supported (only chunked)",
-                )
-            return _read_chunked(rfile, limit)
-        if n is None:
-            raise RequestError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
-        if n > limit:
+    if codings:
+        if n is not None:
             raise RequestError(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"request of {n:,} bytes is over the limit of {limit:,}",
+                HTTPStatus.BAD_REQUEST, "both Transfer-Encoding and Content-Length given"
             )
-        return _read_exactly(rfile, n)
+        if codings != ["chunked"]:
+            raise RequestError(
+                HTTPStatus.NOT_IMPLEMENTED,
+                f"transfer coding {', '.join(codings)!r} is not supported (only chunked)",
+            )
+        return None
+    if n is None:
+        raise RequestError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
+    if n > limit:
+        raise RequestError(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            f"request of {n:,} bytes is over the limit of {limit:,}",
+        )
+    return n
+
+
+def read_body(rfile: IO[bytes], headers: Message, limit: int) -> bytes:
+    """The request body, refused from its headers (:func:`body_length`) before a byte
+    is read; a chunked body 413 as soon as its running total passes ``limit``; 408
+    when the client stalls."""
+    n = body_length(headers, limit)
+    try:
+        return _read_chunked(rfile, limit) if n is None else _read_exactly(rfile, n)
     except TimeoutError:
         raise RequestError(
             HTTPStatus.REQUEST_TIMEOUT, "timed out waiting for the request body"
@@ -505,6 +512,8 @@ def make_server(
 
     class Handler(BaseHTTPRequestHandler):
         server_version = f"geolocus/{__version__}"
+        # HTTP/1.1 for "Expect: 100-continue"; every answer still closes its connection
+        protocol_version = "HTTP/1.1"
         timeout = read_timeout  # set on the socket by StreamRequestHandler: bounds every read
         server: GeolocusHTTPServer
 
@@ -549,6 +558,18 @@ def make_server(
                     left -= len(got)
             except OSError:
                 pass
+
+        def handle_expect_100(self) -> bool:
+            """``Expect: 100-continue``: the client sends its body only if the headers
+            pass, so an upload over the limit is refused before it is sent."""
+            if self.command in ("POST", "PUT", "PATCH"):
+                try:
+                    body_length(self.headers, max_upload_bytes)
+                except RequestError as e:
+                    self._body_unread = True
+                    self._json(e.status, {"error": str(e)})
+                    return False
+            return super().handle_expect_100()
 
         def send_error(
             self, code: int, message: str | None = None, explain: str | None = None
