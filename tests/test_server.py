@@ -153,6 +153,17 @@ def test_base64_part_is_decoded(server, tmp_path):
     assert code == 200 and json.loads(out)["predictions"][0]["guesses"][0]["country_code"] == "FR"
 
 
+def test_upload_names_stay_one_line(server):
+    b = uuid.uuid4().hex
+    body = (
+        f'--{b}\r\nContent-Disposition: form-data; name="photo"; '
+        f"filename*=utf-8''bad%0Aline%0D.jpg\r\n\r\nnot a photo\r\n--{b}--\r\n"
+    ).encode()
+    code, out, _ = _post(server + "/v1/predict", body, f"multipart/form-data; boundary={b}")
+    pred = json.loads(out)["predictions"][0]
+    assert code == 422 and pred["image"] == "bad?line?.jpg" and "bad?line?.jpg" in _error(out)
+
+
 @pytest.mark.parametrize(
     "body,ctype,match",
     [

@@ -327,6 +327,7 @@ def parse_photos(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
         name = headers.get_filename()
         if name is None:
             continue  # a plain form field
+        name = "".join(c if c.isprintable() else "?" for c in name)  # messages stay one line
         cte = str(headers.get("Content-Transfer-Encoding", "")).strip().lower()
         data = _transfer_decoded(data, cte)
         if data:
