@@ -313,6 +313,22 @@ def read_exif_gps(
     return _exif_gps(_open(data, name, max_pixels=2**62))  # pixels are never decoded here
 
 
+def read_image_size(
+    source: Source,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> tuple[int, int]:
+    """``(width, height)`` from the header alone, with :func:`load_image`'s checks.
+
+    Lets a caller weigh a batch of photos (e.g. the web service's pixel budget
+    per request) before decoding any of them; a 17 KB PNG may declare 144 MP.
+    """
+    data, name = _read_bytes(source, max_bytes)
+    with _open(data, name, max_pixels) as im:
+        return im.size
+
+
 def _exif_gps(im: Image.Image) -> tuple[float, float] | None:
     """The EXIF GPS position of an opened photo (see :func:`read_exif_gps`)."""
     try:
