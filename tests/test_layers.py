@@ -138,3 +138,14 @@ def test_the_check_sees_lazy_relative_and_plain_imports(tmp_path, source, expect
     (root / "data").mkdir(parents=True)
     (root / "data" / "planted.py").write_text(source, encoding="utf-8")
     assert bool(_violations(root)) is expected
+
+
+def test_the_command_line_starts_without_torch() -> None:
+    """Imports moved to module level must not pull torch into ``geolocus --help``: the
+    modules that need it load it when a model is made."""
+    import subprocess
+    import sys
+
+    code = "import sys, geolocus.cli.main; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

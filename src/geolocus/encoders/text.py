@@ -18,7 +18,7 @@ from torch import nn
 
 from geolocus.errors import ModelUnavailableError
 from geolocus.nn import eval_mode
-from geolocus.weights import WeightsInfo, package_file, register_weights, user_weights
+from geolocus.weights import WeightsInfo, package_file, register_weights, require, user_weights
 
 MINILM = "all-minilm-l6-v2"
 
@@ -61,8 +61,6 @@ class TextEncoder(nn.Module):
                 "the text encoder needs transformers: pip install transformers"
             ) from None
         if pretrained:
-            from geolocus.weights import require
-
             root: Path | None = Path(path) if path is not None else require(MINILM)
             self.tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
             self.model = BertModel.from_pretrained(str(root), local_files_only=True)

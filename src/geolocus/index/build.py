@@ -38,10 +38,12 @@ import numpy as np
 
 from geolocus.data.images import list_images, read_exif_gps
 from geolocus.data.tables import read_coords
+from geolocus.encoders.features import extract_features, read_failed
 from geolocus.errors import GeolocusError, ImageError, InputError
 from geolocus.files import atomic_write
 from geolocus.index.database import Database, read_manifest
 from geolocus.index.lock import database_lock
+from geolocus.models.embedder import create_embedder
 
 if TYPE_CHECKING:
     from geolocus.models.embedder import Embedder
@@ -234,7 +236,6 @@ def _features(
     chunk_size: int = 512,
 ) -> tuple[Any, list[Problem]]:
     """Backbone features of the inputs (resumable), and the photos that could not be read."""
-    from geolocus.encoders.features import extract_features
 
     store = extract_features(
         embedder.encoder,
@@ -255,7 +256,6 @@ def _features(
 
 def _failed(folder: Path) -> list[Problem]:
     """The unreadable photos an extraction listed, even when it ended in an error."""
-    from geolocus.encoders.features import read_failed
 
     return [Problem(r["id"], r["path"], "unreadable", r["error"]) for r in read_failed(folder)]
 
@@ -395,7 +395,6 @@ def check_embedder(db: Database, embedder: Embedder) -> None:
 
 def embedder_for(db: Database, model: str | None = None, **options: Any) -> Embedder:
     """The embedder a database was built with (``model``, if given, must be that one)."""
-    from geolocus.models.embedder import create_embedder
 
     man = db.manifest
     if model is not None and str(model) != man.model:

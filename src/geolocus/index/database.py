@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from geolocus import __version__
 from geolocus.data.neighbours import Neighbours
 from geolocus.errors import InputError
 from geolocus.files import atomic_path, atomic_write, sha256_file
@@ -174,7 +175,6 @@ class Database:
         extra: dict[str, Any] | None = None,
     ) -> Database:
         """A new, empty database (written by :meth:`save`)."""
-        from geolocus import __version__
 
         p = Path(path)
         generation = 0

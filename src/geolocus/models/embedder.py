@@ -32,7 +32,11 @@ from typing import TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
 
 import numpy as np
 
+from geolocus.encoders.features import pool_tokens
+from geolocus.encoders.image import DEFAULT_ENCODER, create_encoder, list_encoders
+from geolocus.encoders.location.pretrained import IMAGE_HEAD
 from geolocus.errors import InputError, ModelUnavailableError
+from geolocus.weights import require
 
 if TYPE_CHECKING:
     import torch
@@ -153,13 +157,11 @@ class BaseEmbedder:
             return None
         if self.tokens == "full":
             return feats.tokens
-        from geolocus.encoders.features import pool_tokens
-
         return pool_tokens(feats.tokens, feats.grid, self.token_grid)
 
     def embed(self, images: Photos | ImageFeatures) -> NDArray[np.float32]:
         """``(B, dim)`` float32 retrieval vectors of photos (Pillow images) or features."""
-        from geolocus.encoders.image.base import ImageFeatures
+        from geolocus.encoders.image.base import ImageFeatures  # torch, as above
 
         feats = images if isinstance(images, ImageFeatures) else self.features(images)
         return self.embed_features(feats.embedding, self.backbone_tokens(feats))
@@ -262,8 +264,6 @@ class ModelEmbedder(BaseEmbedder):
 @functools.lru_cache(maxsize=4)
 def _pretrained_backbone(name: str) -> ImageEncoder:
     """Pretrained backbones are loaded once per process (inference only: safe to share)."""
-    from geolocus.encoders.image import create_encoder
-
     return create_encoder(name, pretrained=True)
 
 
@@ -278,8 +278,6 @@ def create_embedder(
 
     ``pretrained=False`` builds the backbone with random weights (tests, timing).
     """
-    from geolocus.encoders.image import DEFAULT_ENCODER, create_encoder, list_encoders
-
     spec = DEFAULT_ENCODER if spec is None else spec
     s = str(spec)
     if s in list_encoders():
@@ -287,9 +285,7 @@ def create_embedder(
             return BackboneEmbedder(_pretrained_backbone(s))
         return BackboneEmbedder(create_encoder(s, pretrained=pretrained, **encoder_options))
     if s == GEOCLIP:
-        from geolocus.encoders.location.pretrained import IMAGE_HEAD
-        from geolocus.models.geoclip import GeoCLIP
-        from geolocus.weights import require
+        from geolocus.models.geoclip import GeoCLIP  # torch: loaded when a model is made
 
         model = GeoCLIP.pretrained_clip()
         enc = create_encoder(model.backbone, pretrained=pretrained, **encoder_options)
@@ -297,7 +293,7 @@ def create_embedder(
         return ModelEmbedder(model, enc, GEOCLIP, ident[:40])
     p = Path(s).expanduser()
     if p.is_file():
-        from geolocus.encoders.image.base import file_identity
+        from geolocus.encoders.image.base import file_identity  # torch, as above
         from geolocus.models import load_model
 
         trained = load_model(p)

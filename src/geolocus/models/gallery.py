@@ -20,11 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from geolocus.encoders.location.geoclip import GeoCLIPLocationEncoder
+from geolocus.encoders.location.pretrained import GPS_GALLERY, LOGIT_SCALE
 from geolocus.errors import InputError
 from geolocus.files import atomic_path
 from geolocus.files import cache_dir as user_cache_dir
 from geolocus.geo import validate_latlon
 from geolocus.nn import eval_mode
+from geolocus.weights import require
 
 #: Bump when the cached file layout or the encoding procedure changes.
 _FORMAT = "geolocus-gps-gallery-1"
@@ -50,17 +53,12 @@ def load_geoclip_coords() -> np.ndarray:
     """GeoCLIP's 100K gallery coordinates, ``(100000, 2)`` float64 (lat, lon)."""
     import pandas as pd
 
-    from geolocus.encoders.location.pretrained import GPS_GALLERY
-    from geolocus.weights import require
-
     df = pd.read_csv(require(GPS_GALLERY), usecols=["LAT", "LON"], dtype=np.float64)
     return df[["LAT", "LON"]].to_numpy()
 
 
 def load_geoclip_logit_scale() -> float:
     """exp of GeoCLIP's learned logit scale (≈ 39.69)."""
-    from geolocus.encoders.location.pretrained import LOGIT_SCALE
-    from geolocus.weights import require
 
     t = torch.load(require(LOGIT_SCALE), map_location="cpu", weights_only=True)
     return float(torch.as_tensor(t).exp())
@@ -192,8 +190,6 @@ class GPSGallery:
         """GeoCLIP's 100K gallery, encoded with ``encoder`` (default: GeoCLIP's pretrained
         location encoder), with GeoCLIP's learned logit scale."""
         if encoder is None:
-            from geolocus.encoders.location.geoclip import GeoCLIPLocationEncoder
-
             encoder = GeoCLIPLocationEncoder.from_pretrained()
         return cls.build(
             encoder,

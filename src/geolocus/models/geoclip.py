@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geolocus.encoders.location import create_location_encoder
+from geolocus.encoders.location.pretrained import IMAGE_HEAD, LOGIT_SCALE
 from geolocus.errors import InputError
 from geolocus.models.base import GeoModel, ModelConfig, retrieval_dim, retrieval_vector
 from geolocus.models.gallery import GPSGallery, fingerprint
@@ -36,6 +38,7 @@ from geolocus.models.losses import (
     scale_of,
 )
 from geolocus.nn import eval_mode
+from geolocus.weights import require
 
 __all__ = ["CLIP_VITL14_DIM", "GeoCLIP", "GeoCLIPConfig", "ImageHead", "jitter_gps"]
 
@@ -90,7 +93,6 @@ def build_location_encoder(
     name: str, pretrained: bool, options: Mapping[str, Any], dim: int
 ) -> nn.Module:
     """The location encoder of a model config (shared by GeoCLIP, DualGeo, TransGeoCLIP)."""
-    from geolocus.encoders.location import create_location_encoder
 
     if pretrained:
         if name != "geoclip" or options or dim != 512:
@@ -259,8 +261,6 @@ class GeoCLIP(ImageViewModel):
     @classmethod
     def pretrained_clip(cls, **overrides: Any) -> GeoCLIP:
         """GeoCLIP's published head and logit scale (for CLIP ViT-L/14 embeddings, 768-d)."""
-        from geolocus.encoders.location.pretrained import IMAGE_HEAD, LOGIT_SCALE
-        from geolocus.weights import require
 
         cfg = GeoCLIPConfig(**overrides)
         if cfg.embed_dim != CLIP_VITL14_DIM or (cfg.hidden_dim or cfg.embed_dim) != 768:

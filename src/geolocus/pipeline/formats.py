@@ -10,6 +10,7 @@ from typing import Any
 
 from geolocus.errors import InputError
 from geolocus.pipeline.results import Prediction
+from geolocus.viz import map_html, render_map
 
 FORMATS = ("table", "json", "csv", "geojson")
 CSV_FIELDS = (
@@ -176,7 +177,6 @@ def _map_args(pred: Prediction, title: str | None, truth: Any) -> tuple[tuple, d
 def write_map(pred: Prediction, path: Any, title: str | None = None, truth: Any = None) -> Any:
     """The self-contained HTML map of one prediction: guesses, neighbours, and the true
     position (``truth``, else the photo's EXIF GPS where it has one)."""
-    from geolocus.viz import render_map
 
     args, kwargs = _map_args(pred, title, truth)
     return render_map(*args, path=path, **kwargs)
@@ -184,7 +184,6 @@ def write_map(pred: Prediction, path: Any, title: str | None = None, truth: Any 
 
 def map_text(pred: Prediction, title: str | None = None, truth: Any = None) -> str:
     """The same map as :func:`write_map`, as HTML text (for the web service)."""
-    from geolocus.viz import map_html
 
     args, kwargs = _map_args(pred, title, truth)
     return map_html(*args, **kwargs)

@@ -32,14 +32,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from geolocus.data.images import list_images, load_photo, to_rgb
 from geolocus.errors import ImageError, InputError, ServiceError
+from geolocus.geo import haversine_km
 from geolocus.index.build import check_embedder, embedder_for
 from geolocus.index.database import Database
 from geolocus.models.embedder import Embedder
 from geolocus.pipeline.candidates import MERGE_KM, SUPPORT_KM, distinct_places, pool_candidates
 from geolocus.pipeline.fitting import fit_on_database
 from geolocus.pipeline.results import Guess, Prediction
+from geolocus.places import Gazetteer
 from geolocus.refine import DEFAULT_REFINER, Refiner, create_refiner
+from geolocus.refine.lmm import Candidate, LMMClient
 
 if TYPE_CHECKING:
     from geolocus.places import Gazetteer
@@ -125,7 +129,6 @@ class LMMSettings:
     @classmethod
     def from_url(cls, url: str, model: str = "default", fallback: bool = False) -> LMMSettings:
         """An OpenAI-compatible server at ``url`` (nothing is sent until a photo is asked)."""
-        from geolocus.refine.lmm import LMMClient
 
         return cls(LMMClient(url, model), fallback)
 
@@ -209,8 +212,6 @@ class Geolocator:
             )
         gazetteer = None
         if places.names:
-            from geolocus.places import Gazetteer
-
             gazetteer = Gazetteer.load()
             gazetteer.reverse_geocode(0.0, 0.0)  # builds its k-d tree now, not per photo
         geo = cls(
@@ -261,8 +262,6 @@ class Geolocator:
     def _load(self, item: Any, i: int) -> _Loaded:
         """(pixels, image kept for the LMM, EXIF GPS, error) of one input."""
         from PIL import Image
-
-        from geolocus.data.images import load_photo, to_rgb
 
         prep = self.embedder.encoder.preprocessing
         try:
@@ -452,8 +451,6 @@ class Geolocator:
 
     def _ask_lmm(self, pred: Prediction, image: Any) -> None:
         """Let the multimodal model choose; its answer becomes guess 1."""
-        from geolocus.geo import haversine_km
-        from geolocus.refine.lmm import Candidate
 
         if image is None:
             return
@@ -499,8 +496,6 @@ def expand_inputs(
 
     What a folder holds that cannot be used (link loops, unreadable sub-folders) goes to
     ``on_skip(path, reason)`` (see :func:`~geolocus.data.images.list_images`)."""
-    from geolocus.data.images import list_images
-    from geolocus.errors import InputError
 
     out: list[str] = []
     for a in args:

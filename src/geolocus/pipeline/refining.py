@@ -24,6 +24,7 @@ from geolocus.eval import published_results, score_errors
 from geolocus.eval.crossval import cross_val_predict
 from geolocus.eval.folds import grouped_folds
 from geolocus.geo import haversine_km
+from geolocus.ocr.collection import photo_evidence
 from geolocus.refine import REFINERS, Refiner, create_refiner
 
 PathLike = str | os.PathLike[str]
@@ -39,7 +40,6 @@ class OCRSettings:
 
 def with_photo_text(nb: Neighbours, images: PathLike, ocr: OCRSettings | None = None) -> Neighbours:
     """``nb`` with the text evidence of each query's photo (named by its IMG_ID in ``images``)."""
-    from geolocus.ocr.collection import photo_evidence  # reads photos: PIL and an OCR engine
 
     ocr = ocr or OCRSettings()
     return nb.with_evidence(photo_evidence(list(nb.ids), images, ocr.cache, backend=ocr.backend))

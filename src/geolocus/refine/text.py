@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from geolocus.geo import distance_km
+from geolocus.places import country_code_of
 
 #: Distances (km) at which named places are counted around a candidate.
 PLACE_SCALES_KM: tuple[float, ...] = (25.0, 200.0, 750.0)
@@ -58,7 +59,6 @@ def text_features(
     rows = [i for i, ev in enumerate(evidence) if ev is not None and ev.has_text]
     if not rows:
         return out
-    from geolocus.places import country_code_of
 
     codes = np.asarray(country_code_of(candidates[rows, :, 0], candidates[rows, :, 1]))
     codes = codes.reshape(len(rows), c)

@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from geolocus.encoders.image import create_encoder
 from geolocus.errors import InputError
+from geolocus.modelfile import META_CONFIG, META_MODEL, read_model_file, write_model_file
 from geolocus.segment.base import Segmenter
 
 #: ``geolocus.model`` of a codebook file (common format, not a retrieval model).
@@ -147,7 +149,6 @@ class TokenCodebook(nn.Module):
     # -- files ------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        from geolocus.modelfile import write_model_file
 
         cfg = {"classes": self.classes, "dim": self.dim, "backbone": self.backbone}
         write_model_file(path, dict(self.state_dict()), CODEBOOK_TYPE, cfg)
@@ -156,8 +157,6 @@ class TokenCodebook(nn.Module):
     def load(cls, path: str | os.PathLike[str]) -> TokenCodebook:
         """A codebook from a codebook file or from a model file that holds one (DualGeo)."""
         import json
-
-        from geolocus.modelfile import META_CONFIG, META_MODEL, read_model_file
 
         meta, tensors = read_model_file(path)
         cfg = json.loads(meta[META_CONFIG])
@@ -204,8 +203,6 @@ class PseudoSegmenter(Segmenter):
             raise InputError("the codebook segmenter needs codebook= (a fitted codebook or file)")
         book = codebook if isinstance(codebook, TokenCodebook) else TokenCodebook.load(codebook)
         if encoder is None or isinstance(encoder, str):
-            from geolocus.encoders.image import create_encoder
-
             name = encoder or book.backbone
             if not name:
                 raise InputError("name the encoder: the codebook does not record its backbone")

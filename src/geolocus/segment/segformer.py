@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from geolocus.data.images import to_rgb
 from geolocus.encoders.image.base import IMAGENET_MEAN as _MEAN
 from geolocus.encoders.image.base import IMAGENET_STD as _STD
 from geolocus.errors import ModelUnavailableError
 from geolocus.segment.base import Segmenter
 from geolocus.segment.catalog import SEGFORMER_ADE
+from geolocus.weights import require
 
 IMAGENET_MEAN = np.array(_MEAN, dtype=np.float32)
 IMAGENET_STD = np.array(_STD, dtype=np.float32)
@@ -78,8 +80,6 @@ class SegFormerSegmenter(Segmenter):
             model = SegformerForSemanticSegmentation(SegformerConfig(**{**SMALL_CONFIG, **config}))
             return cls(model, size, name=f"{SEGFORMER_ADE} (random)")
         if weights is None:
-            from geolocus.weights import require
-
             weights = require(SEGFORMER_ADE)
         model = SegformerForSemanticSegmentation.from_pretrained(
             str(Path(weights)), local_files_only=True
@@ -91,7 +91,6 @@ class SegFormerSegmenter(Segmenter):
         return (self.size, self.size)
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        from geolocus.data.images import to_rgb
 
         arrs = []
         for im in images:

@@ -47,6 +47,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
 
+from geolocus import __version__
 from geolocus.data.images import read_image_size
 from geolocus.errors import ImageError
 
@@ -498,8 +499,7 @@ def make_server(
     ``max_connections``: connections served at once; ``max_request_pixels``: the
     pixel budget of one request (see :func:`check_pixels`).
     """
-    from geolocus import __version__
-    from geolocus.pipeline.formats import map_text
+    from geolocus.pipeline.formats import map_text  # torch: `geolocus --help` stays fast
 
     if read_timeout <= 0 or request_timeout <= 0:
         raise ValueError("read_timeout and request_timeout must be positive")

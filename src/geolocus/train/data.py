@@ -22,8 +22,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from geolocus.data.im2gps3k import photographer
+from geolocus.data.tables import read_coords
+from geolocus.encoders.features import FeatureStore, cache_dir, extract_features, feature_key
+from geolocus.encoders.image import create_encoder
+from geolocus.encoders.image.base import file_identity
+from geolocus.encoders.text import MINILM, TextEncoder
 from geolocus.errors import InputError
+from geolocus.eval.folds import grouped_folds
+from geolocus.files import atomic_path
+from geolocus.files import cache_dir as user_cache_dir
+from geolocus.places import describe
 from geolocus.train.loop import minibatches, steps
+from geolocus.weights import require
 
 if TYPE_CHECKING:
     from geolocus.encoders.features import TokensMode
@@ -100,7 +111,6 @@ class TrainingSet:
 
 def place_sentences(gps: np.ndarray) -> list[str]:
     """TransGeoCLIP's sentence for each (lat, lon), from the offline gazetteer."""
-    from geolocus.places import describe
 
     gps = np.asarray(gps, dtype=np.float64).reshape(-1, 2)
     out = describe(gps[:, 0], gps[:, 1])
@@ -119,11 +129,6 @@ def place_text_embeddings(
     result is cached in the user cache folder under a hash of the encoder's
     weights and the sentences, so later runs read it back at once.
     """
-    from geolocus.encoders.image.base import file_identity
-    from geolocus.encoders.text import MINILM, TextEncoder
-    from geolocus.files import atomic_path
-    from geolocus.files import cache_dir as user_cache_dir
-    from geolocus.weights import require
 
     if encoder != MINILM:
         raise InputError(f"unknown text encoder {encoder!r}; the offline one is {MINILM!r}")
@@ -172,14 +177,6 @@ def open_or_extract(
     extracted otherwise (resumable)."""
     import contextlib
 
-    from geolocus.encoders.features import (
-        FeatureStore,
-        cache_dir,
-        extract_features,
-        feature_key,
-    )
-    from geolocus.encoders.image import create_encoder
-
     enc = create_encoder(backbone)
     out = cache_dir(cache_root, enc, tag)
     modes: list[TokensMode] = ["full"] if tokens else [False, "full"]
@@ -219,16 +216,11 @@ def load_training_set(
     ``holdout`` of :func:`geolocus.eval.folds.grouped_folds` (by photographer) is left out.
     ``text`` names a text encoder: the place sentences' embeddings are added.
     """
-    from geolocus.data.im2gps3k import photographer
-    from geolocus.data.tables import read_coords
-    from geolocus.eval.folds import grouped_folds
 
     lab = read_coords(labels, "labels")
     ids = [str(i) for i in lab["IMG_ID"].tolist()]
     gps = lab[["LAT", "LON"]].to_numpy(dtype=np.float64)
     if features is not None:
-        from geolocus.encoders.features import FeatureStore
-
         store = FeatureStore.open(features)
         if store.meta.get("encoder") != backbone:
             raise InputError(

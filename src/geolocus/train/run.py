@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from geolocus.errors import InputError
+from geolocus.models import model_class
+from geolocus.train.checkpoint import read_config
 from geolocus.train.config import checkpoint_path
+from geolocus.train.data import load_training_set
 from geolocus.train.loop import TrainConfig, fit, seed_everything
 
 
@@ -41,9 +44,6 @@ def train_from_config(
     ``resume`` continues from the checkpoint if there is one (its model config
     must match).
     """
-    from geolocus.models import model_class
-    from geolocus.train.checkpoint import read_config
-    from geolocus.train.data import load_training_set
 
     train = TrainConfig(**cfg.get("train", {}))
     seed_everything(train.seed)

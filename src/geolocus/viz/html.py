@@ -25,6 +25,7 @@ import numpy as np
 from geolocus.errors import GeolocusError
 from geolocus.files import write_text_atomic
 from geolocus.geo import haversine_km
+from geolocus.places import Gazetteer
 from geolocus.viz.outline import asset_text, detail_geojson, world_geojson_text
 from geolocus.viz.points import Guess, as_guesses, as_points
 
@@ -64,8 +65,6 @@ def _place_labels(lat: list[float], lon: list[float]) -> list[str | None]:
     if not lat:
         return []
     try:
-        from geolocus.places import Gazetteer
-
         places = Gazetteer.load().reverse_geocode(lat, lon)
     except GeolocusError:
         return [None] * len(lat)

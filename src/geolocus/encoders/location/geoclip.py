@@ -17,12 +17,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from geolocus.encoders.location.pretrained import LOCATION_ENCODER
 from geolocus.encoders.location.rff import (
     GEOCLIP_SIGMAS,
     GaussianFourierFeatures,
     project_geoclip,
 )
 from geolocus.errors import InputError
+from geolocus.weights import require
 
 
 class ScaleBranch(nn.Module):
@@ -117,9 +119,6 @@ class GeoCLIPLocationEncoder(nn.Module):
     def from_pretrained(cls, path: str | os.PathLike[str] | None = None) -> GeoCLIPLocationEncoder:
         """GeoCLIP's pretrained encoder, from the ``geoclip`` wheel (or ``path``)."""
         if path is None:
-            from geolocus.encoders.location.pretrained import LOCATION_ENCODER
-            from geolocus.weights import require
-
             path = require(LOCATION_ENCODER)
         state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
         try:
