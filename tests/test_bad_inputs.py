@@ -41,6 +41,18 @@ def _errors(err: str) -> list[str]:
     return [x for x in err.splitlines() if x.startswith("geolocus: error: ")]
 
 
+def _lock_folders_named_locked(monkeypatch) -> None:
+    """Folders named ``locked`` cannot be listed (simulated: root reads through mode 000)."""
+    real = os.scandir
+
+    def scandir(path):
+        if isinstance(path, (str, os.PathLike)) and Path(path).name == "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
 @pytest.fixture
 def tables(tmp_path: Path) -> dict[str, Path]:
     """Good and bad CSVs: neighbours, labels, predictions."""
@@ -221,14 +233,7 @@ def test_predict_goes_on_past_bad_photos_and_bad_corners_of_folders(
     (d / "locked").mkdir()
     (d / "locked" / "x.jpg").write_bytes(b"never read")
     os.mkfifo(tmp_path / "fifo.jpg")  # read directly it would block predict for ever
-    real = os.scandir  # root reads through chmod 000: an unlistable folder is simulated
-
-    def scandir(path):
-        if isinstance(path, (str, os.PathLike)) and Path(path).name == "locked":
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return real(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    _lock_folders_named_locked(monkeypatch)
     argv = ["predict", str(d), str(tmp_path / "fifo.jpg"), str(tmp_path / "missing.jpg")]
     rc, out, err = _run(capsys, [*argv, str(queries["nairobi"]), "--db", str(db), "-f", "csv"])
     assert rc == 1
@@ -360,14 +365,7 @@ def test_index_build_skips_loops_and_an_unlistable_subfolder(tmp_path, capsys, m
     (tmp_path / "labels.csv").write_text("IMG_ID,LAT,LON\n" + "".join(rows))
     (img / "ok" / "loop.jpg").symlink_to("loop.jpg")
     (img / "ok" / "up").symlink_to("..")
-    real = os.scandir  # root reads through chmod 000: an unlistable folder is simulated
-
-    def scandir(path):
-        if isinstance(path, (str, os.PathLike)) and Path(path).name == "locked":
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return real(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    _lock_folders_named_locked(monkeypatch)
     argv = ["index", "build", "--images", str(img), "--labels", str(tmp_path / "labels.csv")]
     rc, _, err = _run(capsys, [*argv, "--out", str(tmp_path / "db")])
     assert rc == 0, err
