@@ -238,8 +238,8 @@ def _build() -> dict[str, np.ndarray]:
         "country": np.concatenate([np.asarray(v, np.int64) for v in country]),
         "kind": np.concatenate([np.asarray(v, np.int8) for v in kind]),
         "codes": np.array(t.country_codes, dtype="U3"),
-        "names": np.array(names, dtype=str),
-        "postings": np.concatenate(postings),
+        "keys": np.array(names, dtype=str),
+        "rows": np.concatenate(postings),
         "offsets": np.cumsum([0] + [len(r) for r in postings]),
     }
 
