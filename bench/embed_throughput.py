@@ -110,9 +110,9 @@ def main() -> None:
         ids_same = all(outs[k].ids == ref[k].ids for k in ref)
         diff = max(
             float(
-                np.abs(
-                    outs[k].vectors.astype(np.float32) - ref[k].vectors.astype(np.float32)
-                ).max(initial=0.0)
+                np.abs(outs[k].vectors.astype(np.float32) - ref[k].vectors.astype(np.float32)).max(
+                    initial=0.0
+                )
             )
             for k in ref
         )
