@@ -320,3 +320,17 @@ def test_ray_gives_the_same_database_even_when_a_worker_dies(shards, tmp_path):
     build_from_source(tmp_path / "ray", src, _emb(), ray_ex, progress=False)
     assert marker.is_file()  # a worker did die in the middle of a shard
     _same(Database.open(tmp_path / "one"), Database.open(tmp_path / "ray"))
+
+
+@pytest.mark.slow
+def test_cli_builds_from_shards_alike_with_one_process_and_a_pool(shards, tmp_path, capsys):
+    base = ["index", "build", "--shards", str(shards / "*.tar"), "--model", "efficientnet-lite0"]
+    assert main([*base, "--out", str(tmp_path / "one"), "--batch-size", "4"]) == 0
+    out, err = capsys.readouterr()
+    assert "added 10 photos" in out and "skipped b/corrupt (unreadable)" in err
+    assert main([*base, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    assert "added 10 photos" in capsys.readouterr().out
+    _same(Database.open(tmp_path / "one"), Database.open(tmp_path / "two"))
+    assert main(["index", "info", str(tmp_path / "two"), "--check"]) == 0
+    assert main([*base, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    assert "up to date" in capsys.readouterr().out

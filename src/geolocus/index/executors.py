@@ -257,7 +257,8 @@ class RayExecutor:
             }
             if self.address:
                 kw["address"] = self.address
-            else:
+            else:  # "local": a new runtime, even where a cluster runs on this machine
+                kw["address"] = "local"
                 kw["num_cpus"] = self.workers or os.cpu_count() or 1
                 kw["object_store_memory"] = 256 * 1024**2
             try:
