@@ -283,6 +283,8 @@ def test_ray_missing_is_one_line(shards, tmp_path, monkeypatch, capsys):
         ([], "give one input"),
         (["--shards", "x", "--table", "y"], "give one input"),
         (["--shards", "x", "--workers", "0"], "--workers must be at least 1"),
+        (["--shards", "x", "--exif"], "go with --images"),
+        (["--table", "x.csv", "--shard-size", "0"], "--shard-size must be at least 1"),
     ],
 )
 def test_cli_source_errors_are_one_line(tmp_path, capsys, monkeypatch, extra, match):

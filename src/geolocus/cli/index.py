@@ -140,6 +140,8 @@ def build(
 
     if sum(x is not None for x in (images, shards, table)) != 1:
         raise InputError("give one input: --images DIR, --shards GLOB or --table FILE")
+    if images is None and (labels is not None or exif):
+        raise InputError("--labels and --exif go with --images (shards and tables hold positions)")
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be at least 1, not {workers}")
     if shard_size is not None and shard_size < 1:
