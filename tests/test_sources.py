@@ -336,3 +336,54 @@ def test_cli_builds_from_shards_alike_with_one_process_and_a_pool(shards, tmp_pa
     assert main(["index", "info", str(tmp_path / "two"), "--check"]) == 0
     assert main([*base, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+def test_keys_repeated_across_shards_and_an_index_trained_across_shards(shards, tmp_path):
+    _shard(shards / "shard-003.tar", _good("a", 2, seed=3))  # a/0000, a/0001 again
+    src = tar_source(str(shards / "*.tar"))
+    res = build_from_source(tmp_path / "db", src, _emb(), factory="IVF2,Flat", progress=False)
+    db = Database.open(tmp_path / "db")
+    assert len(db) == 10 and db.manifest.factory == "IVF2,Flat"
+    rep = [(p.id, p.path, p.problem) for p in res.problems if p.problem == "repeated key"]
+    assert sorted(rep) == [
+        ("a/0000", "shard-003.tar", "repeated key"),
+        ("a/0001", "shard-003.tar", "repeated key"),
+        ("b/0001", "shard-001.tar", "repeated key"),
+    ]
+    # the first kept: a/0000's vector is shard 0's (colour 0), not shard 3's (colour 3)
+    row = list(db.ids).index("a/0000")
+    np.testing.assert_allclose(db.coords[row], COORDS[0])
+
+
+def test_one_photo_shards_train_an_ivf_index_together(tmp_path):
+    img = tmp_path / "photos"
+    rows = []
+    for i in range(3):
+        photo(img / f"p{i}.jpg", COLOURS[i], seed=i)
+        rows.append(f"p{i}.jpg,{COORDS[i][0]},{COORDS[i][1]}\n")
+    (tmp_path / "l.csv").write_text("IMG_ID,LAT,LON\n" + "".join(rows))
+    src = inputs_source(gather_inputs(img, tmp_path / "l.csv"), shard_size=1)
+    build_from_source(tmp_path / "db", src, _emb(), factory="IVF2,Flat", progress=False)
+    assert list(Database.open(tmp_path / "db").ids) == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    with pytest.raises(InputError, match="must be trained on at least 4"):
+        build_from_source(tmp_path / "db4", src, _emb(), factory="IVF4,Flat", progress=False)
+
+
+def test_shards_staged_with_another_model_are_not_reused(shards, tmp_path, monkeypatch):
+    src = tar_source(str(shards / "shard-000.tar"))
+    db_dir = tmp_path / "db"
+    monkeypatch.setattr("geolocus.index.build.write_from_shards", _stop)
+    with pytest.raises(KeyboardInterrupt):
+        build_from_source(db_dir, src, _emb(), progress=False)
+    monkeypatch.undo()
+    assert len(list((db_dir / STAGING).glob("*.npz"))) == 1
+    other = ColourEncoder("colour-v2")
+    calls = []
+    orig = ColourEncoder.forward
+    monkeypatch.setattr(ColourEncoder, "forward", lambda s, x: calls.append(1) or orig(s, x))
+    build_from_source(db_dir, src, BackboneEmbedder(other), progress=False)
+    assert calls and Database.open(db_dir).manifest.model_version == BackboneEmbedder(other).version
+
+
+def _stop(*a, **k):
+    raise KeyboardInterrupt

@@ -43,12 +43,19 @@ from geolocus.encoders.features import extract_features, read_failed
 from geolocus.errors import GeolocusError, ImageError, InputError
 from geolocus.files import atomic_write
 from geolocus.index.database import Database, read_manifest
+from geolocus.index.executors import Executor, LocalExecutor, Progress
 from geolocus.index.lock import database_lock
+from geolocus.index.shards import (
+    STAGING,
+    ShardOutput,
+    load_shard,
+    save_shard,
+    shard_file,
+    write_from_shards,
+)
 from geolocus.models.embedder import create_embedder
 
 if TYPE_CHECKING:
-    from geolocus.index.executors import Executor
-    from geolocus.index.shards import ShardOutput
     from geolocus.models.embedder import Embedder
 
 REPORT = "report.csv"
@@ -540,9 +547,6 @@ def build_from_source(
     database there is kept unless ``overwrite``; the lock is held throughout.
     Problems (``report.csv``) name the shard in the path column and the key as id.
     """
-    from geolocus.index.executors import LocalExecutor, Progress
-    from geolocus.index.shards import STAGING, load_shard, save_shard, shard_file, write_from_shards
-
     t0 = time.perf_counter()
     path = Path(path)
     if path.exists() and not path.is_dir():
