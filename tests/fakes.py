@@ -145,3 +145,12 @@ def dying_colour_embedder(marker: str):
 
     emb.encoder.forward = forward
     return emb
+
+
+def always_dying_colour_embedder():
+    """As :func:`colour_embedder`, but every process that runs a batch dies."""
+    import os
+
+    emb = colour_embedder()
+    emb.encoder.forward = lambda pixels: os._exit(1)
+    return emb

@@ -13,7 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fakes import PLACES, ColourEncoder, colour_embedder, dying_colour_embedder, photo
+from fakes import (
+    PLACES,
+    ColourEncoder,
+    always_dying_colour_embedder,
+    colour_embedder,
+    dying_colour_embedder,
+    photo,
+)
 from geolocus.cli.main import main
 from geolocus.data.sources import read_shard, table_source, tar_source
 from geolocus.errors import InputError
@@ -387,3 +394,13 @@ def test_shards_staged_with_another_model_are_not_reused(shards, tmp_path, monke
 
 def _stop(*a, **k):
     raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_a_shard_that_kills_every_ray_worker_ends_with_one_error(shards, tmp_path):
+    pytest.importorskip("ray")
+    src = tar_source(str(shards / "shard-000.tar"))
+    ray_ex = RayExecutor(always_dying_colour_embedder, workers=1, retries=0)
+    with pytest.raises(InputError, match=r"shard shard-000.tar: its Ray worker died in each of 1 attempts"):
+        build_from_source(tmp_path / "db", src, _emb(), ray_ex, progress=False)
+    assert list((tmp_path / "db" / STAGING).glob("*.npz")) == []

@@ -11,14 +11,15 @@ per worker = cores / workers.
 Ray is optional (``pip install 'geolocus[ray]'``) and imported only for
 ``--ray``: one actor per CPU slot (or per GPU with ``gpus``), each holding the
 model, shards handed out one at a time as tasks; an actor that dies is
-restarted by Ray and its shard run again (and resubmitted here if Ray gives up).
+restarted by Ray and its shard run again (and resubmitted here, a bounded number of
+times, if Ray gives up: a shard that kills every worker ends the build with one line).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -276,7 +277,9 @@ class RayExecutor:
         slots = int(res.get("GPU", 0)) if self.gpus else int(res.get("CPU", 1))
         n = max(1, min(self.workers or slots, slots or 1, len(shards)))
         cpus = res.get("CPU", n)
-        opts: dict[str, Any] = {"num_cpus": 1, "max_restarts": -1, "max_task_retries": -1}
+        # a dead actor is restarted and its task retried once by Ray, then resubmitted here
+        # up to ``retries`` times: bounded, so a shard that always kills its worker ends
+        opts: dict[str, Any] = {"num_cpus": 1, "max_restarts": -1, "max_task_retries": 1}
         if self.gpus:
             opts["num_gpus"] = 1
         actor_cls = ray.remote(**opts)(RayShardWorker)
@@ -303,12 +306,15 @@ class RayExecutor:
                     attempts[spec.name] = attempts.get(spec.name, 0) + 1
                     if attempts[spec.name] > self.retries:
                         raise InputError(
-                            f"shard {spec.name}: its Ray worker died {self.retries + 1} times "
-                            f"({type(e).__name__}); giving up"
+                            f"shard {spec.name}: its Ray worker died in each of {self.retries + 1} "
+                            f"attempts ({type(e).__name__}); giving up"
                         ) from None
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor)
                     actor = actor_cls.remote(
                         self.spec, threads, self.batch_size, self.loader_threads
                     )
+                    actors.append(actor)
                     running[actor.embed.remote(spec)] = (actor, spec)
                     continue
                 except ray.exceptions.RayTaskError as e:
@@ -321,10 +327,8 @@ class RayExecutor:
                     running[actor.embed.remote(s)] = (actor, s)
         finally:
             for a in actors:
-                try:
+                with contextlib.suppress(Exception):
                     ray.kill(a)
-                except Exception:
-                    time.sleep(0)
 
 
 def make_executor(
