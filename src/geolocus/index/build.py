@@ -18,6 +18,12 @@ crash): the same command then resumes. Every problem goes to ``DB/report.csv``
 A build or add holds the database's lock (:mod:`geolocus.index.lock`) until
 its database is saved (the CLI takes it before loading the model): one writer
 at a time.
+
+At scale, :func:`build_from_source` takes a sharded source instead
+(:mod:`geolocus.data.sources`: tar shards, a table, or a folder's inputs cut by
+:func:`inputs_source`), embeds it with an executor (:mod:`geolocus.index.executors`)
+shard by shard into ``DB/.staging`` and writes the database from there
+(:mod:`geolocus.index.shards`); same up-to-date, overwrite, report and lock rules.
 """
 
 from __future__ import annotations
