@@ -117,3 +117,40 @@ def bomb(path: Path) -> Path:
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     path.write_bytes(bytes(data))
     return path
+
+
+def colour_embedder():
+    """A picklable embedder factory for worker processes and Ray actors."""
+    from geolocus.models.embedder import BackboneEmbedder
+
+    return BackboneEmbedder(ColourEncoder())
+
+
+def dying_colour_embedder(marker: str):
+    """As :func:`colour_embedder`, but the first process to run a batch dies in the middle of
+    its shard (``os._exit``), as a Ray worker killed by the OS would; ``marker`` records it."""
+    import os
+
+    emb = colour_embedder()
+    orig = emb.encoder.forward
+
+    def forward(pixels):
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return orig(pixels)
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        os._exit(1)
+
+    emb.encoder.forward = forward
+    return emb
+
+
+def always_dying_colour_embedder():
+    """As :func:`colour_embedder`, but every process that runs a batch dies."""
+    import os
+
+    emb = colour_embedder()
+    emb.encoder.forward = lambda pixels: os._exit(1)
+    return emb

@@ -31,12 +31,59 @@ def _finish(result) -> None:
     typer.echo(result.summary())
 
 
+_SHARDS_HELP = (
+    "WebDataset tar shards, a glob (quote it): 'data/shard-*.tar'. Each sample is KEY.jpg "
+    "(or .jpeg, .png, .webp) with KEY.json holding lat and lon (or latitude, longitude)."
+)
+_TABLE_HELP = (
+    "A Parquet or CSV table: a column of image paths (relative to the table's folder) or "
+    "image bytes, and lat/lon columns."
+)
+
+
+def _source(
+    images: Path | None,
+    labels: Path | None,
+    exif: bool,
+    shards: str | None,
+    table: Path | None,
+    columns: dict[str, str | None],
+    shard_size: int,
+):
+    """The one input given, as a sharded source."""
+    from geolocus.data.sources import table_source, tar_source
+    from geolocus.index.build import inputs_source
+
+    if shards is not None:
+        return tar_source(shards)
+    if table is not None:
+        return table_source(table, shard_size, **columns)
+    assert images is not None
+    return inputs_source(_inputs(images, labels, exif), shard_size)
+
+
 @app.command("build")
 def build(
-    images: Path = typer.Option(..., "--images", help="Folder of photos (searched recursively)."),
+    images: Path | None = typer.Option(
+        None, "--images", help="Folder of photos (searched recursively)."
+    ),
     labels: Path | None = typer.Option(None, "--labels", help=_LABELS_HELP),
     exif: bool = typer.Option(
         False, "--exif", help="Take each photo's position from its EXIF GPS."
+    ),
+    shards: str | None = typer.Option(None, "--shards", help=_SHARDS_HELP),
+    table: Path | None = typer.Option(None, "--table", help=_TABLE_HELP),
+    image_column: str | None = typer.Option(
+        None, "--image-column", help="The table's image column (default: image, path, ...)."
+    ),
+    lat_column: str | None = typer.Option(
+        None, "--lat-column", help="The table's latitude column (default: lat or latitude)."
+    ),
+    lon_column: str | None = typer.Option(
+        None, "--lon-column", help="The table's longitude column (default: lon or longitude)."
+    ),
+    id_column: str | None = typer.Option(
+        None, "--id-column", help="The table's id column (default: the image path, or the row)."
     ),
     model: str | None = typer.Option(
         None,
@@ -49,6 +96,24 @@ def build(
         "Flat", "--factory", help="FAISS index: Flat (exact), or e.g. 'IVF256,Flat', 'HNSW32,Flat'."
     ),
     batch_size: int = batch_size_option(32),
+    shard_size: int | None = typer.Option(
+        None,
+        "--shard-size",
+        help="Photos per shard of a folder or table (default 1000); each finished shard "
+        "is kept, so an interrupted build redoes only the unfinished ones.",
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Embed shards in a local pool of N processes."
+    ),
+    ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="Embed shards on Ray actors (pip install 'geolocus[ray]'): a local Ray runtime, "
+        "or the cluster at --ray-address.",
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="An existing Ray cluster ('auto' or HOST:PORT)."
+    ),
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
@@ -56,30 +121,68 @@ def build(
     ),
     wait: bool = typer.Option(False, "--wait", help=_WAIT_HELP),
 ) -> None:
-    """Embed every photo of a folder and store it with its position.
+    """Embed geotagged photos and store them with their positions.
 
-    Positions come from --labels or from each photo's --exif GPS. Unreadable
-    photos and photos without a position are skipped and listed in
+    Input: a folder (--images, positions from --labels or each photo's --exif
+    GPS), WebDataset tar shards (--shards), or a table (--table). Work is cut
+    into shards (a folder or table into --shard-size photos); with --workers N
+    or --ray they are embedded in parallel, and the same database comes out.
+    Unreadable photos and photos without a position are skipped and listed in
     OUT/report.csv. Interrupted, the same command resumes where it stopped.
     One process at a time writes a database: a second one fails at once,
     naming the first, unless --wait.
     """
-    from geolocus.index.build import build_database
+    from geolocus.errors import InputError
+    from geolocus.index.build import build_database, build_from_source
+    from geolocus.index.executors import import_ray, make_executor
     from geolocus.index.lock import database_lock
     from geolocus.models.embedder import create_embedder
 
+    if sum(x is not None for x in (images, shards, table)) != 1:
+        raise InputError("give one input: --images DIR, --shards GLOB or --table FILE")
+    if images is None and (labels is not None or exif):
+        raise InputError("--labels and --exif go with --images (shards and tables hold positions)")
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be at least 1, not {workers}")
+    if shard_size is not None and shard_size < 1:
+        raise InputError(f"--shard-size must be at least 1, not {shard_size}")
+    if ray or ray_address:
+        import_ray()  # one line, before anything is loaded or written
+    sharded = images is None or shard_size is not None or workers is not None or ray
+    columns = {
+        "image_column": image_column,
+        "lat_column": lat_column,
+        "lon_column": lon_column,
+        "id_column": id_column,
+    }
     with database_lock(out, wait=wait):  # before the model loads: a second writer fails at once
-        inputs = _inputs(images, labels, exif)
-        embedder = create_embedder(model)
-        result = build_database(
-            out,
-            inputs,
-            embedder,
-            factory=factory,
-            batch_size=batch_size,
-            overwrite=overwrite,
-            wait=wait,
-        )
+        if not sharded:
+            assert images is not None
+            inputs = _inputs(images, labels, exif)
+            embedder = create_embedder(model)
+            result = build_database(
+                out,
+                inputs,
+                embedder,
+                factory=factory,
+                batch_size=batch_size,
+                overwrite=overwrite,
+                wait=wait,
+            )
+        else:
+            source = _source(images, labels, exif, shards, table, columns, shard_size or 1000)
+            embedder = create_embedder(model)
+            executor = make_executor(
+                embedder,
+                model or embedder.name,
+                workers=workers,
+                ray=ray,
+                ray_address=ray_address,
+                batch_size=batch_size,
+            )
+            result = build_from_source(
+                out, source, embedder, executor, factory=factory, overwrite=overwrite, wait=wait
+            )
     _finish(result)
 
 

@@ -18,6 +18,12 @@ crash): the same command then resumes. Every problem goes to ``DB/report.csv``
 A build or add holds the database's lock (:mod:`geolocus.index.lock`) until
 its database is saved (the CLI takes it before loading the model): one writer
 at a time.
+
+At scale, :func:`build_from_source` takes a sharded source instead
+(:mod:`geolocus.data.sources`: tar shards, a table, or a folder's inputs cut by
+:func:`inputs_source`), embeds it with an executor (:mod:`geolocus.index.executors`)
+shard by shard into ``DB/.staging`` and writes the database from there
+(:mod:`geolocus.index.shards`); same up-to-date, overwrite, report and lock rules.
 """
 
 from __future__ import annotations
@@ -37,12 +43,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geolocus.data.images import list_images, read_exif_gps
+from geolocus.data.sources import Record, ShardSpec, Source, SourceProblem, items_source
 from geolocus.data.tables import read_coords
 from geolocus.encoders.features import extract_features, read_failed
 from geolocus.errors import GeolocusError, ImageError, InputError
 from geolocus.files import atomic_write
 from geolocus.index.database import Database, read_manifest
+from geolocus.index.executors import Executor, LocalExecutor, Progress
 from geolocus.index.lock import database_lock
+from geolocus.index.shards import (
+    STAGING,
+    ShardOutput,
+    load_shard,
+    save_shard,
+    shard_file,
+    write_from_shards,
+)
 from geolocus.models.embedder import create_embedder
 
 if TYPE_CHECKING:
@@ -496,3 +512,131 @@ def print_problems(problems: list[Problem], limit: int = 10, file: Any = None) -
         print(f"skipped {p.id} ({p.problem}){detail}", file=file)
     if len(problems) > limit:
         print(f"... and {len(problems) - limit} more", file=file)
+
+
+# ----------------------------------------------------------- sources at scale (shards)
+
+
+def inputs_source(inputs: Inputs, shard_size: int = 1000) -> Source:
+    """A folder's inputs (labels or EXIF) as a source cut into shards of ``shard_size``
+    photos, in id order; what gathering left out stays reported."""
+    records = [
+        Record(i, p, float(la), float(lo), p)
+        for i, p, (la, lo) in zip(inputs.ids, inputs.paths, inputs.latlon, strict=True)
+    ]
+    problems = [SourceProblem("", p.id, p.problem, p.detail) for p in inputs.problems]
+    src = items_source(records, inputs.source, inputs.root, shard_size, problems)
+    return src
+
+
+def _as_problem(p: SourceProblem) -> Problem:
+    return Problem(p.key, p.shard, p.problem, p.detail)
+
+
+def build_from_source(
+    path: str | os.PathLike[str],
+    source: Source,
+    embedder: Embedder,
+    executor: Executor | None = None,
+    *,
+    factory: str = "Flat",
+    overwrite: bool = False,
+    progress: bool = True,
+    wait: bool = False,
+) -> BuildResult:
+    """Embed a sharded ``source`` with ``executor`` (default: this process) and write a
+    new database at ``path``.
+
+    Each finished shard is staged in ``DB/.staging`` (:mod:`geolocus.index.shards`):
+    run again after an interruption, only the shards not staged are embedded. As
+    :func:`build_database`: the same input and model again does nothing; another
+    database there is kept unless ``overwrite``; the lock is held throughout.
+    Problems (``report.csv``) name the shard in the path column and the key as id.
+    """
+    t0 = time.perf_counter()
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} is a file, not a database folder")
+    executor = executor if executor is not None else LocalExecutor(embedder)
+    key = hashlib.sha256(
+        f"{source.key()}|{embedder.name}|{embedder.version}|{factory}".encode()
+    ).hexdigest()
+    create: dict[str, Any] = {
+        "dim": embedder.dim,
+        "model": embedder.name,
+        "model_version": embedder.version,
+        "factory": factory,
+        "extra": {"build_key": key, "embedder": embedder.describe(), "images": source.root},
+    }
+    probe = Database.create(path, overwrite=True, **create)  # the factory is checked first
+    total = source.photos
+    if not probe.index.is_trained and total is not None and 0 < total < probe._training_size():
+        raise InputError(
+            f"FAISS index {factory!r} must be trained on at least {probe._training_size()} "
+            f"vectors, and there are {total} photos; use 'Flat' for small databases"
+        )
+    with database_lock(path, wait=wait):
+        if Database.exists(path):
+            old: Database | None = None
+            try:
+                old = Database.open(path)
+                if old.manifest.extra.get("build_key") == key:
+                    old.check_vectors()
+                    return BuildResult(old, 0, [], up_to_date=True)
+            except InputError as e:
+                if not overwrite:
+                    raise InputError(f"{e}; rebuild it with --overwrite") from None
+                old = None
+            if old is not None and not overwrite:
+                raise InputError(
+                    f"a database built from other photos or another model exists at {path}: "
+                    "add photos with 'geolocus index add', or rebuild it with --overwrite"
+                )
+        if not source.shards:
+            write_report(path, "build", [_as_problem(p) for p in source.problems], True)
+            raise InputError(
+                f"none of the photos has a position ({len(source.problems)} left out, "
+                f"see {path / REPORT})"
+            )
+        staging = path / STAGING
+        files = [shard_file(staging, s, embedder.version) for s in source.shards]
+        staged = {
+            s.name: out
+            for s, f in zip(source.shards, files, strict=True)
+            if (out := load_shard(f, embedder.version, embedder.dim)) is not None
+        }
+        todo = [s for s in source.shards if s.name not in staged]
+        bar = Progress(len(source.shards), total, done=len(staged), enabled=progress)
+        bar.skip(sum(s.size or 0 for s in source.shards if s.name in staged))
+        where = dict(zip((s.name for s in source.shards), files, strict=True))
+        problems = [_as_problem(p) for p in source.problems]
+
+        def on_done(spec: ShardSpec, out: ShardOutput) -> None:
+            save_shard(where[spec.name], out, embedder.version)
+
+        try:
+            executor.run(todo, on_done, bar)
+        finally:
+            bar.close()
+        outputs = [load_shard(f, embedder.version, embedder.dim) for f in files]
+        if any(o is None for o in outputs):
+            raise InputError(f"{staging}: a staged shard changed or vanished; run again")
+        for o in outputs:
+            assert o is not None
+            problems += [_as_problem(p) for p in o.problems]
+        if not any(len(o) for o in outputs if o is not None):
+            write_report(path, "build", problems, replace_stage=True)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise InputError(
+                f"none of the photos could be used ({len(problems)} left out, see {path / REPORT})"
+            )
+        if Database.exists(path):  # replaced (other inputs, or damaged): its rows go too
+            (path / REPORT).unlink(missing_ok=True)
+            shutil.rmtree(path / "refiners", ignore_errors=True)
+        db, repeated = write_from_shards(
+            path, files, version=embedder.version, create=create, source=source.kind
+        )
+        problems += [_as_problem(p) for p in repeated]
+        write_report(path, "build", problems, replace_stage=True)
+        shutil.rmtree(staging, ignore_errors=True)
+    return BuildResult(db, len(db), problems, seconds=time.perf_counter() - t0)
