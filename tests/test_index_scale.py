@@ -52,7 +52,7 @@ def test_auto_is_flat_when_small_and_compressed_above_the_threshold(tmp_path):
 
 
 def test_compressed_recall_against_exact_search(tmp_path):
-    db, x, ids, ll = _compressed_db(tmp_path / "db")
+    db, x, _, ll = _compressed_db(tmp_path / "db")
     q = x[:200] + 0.3 * np.random.default_rng(5).normal(size=(200, DIM)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -68,7 +68,7 @@ def test_compressed_recall_against_exact_search(tmp_path):
 
 
 def test_reopen_is_memory_mapped_and_searches_the_same(tmp_path):
-    db, x, ids, ll = _compressed_db(tmp_path / "db")
+    db, x, ids, _ = _compressed_db(tmp_path / "db")
     q = x[:40]
     before = db.search(q, k=10, k_far=2, query_ids=ids[:40], exclude_self=True)
     again = Database.open(tmp_path / "db")
@@ -139,7 +139,7 @@ def test_truncated_vector_file_is_named_as_damaged(tmp_path):
 
 
 def test_a_failed_save_keeps_the_good_generation(tmp_path, monkeypatch):
-    db, x, ids, ll = _compressed_db(tmp_path / "db")
+    db, *_ = _compressed_db(tmp_path / "db")
     x2, ids2, ll2 = _corpus(100, seed=3)
     db.add(x2, ids2, ll2)
 
@@ -147,7 +147,7 @@ def test_a_failed_save_keeps_the_good_generation(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(cp, "tune", full)
-    with pytest.raises(InputError, match="cannot write the database .*No space left"):
+    with pytest.raises(InputError, match=r"cannot write the database .*No space left"):
         db.save()
     again = Database.open(tmp_path / "db", verify=True)
     assert len(again) == 3000 and again.manifest.generation == 1

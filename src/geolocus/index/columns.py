@@ -84,7 +84,7 @@ class Spool:
     ) -> None:
         i = len(self.parts)
         names = {k: self.dir / f"{i:06d}.{k}.npy" for k in ("v", "c", "i", "p", "s")}
-        arrays = {
+        arrays: dict[str, np.ndarray] = {
             "v": np.asarray(vectors, dtype=np.float16),
             "c": np.asarray(coords, dtype=np.float64),
             "i": encode_ids(ids),

@@ -200,12 +200,14 @@ class Database:
         overwrite: bool = False,
         extra: dict[str, Any] | None = None,
         auto_threshold: int = compressed.AUTO_THRESHOLD,
+        target_recall: float = compressed.TARGET_RECALL,
     ) -> Database:
         """A new, empty database (written by :meth:`save`).
 
         ``factory="auto"``: exact ``Flat`` up to ``auto_threshold`` photos, a
         compressed index above (chosen at save, when the count is known); any
-        FAISS factory string otherwise."""
+        FAISS factory string otherwise. A compressed index is searched with the
+        cheapest settings that reach recall@20 ≥ ``target_recall`` (tuned at save)."""
 
         p = Path(path)
         generation = 0
@@ -223,7 +225,10 @@ class Database:
         except RuntimeError as e:
             msg = str(e).strip().splitlines()[-1] if str(e).strip() else "invalid"
             raise InputError(f"invalid FAISS factory string {factory!r}: {msg}") from None
-        search: dict[str, Any] = {"choice": "auto" if auto else "factory"}
+        search: dict[str, Any] = {
+            "choice": "auto" if auto else "factory",
+            "target_recall_at_20": float(target_recall),
+        }
         if auto:
             search["threshold"] = int(auto_threshold)
         man = Manifest(
@@ -432,7 +437,8 @@ class Database:
             del ex, co, ids
             exact = np.load(te, mmap_mode="r")
             index, trained = self._filled_index(exact, n_base)
-            tuning = compressed.tune(index, exact)
+            target = self.manifest.search.get("target_recall_at_20", compressed.TARGET_RECALL)
+            tuning = compressed.tune(index, exact, target=float(target))
             with atomic_path(vpath) as tv:
                 _faiss().write_index(index, str(tv))
                 files[vpath.name] = _record(tv)
@@ -772,7 +778,7 @@ class Database:
         self._set_search_params(nprobe, ef_search)
         coords = self.coords
         near_s, near_i = self._knn(q, k, qids if exclude_self else None, nprobe)
-        out = {
+        out: dict[str, Any] = {
             "near": np.asarray(coords[near_i]),
             "near_scores": near_s,
             "near_ids": self._ids_at(near_i),
