@@ -152,3 +152,47 @@ def test_a_failed_save_keeps_the_good_generation(tmp_path, monkeypatch):
     again = Database.open(tmp_path / "db", verify=True)
     assert len(again) == 3000 and again.manifest.generation == 1
     assert sorted(p.name for p in (tmp_path / "db").glob("*-2.*")) == []
+
+
+def test_predict_and_best_over_a_compressed_database(tmp_path):
+    """The geolocator (and ``best``, fitted by leave-one-out) unchanged over a
+    compressed database: a red photo is placed in Paris."""
+    from fakes import PLACES, ColourEncoder, photo
+    from geolocus import Geolocator, PlaceSettings
+    from geolocus.models.embedder import BackboneEmbedder
+
+    emb = BackboneEmbedder(ColourEncoder())
+    names = list(PLACES)
+    from PIL import Image
+
+    files = [photo(tmp_path / f"{n}.jpg", PLACES[n][2]) for n in names]
+    centres = emb.embed([Image.open(f).convert("RGB") for f in files])
+    rng = np.random.default_rng(0)
+    lab = rng.integers(0, len(names), 1500)
+    x = centres[lab] + 0.15 * rng.normal(size=(1500, emb.dim))
+    ll = np.array([PLACES[names[i]][:2] for i in lab]) + rng.normal(scale=0.01, size=(1500, 2))
+    db = Database.create(tmp_path / "db", dim=emb.dim, model=emb.name,
+                         model_version=emb.version, auto_threshold=1000)  # fmt: skip
+    db.add(x, [f"{names[i]}-{j}.jpg" for j, i in enumerate(lab)], ll)
+    db.save()
+    assert Database.open(tmp_path / "db").is_compressed
+    for refine in ("dualgeo", "best"):
+        geo = Geolocator.from_database(
+            tmp_path / "db", refine, embedder=emb, places=PlaceSettings(top_k=1, names=False)
+        )
+        (pred,) = geo([str(tmp_path / "paris.jpg")])
+        assert pred.ok
+        assert abs(pred.top.lat - PLACES["paris"][0]) < 0.5
+        assert abs(pred.top.lon - PLACES["paris"][1]) < 0.5
+
+
+def test_info_shows_the_search_settings_and_check_passes(tmp_path, capsys):
+    from geolocus.cli.main import main
+
+    _compressed_db(tmp_path / "db")
+    assert main(["index", "info", str(tmp_path / "db")]) == 0
+    out = capsys.readouterr().out
+    assert "format            2" in out and "positions from    exif 3000" in out
+    assert "recall@20" in out and "re-rank" in out
+    assert main(["index", "info", str(tmp_path / "db"), "--check"]) == 0
+    assert "is sound" in capsys.readouterr().out

@@ -539,6 +539,17 @@ class Database:
     def meta(self, value: pd.DataFrame) -> None:
         self._meta = value
 
+    def source_counts(self) -> dict[str, int]:
+        """How many photos have their position from each source (``labels``, ``exif``),
+        reading only that column of a compressed database."""
+        if len(self) == 0:
+            return {}
+        if self._meta is None and self._columns is not None:
+            f = self._files(self.path, self.manifest.generation)[1]
+            col = pq.read_table(f, columns=["source"]).column("source").to_pandas()
+            return {str(k): int(v) for k, v in col.value_counts().items()}
+        return {str(k): int(v) for k, v in self.meta["source"].value_counts().items()}
+
     @property
     def ids(self) -> np.ndarray:
         if self._ids is None:
