@@ -170,12 +170,12 @@ class Tuning:
     queries: int
     target: float = TARGET_RECALL
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, prefix: str = "") -> dict[str, Any]:
         return {
-            "nprobe": self.nprobe,
-            "rerank": self.rerank,
-            "recall_at_20": round(self.recall_at_20, 4),
-            "ms_per_query": round(self.ms_per_query, 3),
+            f"{prefix}nprobe": self.nprobe,
+            f"{prefix}rerank": self.rerank,
+            f"{prefix}recall_at_20": round(self.recall_at_20, 4),
+            f"{prefix}ms_per_query": round(self.ms_per_query, 3),
             "tuned_on": self.queries,
             "target_recall_at_20": self.target,
         }
@@ -195,15 +195,19 @@ def tune(
     seed: int = 1,
     nprobes: Iterable[int] = NPROBES,
     reranks: Iterable[int] = RERANKS,
+    far: bool = False,
 ) -> Tuning:
     """The cheapest (nprobe, rerank) reaching recall@20 ≥ ``target`` on held-out
     database vectors (each query's own row excluded from both answers), by
-    measured time; the best recall found when none reaches it."""
+    measured time; the best recall found when none reaches it. ``far``: for the
+    far neighbours (the negated queries), which lie in other lists than the near."""
     n = len(vectors)
     k = min(RECALL_K, n - 1)
     rows = np.sort(np.random.default_rng(seed).choice(n, min(n_queries, n), replace=False))
     q = gather(vectors, rows)
     q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    if far:
+        q = -q
     _, ex = exact_topk(vectors, q, k + 1)
     truth = _drop_self(ex, rows, k)
     nlist = nlist_of(index)

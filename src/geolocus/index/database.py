@@ -439,6 +439,7 @@ class Database:
             index, trained = self._filled_index(exact, n_base)
             target = self.manifest.search.get("target_recall_at_20", compressed.TARGET_RECALL)
             tuning = compressed.tune(index, exact, target=float(target))
+            far = compressed.tune(index, exact, target=float(target), far=True)
             with atomic_path(vpath) as tv:
                 _faiss().write_index(index, str(tv))
                 files[vpath.name] = _record(tv)
@@ -449,6 +450,7 @@ class Database:
                 files[path.name] = _record(tmp)
         search = dict(self.manifest.search)
         search.update(tuning.as_dict())
+        search.update(far.as_dict("far_"))
         if trained:
             search["trained_at_count"] = n
         self._commit(new, n, files, search=search, factory=self.manifest.factory, format=2)
@@ -788,14 +790,14 @@ class Database:
         )
         self._set_search_params(nprobe, ef_search)
         coords = self.coords
-        near_s, near_i = self._knn(q, k, qids if exclude_self else None, nprobe)
+        near_s, near_i = self._knn(q, k, qids if exclude_self else None, nprobe, "")
         out: dict[str, Any] = {
             "near": np.asarray(coords[near_i]),
             "near_scores": near_s,
             "near_ids": self._ids_at(near_i),
         }
         if k_far > 0:
-            far_s, far_i = self._knn(-q, k_far, qids if exclude_self else None, nprobe)
+            far_s, far_i = self._knn(-q, k_far, qids if exclude_self else None, nprobe, "far_")
             out.update(
                 far=np.asarray(coords[far_i]), far_scores=-far_s, far_ids=self._ids_at(far_i)
             )
@@ -824,8 +826,10 @@ class Database:
                 ) from None
 
     def _raw_search(
-        self, q: np.ndarray, k: int, nprobe: int | None
+        self, q: np.ndarray, k: int, nprobe: int | None, side: str = ""
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product; a compressed index re-ranks with the settings tuned
+        for this ``side`` (``""`` near, ``"far_"`` far; older manifests: the near ones)."""
         if self._columns is None:
             scores, rows = self.index.search(q, k)
             return scores, rows
@@ -835,12 +839,17 @@ class Database:
             self._columns.exact,
             q,
             k,
-            int(nprobe if nprobe is not None else s.get("nprobe", 32)),
-            int(s.get("rerank", 200)),
+            int(nprobe if nprobe is not None else s.get(f"{side}nprobe", s.get("nprobe", 32))),
+            int(s.get(f"{side}rerank", s.get("rerank", 200))),
         )
 
     def _knn(
-        self, q: np.ndarray, k: int, exclude: np.ndarray | None, nprobe: int | None = None
+        self,
+        q: np.ndarray,
+        k: int,
+        exclude: np.ndarray | None,
+        nprobe: int | None = None,
+        side: str = "",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows by inner product; with ``exclude``, drop each query's own id.
 
@@ -848,7 +857,7 @@ class Database:
         valid neighbour, so downstream arrays keep a fixed shape.
         """
         k_eff = min(k + (1 if exclude is not None else 0), len(self))
-        scores, rows = self._raw_search(q, k_eff, nprobe)
+        scores, rows = self._raw_search(q, k_eff, nprobe, side)
         if exclude is not None:
             keep = self._ids_at(np.clip(rows, 0, None)) != exclude[:, None]
             keep &= rows >= 0
