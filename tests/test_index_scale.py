@@ -130,6 +130,25 @@ def test_shards_merged_equal_one_build():
     np.testing.assert_array_equal(a[1], b[1])
 
 
+def test_shard_files_resume_and_merge(tmp_path):
+    x = _corpus(3000)[0]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    v = x.astype(np.float16)
+    trained = cp.train(cp.auto_factory(len(v), DIM), DIM, v)
+    one = faiss.clone_index(trained)
+    cp.add_rows(one, v)
+    paths = [cp.write_shard(trained, v, r, tmp_path / f"s{i}.faiss")
+             for i, r in enumerate(cp.chunks(3000, 0, 1000))]  # fmt: skip
+    stamp = paths[1].stat().st_mtime_ns
+    cp.write_shard(trained, v, range(1000, 2000), paths[1])  # done already: kept
+    assert paths[1].stat().st_mtime_ns == stamp
+    merged = cp.merge_shard_files(trained, paths)
+    np.testing.assert_array_equal(
+        cp.reranked_search(one, v, x[:30], 10, 8, 100)[1],
+        cp.reranked_search(merged, v, x[:30], 10, 8, 100)[1],
+    )
+
+
 def test_truncated_vector_file_is_named_as_damaged(tmp_path):
     _compressed_db(tmp_path / "db")
     f = tmp_path / "db" / "exact-1.npy"

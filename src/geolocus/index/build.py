@@ -288,7 +288,7 @@ def build_database(
     inputs: Inputs,
     embedder: Embedder,
     *,
-    factory: str = "Flat",
+    factory: str = "auto",
     batch_size: int = 32,
     loader_threads: int = 1,
     overwrite: bool = False,

@@ -13,11 +13,14 @@ build of millions of photos never holds them all in memory.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -35,6 +38,38 @@ def decode_ids(raw: np.ndarray) -> np.ndarray:
     if raw.size == 0:
         return np.zeros(raw.shape, dtype=object)
     return np.asarray(np.char.decode(np.asarray(raw), "utf-8"), dtype=object)
+
+
+def release(a: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped array from this process's resident set (they
+    stay in the page cache): a pass over a 10 GB file then costs a chunk, not 10 GB."""
+    m = getattr(a, "_mmap", None)
+    if isinstance(m, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError):
+            m.madvise(mmap.MADV_DONTNEED)
+
+
+class NpyWriter:
+    """An ``.npy`` file of known shape written row chunks at a time, in order, through
+    the file (not a writable map, whose dirty pages would all count as resident)."""
+
+    def __init__(self, fh: BinaryIO, dtype: Any, shape: tuple[int, ...]) -> None:
+        self.fh, self.dtype, self.shape, self.rows = fh, np.dtype(dtype), shape, 0
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": shape}  # fmt: skip
+        np.lib.format.write_array_header_2_0(fh, header)
+
+    def write(self, rows: np.ndarray) -> None:
+        a = np.ascontiguousarray(rows, dtype=self.dtype)
+        if a.shape[1:] != self.shape[1:] or self.rows + len(a) > self.shape[0]:
+            raise ValueError(f"rows of shape {a.shape} do not fit {self.shape}")
+        self.fh.write(a.tobytes())
+        self.rows += len(a)
+
+    def close(self) -> None:
+        if self.rows != self.shape[0]:
+            raise ValueError(f"{self.rows} rows written of {self.shape[0]}")
+        self.fh.flush()
 
 
 @dataclass

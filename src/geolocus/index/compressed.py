@@ -16,11 +16,14 @@ import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from geolocus.errors import InputError
+from geolocus.files import atomic_path
+from geolocus.index.columns import release
 
 #: Above this many vectors ``auto`` chooses a compressed index; at or below, exact ``Flat``.
 AUTO_THRESHOLD = 200_000
@@ -112,6 +115,7 @@ def add_rows(index: Any, vectors: np.ndarray, start: int = 0, ids: bool = False)
             index.add_with_ids(x, np.arange(r.start, r.stop, dtype=np.int64))
         else:
             index.add(x)
+        release(vectors)
 
 
 def exact_topk(
@@ -124,6 +128,7 @@ def exact_topk(
     best_i = np.zeros((len(q), k), dtype=np.int64)
     for r in chunks(n, 0, chunk):
         s = q @ np.asarray(vectors[r.start : r.stop], dtype=np.float32).T
+        release(vectors)
         kk = min(k, s.shape[1])
         part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
         cand_s = np.concatenate([best_s, np.take_along_axis(s, part, axis=1)], axis=1)
@@ -203,7 +208,8 @@ def tune(
     far neighbours (the negated queries), which lie in other lists than the near."""
     n = len(vectors)
     k = min(RECALL_K, n - 1)
-    rows = np.sort(np.random.default_rng(seed).choice(n, min(n_queries, n), replace=False))
+    n_queries = min(n_queries, max(100, n // 20), n)  # small databases: fewer, still held out
+    rows = np.sort(np.random.default_rng(seed).choice(n, n_queries, replace=False))
     q = gather(vectors, rows)
     q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     if far:
@@ -249,6 +255,30 @@ def merge_shards(trained: Any, shards: Iterable[Any]) -> Any:
     for shard in shards:
         out.merge_from(shard, 0)
     return out
+
+
+def write_shard(trained: Any, vectors: np.ndarray, rows: range, path: str | Path) -> Path:
+    """Encode ``rows`` of ``vectors`` with the trained quantisers into the shard file
+    ``path`` (atomically); a shard already written is kept, so a Ray job resumes
+    where it stopped. Merge the shards with :func:`merge_shard_files`."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    shard = _faiss().clone_index(trained)
+    x = vectors[rows.start : rows.stop]
+    for r in chunks(len(x)):
+        shard.add_with_ids(
+            np.ascontiguousarray(x[r.start : r.stop], dtype=np.float32),
+            np.arange(rows.start + r.start, rows.start + r.stop, dtype=np.int64),
+        )
+    with atomic_path(path) as tmp:
+        _faiss().write_index(shard, str(tmp))
+    return path
+
+
+def merge_shard_files(trained: Any, paths: Iterable[str | Path]) -> Any:
+    """The index of all shard files (see :func:`write_shard`), in row order."""
+    return merge_shards(trained, (_faiss().read_index(str(p)) for p in paths))
 
 
 def read_index(path: str, mmap: bool = True) -> Any:

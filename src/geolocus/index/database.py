@@ -49,7 +49,15 @@ from geolocus.errors import InputError
 from geolocus.files import atomic_path, atomic_write, sha256_file
 from geolocus.geo import validate_latlon
 from geolocus.index import compressed
-from geolocus.index.columns import PATTERNS, Columns, Spool, clear_spools, decode_ids
+from geolocus.index.columns import (
+    PATTERNS,
+    Columns,
+    NpyWriter,
+    Spool,
+    clear_spools,
+    decode_ids,
+    release,
+)
 from geolocus.index.lock import database_lock
 
 FORMAT_VERSION = 2
@@ -418,23 +426,23 @@ class Database:
             atomic_path(cpath) as tc,
             atomic_path(ipath) as ti,
         ):
-            ex = np.lib.format.open_memmap(te, "w+", np.float16, (n, dim))
-            co = np.lib.format.open_memmap(tc, "w+", np.float64, (n, 2))
-            ids = np.lib.format.open_memmap(ti, "w+", f"S{width}", (n,))
-            if base is not None:
-                for r in compressed.chunks(n_base):
-                    ex[r.start : r.stop] = base.exact[r.start : r.stop]
-                    co[r.start : r.stop] = base.coords[r.start : r.stop]
-                    ids[r.start : r.stop] = base.ids[r.start : r.stop]
-            at = n_base
-            for part, arr in spool.iter_parts() if spool is not None else ():
-                ex[at : at + part.count] = arr["vectors"]
-                co[at : at + part.count] = arr["coords"]
-                ids[at : at + part.count] = arr["ids"]
-                at += part.count
-            for a in (ex, co, ids):
-                a.flush()
-            del ex, co, ids
+            with open(te, "wb") as fe, open(tc, "wb") as fc, open(ti, "wb") as fi:
+                ex = NpyWriter(fe, np.float16, (n, dim))
+                co = NpyWriter(fc, np.float64, (n, 2))
+                ids = NpyWriter(fi, f"S{width}", (n,))
+                if base is not None:
+                    for r in compressed.chunks(n_base):
+                        ex.write(base.exact[r.start : r.stop])
+                        co.write(base.coords[r.start : r.stop])
+                        ids.write(base.ids[r.start : r.stop])
+                        release(base.exact)
+                for _, arr in spool.iter_parts() if spool is not None else ():
+                    ex.write(arr["vectors"])
+                    co.write(arr["coords"])
+                    ids.write(arr["ids"])
+                    release(arr["vectors"])
+                for w in (ex, co, ids):
+                    w.close()
             exact = np.load(te, mmap_mode="r")
             index, trained = self._filled_index(exact, n_base)
             target = self.manifest.search.get("target_recall_at_20", compressed.TARGET_RECALL)
