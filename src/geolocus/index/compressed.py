@@ -124,6 +124,7 @@ def exact_topk(
     """Exact top-``k`` inner products by brute force over (memory-mapped) ``vectors``."""
     n = len(vectors)
     k = min(k, n)
+    chunk = max(1024, min(chunk, (1 << 24) // max(1, len(q))))  # score block ≤ 64 MB
     best_s = np.full((len(q), k), -np.inf, dtype=np.float32)
     best_i = np.zeros((len(q), k), dtype=np.int64)
     for r in chunks(n, 0, chunk):
