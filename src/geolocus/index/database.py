@@ -1,6 +1,6 @@
 """The retrieval database: embeddings of geotagged photos in FAISS, metadata in Parquet.
 
-A database folder holds
+A small (format 1) database folder holds
 
 - ``manifest.json``: format, model id and version, dimension, FAISS factory,
   count, creation and update times, and the generation of the files below;
@@ -8,6 +8,15 @@ A database folder holds
   vectors, i.e. cosine similarity; exact ``Flat`` by default);
 - ``meta-<gen>.parquet``: one row per vector, in index order: ``id``, ``lat``,
   ``lon``, ``path``, ``source`` (``labels`` or ``exif``).
+
+A large one (format 2: more than :data:`~geolocus.index.compressed.AUTO_THRESHOLD`
+photos with ``factory="auto"``, the default, or any ``IVF…,PQ…`` factory) keeps
+in ``vectors-<gen>.faiss`` an IVF index of PQ codes, memory-mapped at search
+time, and its rows as memory-mapped columns (:mod:`geolocus.index.columns`):
+float16 vectors that re-rank the index's best candidates exactly, coordinates
+and ids; ``meta-<gen>.parquet`` then holds only ``path`` and ``source``, read
+when asked for. The search settings chosen at build time, and the recall they
+reached, are in the manifest's ``search``.
 
 Saving writes a new generation of both data files, then replaces the manifest
 atomically, then deletes the old generation: a reader, or a save interrupted at
@@ -24,21 +33,34 @@ import datetime as _dt
 import json
 import os
 import re
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from geolocus import __version__
 from geolocus.data.neighbours import Neighbours
 from geolocus.errors import InputError
 from geolocus.files import atomic_path, atomic_write, sha256_file
 from geolocus.geo import validate_latlon
+from geolocus.index import compressed
+from geolocus.index.columns import (
+    PATTERNS,
+    Columns,
+    NpyWriter,
+    Spool,
+    clear_spools,
+    decode_ids,
+    release,
+)
 from geolocus.index.lock import database_lock
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 #: On open, data files up to this many bytes (together) are checked against their SHA-256;
 #: larger ones only against their size (``index info --check`` always hashes them).
@@ -68,6 +90,9 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
     #: data file name -> {"bytes": n, "sha256": hex}
     files: dict[str, Any] = field(default_factory=dict)
+    #: how the index was chosen and is searched: ``choice`` ("auto" or "factory"),
+    #: for compressed indexes ``nprobe``, ``rerank`` and the ``recall_at_20`` they reached
+    search: dict[str, Any] = field(default_factory=dict)
 
 
 def damaged(path: str | os.PathLike[str], file: str, why: str) -> InputError:
@@ -91,7 +116,7 @@ def _last_line(e: BaseException) -> str:
 
 
 _TYPES = {"model": str, "dim": int, "count": int, "generation": int, "factory": str,
-          "format": int, "extra": dict, "files": dict}  # fmt: skip
+          "format": int, "extra": dict, "files": dict, "search": dict}  # fmt: skip
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
@@ -152,13 +177,22 @@ class Database:
     """Geotagged embeddings with ``add`` and ``search`` (near and far neighbours)."""
 
     def __init__(
-        self, path: str | os.PathLike[str], manifest: Manifest, index: Any, meta: pd.DataFrame
+        self,
+        path: str | os.PathLike[str],
+        manifest: Manifest,
+        index: Any,
+        meta: pd.DataFrame | None,
+        columns: Columns | None = None,
     ) -> None:
         self.path = Path(path)
         self.manifest = manifest
         self.index = index
-        self.meta = meta.reset_index(drop=True)
+        self._meta = None if meta is None else meta.reset_index(drop=True)
+        self._columns = columns
+        self._spool: Spool | None = None
         self._id_set: set[str] | None = None
+        self._ids: np.ndarray | None = None
+        self._coords: np.ndarray | None = None
 
     # ---- creation and persistence -------------------------------------------------
     @classmethod
@@ -169,12 +203,19 @@ class Database:
         dim: int,
         model: str,
         model_version: str = "",
-        factory: str = "Flat",
+        factory: str = "auto",
         normalized: bool = True,
         overwrite: bool = False,
         extra: dict[str, Any] | None = None,
+        auto_threshold: int = compressed.AUTO_THRESHOLD,
+        target_recall: float = compressed.TARGET_RECALL,
     ) -> Database:
-        """A new, empty database (written by :meth:`save`)."""
+        """A new, empty database (written by :meth:`save`).
+
+        ``factory="auto"``: exact ``Flat`` up to ``auto_threshold`` photos, a
+        compressed index above (chosen at save, when the count is known); any
+        FAISS factory string otherwise. A compressed index is searched with the
+        cheapest settings that reach recall@20 ≥ ``target_recall`` (tuned at save)."""
 
         p = Path(path)
         generation = 0
@@ -184,31 +225,38 @@ class Database:
             with contextlib.suppress(InputError):  # the next save replaces that generation
                 generation = read_manifest(p).generation
         faiss = _faiss()
+        auto = factory == "auto"
         try:
-            index = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.index_factory(
+                int(dim), "Flat" if auto else factory, faiss.METRIC_INNER_PRODUCT
+            )
         except RuntimeError as e:
             msg = str(e).strip().splitlines()[-1] if str(e).strip() else "invalid"
             raise InputError(f"invalid FAISS factory string {factory!r}: {msg}") from None
+        search: dict[str, Any] = {
+            "choice": "auto" if auto else "factory",
+            "target_recall_at_20": float(target_recall),
+        }
+        if auto:
+            search["threshold"] = int(auto_threshold)
         man = Manifest(
             model=model,
             dim=int(dim),
             model_version=model_version,
-            factory=factory,
+            factory="Flat" if auto else factory,
             normalized=normalized,
             generation=generation,
+            format=2 if compressed.is_compressed(factory) else 1,
             geolocus_version=__version__,
             extra=dict(extra or {}),
+            search=search,
         )
-        meta = pd.DataFrame(
-            {
-                "id": pd.Series(dtype=str),
-                "lat": pd.Series(dtype=float),
-                "lon": pd.Series(dtype=float),
-                "path": pd.Series(dtype=str),
-                "source": pd.Series(dtype=str),
-            }
-        )
-        return cls(p, man, index, meta)
+        return cls(p, man, index, _empty_meta())
+
+    @property
+    def is_compressed(self) -> bool:
+        """Codes in the index, exact float16 vectors beside it for re-ranking (format 2)."""
+        return self.manifest.format >= 2
 
     @classmethod
     def exists(cls, path: str | os.PathLike[str]) -> bool:
@@ -221,6 +269,7 @@ class Database:
         ``verify`` hashes the data files against the manifest's SHA-256 (default:
         when they are at most :data:`VERIFY_BYTES` together; sizes are always checked).
         A save by another process while this one reads is waited out by reading again.
+        A compressed database is memory-mapped: opening it reads almost nothing.
         """
         p = Path(path)
         for attempt in range(3):
@@ -239,17 +288,19 @@ class Database:
 
     @classmethod
     def _load(cls, p: Path, man: Manifest, verify: bool | None) -> Database:
-        vpath, mepath = cls._files(p, man.generation)
-        for f in (vpath, mepath):
+        files = cls._files(p, man.generation, man.format >= 2)
+        for f in files:
             if not f.exists():
                 raise damaged(p, f.name, f"is missing (the manifest names generation "
                               f"{man.generation})")  # fmt: skip
-        _check_files(p, man, (vpath, mepath), verify)
-        faiss = _faiss()
+        _check_files(p, man, files, verify)
+        vpath, mepath = files[0], files[1]
         try:
-            index = faiss.read_index(str(vpath))
+            index = compressed.read_index(str(vpath), mmap=man.format >= 2)
         except (RuntimeError, MemoryError) as e:
             raise damaged(p, vpath.name, f"cannot be read by FAISS ({_last_line(e)})") from None
+        if man.format >= 2:
+            return cls._load_columns(p, man, index, files)
         try:
             meta = pd.read_parquet(mepath)
         except Exception as e:  # pyarrow raises several types for a broken file
@@ -267,16 +318,45 @@ class Database:
             )
         return cls(p, man, index, meta)
 
+    @classmethod
+    def _load_columns(cls, p: Path, man: Manifest, index: Any, files: tuple[Path, ...]) -> Database:
+        arrays = {}
+        for kind, f in zip(("exact", "coords", "ids"), files[2:], strict=True):
+            try:
+                arrays[kind] = np.load(f, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:
+                raise damaged(p, f.name, f"cannot be read ({_last_line(e)})") from None
+        cols = Columns(**arrays)
+        want = {"exact": (man.count, man.dim), "coords": (man.count, 2), "ids": (man.count,)}
+        for (kind, shape), f in zip(want.items(), files[2:], strict=True):
+            if getattr(cols, kind).shape != shape:
+                raise damaged(
+                    p, f.name, f"disagrees with the rest (inconsistent): shape "
+                    f"{getattr(cols, kind).shape}, manifest says {shape}",
+                )  # fmt: skip
+        if index.ntotal != man.count or index.d != man.dim:
+            raise damaged(
+                p,
+                files[0].name,
+                f"disagrees with the rest (inconsistent): {index.ntotal} vectors of dimension "
+                f"{index.d}, manifest says {man.count} of dimension {man.dim}",
+            )
+        return cls(p, man, index, None, cols)
+
     @staticmethod
-    def _files(p: Path, gen: int) -> tuple[Path, Path]:
-        return p / f"vectors-{gen}.faiss", p / f"meta-{gen}.parquet"
+    def _files(p: Path, gen: int, columns: bool = False) -> tuple[Path, ...]:
+        base = (p / f"vectors-{gen}.faiss", p / f"meta-{gen}.parquet")
+        if not columns:
+            return base
+        return base + tuple(p / PATTERNS[k].format(gen=gen) for k in ("exact", "coords", "ids"))
 
     def save(self, wait: bool = False) -> None:
         """Write a new generation of the files, then switch the manifest to it atomically.
 
         Holds the database's lock (``wait``: for another writer to finish), and
         refuses to overwrite a generation some other process saved after this
-        database was opened or created (its additions would be lost).
+        database was opened or created (its additions would be lost). A failure
+        (a full disk) leaves the previous generation as it was.
         """
         with database_lock(self.path, wait=wait):
             on_disk = None
@@ -288,7 +368,10 @@ class Database:
                     "opened: open it again and redo this change"
                 )
             try:
-                self._write()
+                if self.is_compressed:
+                    self._write_compressed()
+                else:
+                    self._write()
             except OSError as e:
                 where = f"{e.filename}: " if e.filename else ""
                 raise InputError(
@@ -302,43 +385,232 @@ class Database:
         files = {}
         with atomic_path(vpath) as tmp:
             faiss.write_index(self.index, str(tmp))
-            files[vpath.name] = {"bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
+            files[vpath.name] = _record(tmp)
         with atomic_path(mepath) as tmp:
             self.meta.to_parquet(tmp, index=False)
-            files[mepath.name] = {"bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
+            files[mepath.name] = _record(tmp)
+        self._commit(new, int(self.index.ntotal), files)
+
+    def _commit(self, new: int, count: int, files: dict[str, Any], **changes: Any) -> None:
+        """Switch the manifest to generation ``new``, then delete every other one."""
         man = replace(
-            self.manifest, generation=new, count=int(self.index.ntotal), updated=_now(), files=files
+            self.manifest, generation=new, count=count, updated=_now(), files=files, **changes
         )
         with atomic_write(self.path / MANIFEST) as fh:
             json.dump(asdict(man), fh, indent=2)
             fh.write("\n")
         self.manifest = man
-        for f in (*self.path.glob("vectors-*.faiss"), *self.path.glob("meta-*.parquet")):
-            if f.name not in files:  # older generations, and any left by a crashed save
-                f.unlink(missing_ok=True)
+        for pattern in ("vectors-*.faiss", "meta-*.parquet", "exact-*.npy", "coords-*.npy",
+                        "ids-*.npy"):  # fmt: skip
+            for f in self.path.glob(pattern):
+                if f.name not in files:  # older generations, and any left by a crashed save
+                    f.unlink(missing_ok=True)
+        clear_spools(self.path)
+
+    def _write_compressed(self) -> None:
+        """Columns of the saved rows and the spooled ones, streamed into the new
+        generation's files; the index trained (when new) on a sample of them and
+        filled a chunk at a time; search settings tuned; then the manifest."""
+        new, dim = self.manifest.generation + 1, self.manifest.dim
+        vpath, mepath, epath, cpath, ipath = self._files(self.path, new, True)
+        spool, base = self._spool, self._columns
+        n_base = len(base) if base is not None else 0
+        n = n_base + (spool.count if spool is not None else 0)
+        if n == 0:
+            raise InputError(f"the database at {self.path} is empty: nothing to save")
+        width = max(base.ids.dtype.itemsize if base is not None else 1,
+                    spool.id_width() if spool is not None else 1)  # fmt: skip
+        files: dict[str, Any] = {}
+        with (
+            atomic_path(epath) as te,
+            atomic_path(cpath) as tc,
+            atomic_path(ipath) as ti,
+        ):
+            with open(te, "wb") as fe, open(tc, "wb") as fc, open(ti, "wb") as fi:
+                ex = NpyWriter(fe, np.float16, (n, dim))
+                co = NpyWriter(fc, np.float64, (n, 2))
+                ids = NpyWriter(fi, f"S{width}", (n,))
+                if base is not None:
+                    for r in compressed.chunks(n_base):
+                        ex.write(base.exact[r.start : r.stop])
+                        co.write(base.coords[r.start : r.stop])
+                        ids.write(base.ids[r.start : r.stop])
+                        release(base.exact)
+                for _, arr in spool.iter_parts() if spool is not None else ():
+                    ex.write(arr["vectors"])
+                    co.write(arr["coords"])
+                    ids.write(arr["ids"])
+                    release(arr["vectors"])
+                for w in (ex, co, ids):
+                    w.close()
+            exact = np.load(te, mmap_mode="r")
+            index, trained = self._filled_index(exact, n_base)
+            target = self.manifest.search.get("target_recall_at_20", compressed.TARGET_RECALL)
+            tuning = compressed.tune(index, exact, target=float(target))
+            far = compressed.tune(index, exact, target=float(target), far=True)
+            with atomic_path(vpath) as tv:
+                _faiss().write_index(index, str(tv))
+                files[vpath.name] = _record(tv)
+            with atomic_path(mepath) as tm:
+                self._write_meta(tm, spool)
+                files[mepath.name] = _record(tm)
+            for path, tmp in ((epath, te), (cpath, tc), (ipath, ti)):
+                files[path.name] = _record(tmp)
+        search = dict(self.manifest.search)
+        search.update(tuning.as_dict())
+        search.update(far.as_dict("far_"))
+        if trained:
+            search["trained_at_count"] = n
+        self._commit(new, n, files, search=search, factory=self.manifest.factory, format=2)
+        self._spool = None
+        self.index = index
+        self._columns = Columns(
+            np.load(epath, mmap_mode="r"),
+            np.load(cpath, mmap_mode="r"),
+            np.load(ipath, mmap_mode="r"),
+        )
+        self._meta, self._ids, self._coords = None, None, None
+        grown = n / max(1, int(search.get("trained_at_count", n)))
+        if grown > RETRAIN_GROWTH:
+            warnings.warn(
+                f"{self.path} has grown {grown:.1f}x since its quantisers were trained: "
+                "retraining would pay (rebuild it with --overwrite)",
+                stacklevel=2,
+            )
+
+    def _filled_index(self, exact: np.ndarray, n_base: int) -> tuple[Any, bool]:
+        """The index over all rows of ``exact``: the existing one with the new rows
+        encoded by its quantisers, or (none trained yet) a new one trained here."""
+        n = len(exact)
+        if self.index is not None and self.index.is_trained and self.index.ntotal == n_base:
+            index = self.index
+            try:
+                compressed.add_rows(index, exact, n_base)
+            except RuntimeError:  # memory-mapped read-only lists: load them, then add
+                index = _faiss().read_index(
+                    str(self._files(self.path, self.manifest.generation)[0])
+                )
+                compressed.add_rows(index, exact, n_base)
+            return index, False
+        factory = self.manifest.factory
+        if self.manifest.search.get("choice") == "auto":
+            factory = compressed.auto_factory(n, self.manifest.dim)
+        index = compressed.train(factory, self.manifest.dim, exact)
+        compressed.add_rows(index, exact, 0)
+        self.index = None
+        self.manifest.factory = factory
+        return index, True
+
+    def _write_meta(self, tmp: Path, spool: Spool | None) -> None:
+        """``path`` and ``source`` of every row, streamed batch by batch."""
+        schema = pa.schema([("path", pa.string()), ("source", pa.string())])
+        with pq.ParquetWriter(tmp, schema) as w:
+            if self._columns is not None:
+                old = self._files(self.path, self.manifest.generation)[1]
+                for batch in pq.ParquetFile(old).iter_batches(columns=["path", "source"]):
+                    w.write_batch(batch)
+            for _, arr in spool.iter_parts() if spool is not None else ():
+                w.write_table(
+                    pa.table(
+                        {"path": arr["paths"].tolist(), "source": arr["sources"].tolist()},
+                        schema=schema,
+                    )
+                )
 
     # ---- contents -------------------------------------------------------------------
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        n = len(self._columns) if self._columns is not None else 0
+        if not self.is_compressed and self.index is not None:
+            n = int(self.index.ntotal)
+        return n + (self._spool.count if self._spool is not None else 0)
+
+    @property
+    def meta(self) -> pd.DataFrame:
+        """One row per photo (``id``, ``lat``, ``lon``, ``path``, ``source``); for a
+        compressed database read when first asked for (not needed to search)."""
+        if self._meta is None:
+            self._require_saved("read its table")
+            cols = self._columns
+            if cols is None:
+                return _empty_meta()
+            table = pd.read_parquet(self._files(self.path, self.manifest.generation)[1])
+            self._meta = pd.DataFrame(
+                {
+                    "id": decode_ids(cols.ids),
+                    "lat": np.asarray(cols.coords[:, 0]),
+                    "lon": np.asarray(cols.coords[:, 1]),
+                    "path": table["path"].to_numpy(),
+                    "source": table["source"].to_numpy(),
+                }
+            )
+        return self._meta
+
+    @meta.setter
+    def meta(self, value: pd.DataFrame) -> None:
+        self._meta = value
+
+    def source_counts(self) -> dict[str, int]:
+        """How many photos have their position from each source (``labels``, ``exif``),
+        reading only that column of a compressed database."""
+        if len(self) == 0:
+            return {}
+        if self._meta is None and self._columns is not None:
+            f = self._files(self.path, self.manifest.generation)[1]
+            col = pq.read_table(f, columns=["source"]).column("source").to_pandas()
+            return {str(k): int(v) for k, v in col.value_counts().items()}
+        return {str(k): int(v) for k, v in self.meta["source"].value_counts().items()}
 
     @property
     def ids(self) -> np.ndarray:
-        return np.asarray(self.meta["id"].to_numpy(dtype=object))
+        if self._ids is None:
+            self._require_saved("list its ids")
+            if self._columns is not None:
+                self._ids = decode_ids(self._columns.ids)
+            else:
+                self._ids = np.asarray(self.meta["id"].to_numpy(dtype=object))
+        return self._ids
 
     @property
     def coords(self) -> np.ndarray:
         """``(n, 2)`` latitude and longitude of every photo, in index order."""
-        return np.asarray(self.meta[["lat", "lon"]].to_numpy(dtype=float))
+        if self._coords is None:
+            self._require_saved("list its positions")
+            if self._columns is not None:
+                self._coords = self._columns.coords
+            else:
+                self._coords = np.asarray(self.meta[["lat", "lon"]].to_numpy(dtype=float))
+        return self._coords
+
+    def _ids_at(self, rows: np.ndarray) -> np.ndarray:
+        """Ids of ``rows`` (any shape), without decoding the whole id column."""
+        if self._columns is not None and self._ids is None:
+            return decode_ids(self._columns.ids[rows])
+        return np.asarray(self.ids[rows])
+
+    def _require_saved(self, what: str) -> None:
+        if self._spool is not None and self._spool.count:
+            raise InputError(
+                f"save the database at {self.path} before you {what}: {self._spool.count} "
+                "photos were added to its compressed index since"
+            )
 
     def __contains__(self, image_id: str) -> bool:
         if self._id_set is None:
-            self._id_set = set(self.meta["id"])
+            self._id_set = set(self.ids) if len(self) else set()
         return image_id in self._id_set
 
     def vectors(self, rows: np.ndarray | range | None = None) -> np.ndarray:
         """The stored (normalised) vectors of ``rows`` (default: all), read back from FAISS:
-        exact for Flat and HNSW, approximate for compressed indexes (PQ, SQ); an index
-        that cannot give them back is an :class:`InputError` that says so."""
+        exact for Flat and HNSW, approximate for compressed indexes (PQ, SQ; a database
+        that re-ranks gives its float16 vectors); an index that cannot give them back is
+        an :class:`InputError` that says so."""
+        if self._columns is not None:
+            self._require_saved("read its vectors")
+            n = len(self._columns)
+            idx = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+            if isinstance(rows, range):
+                return np.asarray(self._columns.exact[rows.start : rows.stop], dtype=np.float32)
+            return compressed.gather(self._columns.exact, idx)
         faiss = _faiss()
         n = len(self)
         rows = range(n) if rows is None else rows
@@ -366,7 +638,7 @@ class Database:
         damaged (an :class:`InputError` naming a few ids). Returns what was checked, in
         one line; an index that cannot give its vectors back is said not checked."""
         n, man = len(self), self.manifest
-        exact = man.normalized and not _LOSSY.search(man.factory)
+        exact = man.normalized and (self.is_compressed or not _LOSSY.search(man.factory))
         zero: list[int] = []
         bad: list[int] = []
         off: list[int] = []
@@ -382,12 +654,15 @@ class Database:
             if exact:
                 far = finite & (norms > 0) & (np.abs(norms - 1) > 1e-3)
                 off += (s + np.flatnonzero(far)).tolist()
-        vname, ids = self._files(self.path, man.generation)[0].name, self.ids
+        files = self._files(self.path, man.generation, self.is_compressed)
+        vname = files[2].name if self.is_compressed else files[0].name
         for rows, what in ((zero, "all-zero"), (bad, "non-finite"), (off, "not of unit length")):
             if rows:
                 kind = f"{what} vectors" if what != "not of unit length" else f"vectors {what}"
                 raise damaged(
-                    self.path, vname, f"holds {len(rows)} {kind} (ids {list_some(ids[rows])})"
+                    self.path,
+                    vname,
+                    f"holds {len(rows)} {kind} (ids {list_some(self._ids_at(np.asarray(rows)))})",
                 )
         unit = ", all of unit length" if exact else ""
         return f"vectors: {n} read back, none all zeros or non-finite{unit}"
@@ -413,7 +688,11 @@ class Database:
         paths: list[str] | None = None,
         source: str = "labels",
     ) -> int:
-        """Append photos; ids already in the database are skipped. Returns how many were added."""
+        """Append photos; ids already in the database are skipped. Returns how many were added.
+
+        A compressed database (or an ``auto`` one grown past its threshold) spools
+        them to disk until :meth:`save`, which encodes them; so a large build adds
+        chunk by chunk in bounded memory."""
         x = self._prepare(vectors)
         ids = np.asarray(ids, dtype=object).reshape(-1)
         ll = np.asarray(latlon, dtype=float).reshape(-1, 2)
@@ -429,6 +708,24 @@ class Database:
             return 0
         x, ids, ll = x[keep], ids[keep], ll[keep]
         pth = np.asarray(paths, dtype=object)[keep] if paths is not None else np.full(len(ids), "")
+        sid = ids.astype(str)  # type: ignore[union-attr]  # made an array above
+        threshold = self.manifest.search.get("threshold")
+        if (not self.is_compressed and self.manifest.search.get("choice") == "auto"
+                and isinstance(threshold, int) and len(self) + len(x) > threshold):  # fmt: skip
+            self._to_compressed()
+        if self.is_compressed:
+            if self._spool is None:
+                self._spool = Spool(self.path)
+            self._spool.append(x, sid, ll, pth.astype(str), np.full(len(x), source))
+        else:
+            self._add_in_memory(x, sid, ll, pth, source)
+        if self._id_set is not None:
+            self._id_set.update(sid.tolist())
+        return len(x)
+
+    def _add_in_memory(
+        self, x: np.ndarray, ids: np.ndarray, ll: np.ndarray, pth: np.ndarray, source: str
+    ) -> None:
         if not self.index.is_trained:
             n_needed = self._training_size()
             if len(x) < n_needed:
@@ -439,17 +736,29 @@ class Database:
             self.index.train(x)
         self.index.add(x)
         rows = pd.DataFrame(
-            {
-                "id": ids.astype(str),  # type: ignore[union-attr]  # made an array above
-                "lat": ll[:, 0],
-                "lon": ll[:, 1],
-                "path": pth.astype(str),
-                "source": source,
-            }
+            {"id": ids, "lat": ll[:, 0], "lon": ll[:, 1], "path": pth.astype(str), "source": source}
         )
         self.meta = rows if self.meta.empty else pd.concat([self.meta, rows], ignore_index=True)
-        self._id_set = None
-        return len(rows)
+        self._ids, self._coords = None, None
+
+    def _to_compressed(self) -> None:
+        """An ``auto`` database past its threshold: its rows move to the spool, and the
+        save trains a compressed index for them all."""
+        spool = Spool(self.path)
+        n = int(self.index.ntotal)
+        meta = self.meta
+        for r in compressed.chunks(n):
+            m = meta.iloc[r.start : r.stop]
+            spool.append(
+                self.index.reconstruct_n(r.start, len(r)),
+                m["id"].to_numpy(dtype=str),
+                m[["lat", "lon"]].to_numpy(dtype=float),
+                m["path"].to_numpy(dtype=str),
+                m["source"].to_numpy(dtype=str),
+            )
+        self._spool, self.index, self._meta = spool, None, None
+        self._ids, self._coords = None, None
+        self.manifest.format = 2
 
     def _training_size(self) -> int:
         """A lower bound on training vectors for the index's coarse quantiser (IVF lists)."""
@@ -477,30 +786,41 @@ class Database:
         query's own id — for leave-one-out use of a database on its own photos.
         ``nprobe`` (IVF indexes: lists visited) and ``ef_search`` (HNSW indexes:
         candidate-list size) trade speed for recall; exact indexes ignore neither.
+        A compressed database uses the settings tuned at build time unless given.
         """
         if len(self) == 0:
             raise InputError(f"the database at {self.path} is empty")
+        self._require_saved("search it")
         q = self._prepare(queries)
         n = len(q)
         qids = np.asarray(
             [str(i) for i in range(n)] if query_ids is None else query_ids, dtype=object
         )
         self._set_search_params(nprobe, ef_search)
-        coords, db_ids = self.coords, self.ids
-        near_s, near_i = self._knn(q, k, qids if exclude_self else None)
-        out = {
-            "near": coords[near_i],
+        coords = self.coords
+        near_s, near_i = self._knn(q, k, qids if exclude_self else None, nprobe, "")
+        out: dict[str, Any] = {
+            "near": np.asarray(coords[near_i]),
             "near_scores": near_s,
-            "near_ids": db_ids[near_i],
+            "near_ids": self._ids_at(near_i),
         }
         if k_far > 0:
-            far_s, far_i = self._knn(-q, k_far, qids if exclude_self else None)
-            out.update(far=coords[far_i], far_scores=-far_s, far_ids=db_ids[far_i])
+            far_s, far_i = self._knn(-q, k_far, qids if exclude_self else None, nprobe, "far_")
+            out.update(
+                far=np.asarray(coords[far_i]), far_scores=-far_s, far_ids=self._ids_at(far_i)
+            )
         else:
             out.update(far=np.zeros((n, 0, 2)), far_scores=None, far_ids=None)
         return Neighbours(ids=qids, **out)
 
     def _set_search_params(self, nprobe: int | None, ef_search: int | None) -> None:
+        if self.is_compressed:
+            if ef_search is not None:
+                raise InputError(
+                    f"efSearch applies to HNSW indexes; this database uses "
+                    f"{self.manifest.factory!r}"
+                )
+            return
         faiss = _faiss()
         for name, value, kind in (("nprobe", nprobe, "IVF"), ("efSearch", ef_search, "HNSW")):
             if value is None:
@@ -513,8 +833,31 @@ class Database:
                     f"{self.manifest.factory!r}"
                 ) from None
 
+    def _raw_search(
+        self, q: np.ndarray, k: int, nprobe: int | None, side: str = ""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product; a compressed index re-ranks with the settings tuned
+        for this ``side`` (``""`` near, ``"far_"`` far; older manifests: the near ones)."""
+        if self._columns is None:
+            scores, rows = self.index.search(q, k)
+            return scores, rows
+        s = self.manifest.search
+        return compressed.reranked_search(
+            self.index,
+            self._columns.exact,
+            q,
+            k,
+            int(nprobe if nprobe is not None else s.get(f"{side}nprobe", s.get("nprobe", 32))),
+            int(s.get(f"{side}rerank", s.get("rerank", 200))),
+        )
+
     def _knn(
-        self, q: np.ndarray, k: int, exclude: np.ndarray | None
+        self,
+        q: np.ndarray,
+        k: int,
+        exclude: np.ndarray | None,
+        nprobe: int | None = None,
+        side: str = "",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows by inner product; with ``exclude``, drop each query's own id.
 
@@ -522,10 +865,9 @@ class Database:
         valid neighbour, so downstream arrays keep a fixed shape.
         """
         k_eff = min(k + (1 if exclude is not None else 0), len(self))
-        scores, rows = self.index.search(q, k_eff)
+        scores, rows = self._raw_search(q, k_eff, nprobe, side)
         if exclude is not None:
-            db_ids = self.ids
-            keep = db_ids[np.clip(rows, 0, None)] != exclude[:, None]
+            keep = self._ids_at(np.clip(rows, 0, None)) != exclude[:, None]
             keep &= rows >= 0
             order = np.argsort(~keep, axis=1, kind="stable")
             rows = np.take_along_axis(rows, order, axis=1)
@@ -537,6 +879,27 @@ class Database:
         if rows.shape[1] < k or not valid.all():
             rows, scores = _pad(rows, scores, valid, k)
         return scores.astype(float), rows
+
+
+#: ``index add`` warns when a compressed database has grown this much since training.
+RETRAIN_GROWTH = 4.0
+
+
+def _record(path: Path) -> dict[str, Any]:
+    """A data file's size and SHA-256, as the manifest records them."""
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _empty_meta() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": pd.Series(dtype=str),
+            "lat": pd.Series(dtype=float),
+            "lon": pd.Series(dtype=float),
+            "path": pd.Series(dtype=str),
+            "source": pd.Series(dtype=str),
+        }
+    )
 
 
 def _pad(

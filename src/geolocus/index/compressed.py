@@ -1,0 +1,293 @@
+"""Compressed search for large databases: IVF lists of fast-scan PQ codes, then exact
+re-ranking of the best few hundred candidates from the float16 vectors.
+
+An exact ``Flat`` index keeps every vector in memory as float32 (20 GB for 10 M
+512-d photos) and scans all of them per query. Above :data:`AUTO_THRESHOLD`
+vectors the database instead keeps 32-byte PQ codes in IVF lists (the index
+proper, small enough to hold in memory) and the vectors themselves as a
+memory-mapped float16 file that is only read for the candidates being re-ranked.
+The search settings (lists probed, candidates re-ranked) are chosen at build time
+as the cheapest that reach recall@20 ≥ :data:`TARGET_RECALL` against exact search.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geolocus.errors import InputError
+from geolocus.files import atomic_path
+from geolocus.index.columns import release
+
+#: Above this many vectors ``auto`` chooses a compressed index; at or below, exact ``Flat``.
+AUTO_THRESHOLD = 200_000
+#: Recall@20 against exact search the search settings are chosen to reach.
+TARGET_RECALL = 0.95
+RECALL_K = 20
+#: Lists probed and candidates re-ranked that tuning tries, cheapest first.
+NPROBES = (4, 8, 16, 32, 64, 128, 256)
+RERANKS = (50, 100, 200, 400, 800)
+#: k-means iterations of the coarse quantiser (FAISS's default, 25, costs 2.5x for little).
+KMEANS_ITER = 10
+#: Vectors read at a time when adding to the index or scanning exactly (bounded memory).
+CHUNK = 65536
+
+
+def _faiss() -> Any:
+    import faiss
+
+    return faiss
+
+
+def auto_factory(n: int, dim: int) -> str:
+    """The compressed factory for ``n`` vectors: about 4·√n lists, ``dim/8`` 4-bit PQ
+    sub-quantisers (32 bytes a vector for 512-d) in FAISS's fast-scan layout."""
+    nlist = int(min(65536, max(16, round(4 * math.sqrt(max(n, 1)) / 16) * 16)))
+    m = max(2, dim // 8)
+    while dim % m or m % 2:
+        m -= 1
+    if m < 2:
+        return f"IVF{nlist},Flat"
+    return f"IVF{nlist},PQ{m}x4fs"
+
+
+def is_compressed(factory: str) -> bool:
+    """Whether a database with this factory keeps codes plus re-ranking vectors (format 2)."""
+    return factory.startswith("IVF") and "PQ" in factory
+
+
+def nlist_of(index: Any) -> int:
+    return int(_faiss().extract_index_ivf(index).nlist)
+
+
+def training_rows(n: int, nlist: int, seed: int = 0) -> np.ndarray:
+    """Which rows train the quantisers: a sorted random sample of ~40 per list
+    (at least 20 K where there are, at most 256 K)."""
+    want = int(min(n, max(40 * nlist, 20_000), 256_000))
+    rows = np.random.default_rng(seed).choice(n, want, replace=False)
+    return np.sort(rows)
+
+
+def gather(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows of a (memory-mapped) array as float32, read in file order."""
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    out = np.empty((len(rows), vectors.shape[1]), dtype=np.float32)
+    out[order] = vectors[rows[order]]
+    return out
+
+
+def train(factory: str, dim: int, vectors: np.ndarray, seed: int = 0) -> Any:
+    """A new index of ``factory``, its quantisers trained on a sample of ``vectors``."""
+    faiss = _faiss()
+    index = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
+    nlist = nlist_of(index)
+    if len(vectors) < nlist:
+        raise InputError(
+            f"FAISS index {factory!r} must be trained on at least {nlist} vectors, "
+            f"got {len(vectors)}; use 'Flat' for small databases"
+        )
+    sample = gather(vectors, training_rows(len(vectors), nlist, seed))
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.niter = KMEANS_ITER
+    ivf.cp.seed = seed
+    index.train(sample)
+    return index
+
+
+def chunks(n: int, start: int = 0, size: int = CHUNK) -> Iterator[range]:
+    for s in range(start, n, size):
+        yield range(s, min(n, s + size))
+
+
+def add_rows(index: Any, vectors: np.ndarray, start: int = 0, ids: bool = False) -> None:
+    """Encode rows ``start:`` of ``vectors`` into ``index``, a chunk at a time
+    (``ids``: with their row numbers as ids, for shards merged later)."""
+    for r in chunks(len(vectors), start):
+        x = np.ascontiguousarray(vectors[r.start : r.stop], dtype=np.float32)
+        if ids:
+            index.add_with_ids(x, np.arange(r.start, r.stop, dtype=np.int64))
+        else:
+            index.add(x)
+        release(vectors)
+
+
+def exact_topk(
+    vectors: np.ndarray, q: np.ndarray, k: int, chunk: int = CHUNK
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner products by brute force over (memory-mapped) ``vectors``."""
+    n = len(vectors)
+    k = min(k, n)
+    chunk = max(1024, min(chunk, (1 << 24) // max(1, len(q))))  # score block ≤ 64 MB
+    best_s = np.full((len(q), k), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(q), k), dtype=np.int64)
+    for r in chunks(n, 0, chunk):
+        s = q @ np.asarray(vectors[r.start : r.stop], dtype=np.float32).T
+        release(vectors)
+        kk = min(k, s.shape[1])
+        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+        cand_s = np.concatenate([best_s, np.take_along_axis(s, part, axis=1)], axis=1)
+        cand_i = np.concatenate([best_i, part + r.start], axis=1)
+        top = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
+        best_s = np.take_along_axis(cand_s, top, axis=1)
+        best_i = np.take_along_axis(cand_i, top, axis=1)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_i, order, axis=1)
+
+
+def reranked_search(
+    index: Any, vectors: np.ndarray, q: np.ndarray, k: int, nprobe: int, rerank: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` by exact inner product among the ``rerank`` best candidates of the
+    compressed index (``nprobe`` lists visited). Rows it cannot fill are -1."""
+    faiss = _faiss()
+    depth = max(k, rerank)
+    params = faiss.SearchParametersIVF(nprobe=int(nprobe))
+    _, cand = index.search(np.ascontiguousarray(q, dtype=np.float32), depth, params=params)
+    uniq, inverse = np.unique(cand[cand >= 0], return_inverse=True)
+    rows_v = np.asarray(vectors[uniq], dtype=np.float32)  # np.unique sorts: reads in file order
+    pos = np.full(cand.shape, -1, dtype=np.int64)
+    pos[cand >= 0] = inverse
+    scores = np.full(cand.shape, -np.inf, dtype=np.float32)
+    for i in range(len(q)):
+        ok = pos[i] >= 0
+        scores[i, ok] = rows_v[pos[i, ok]] @ q[i]
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    rows = np.take_along_axis(cand, order, axis=1)
+    top = np.take_along_axis(scores, order, axis=1)
+    rows[~np.isfinite(top)] = -1
+    return top, rows
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Search settings chosen at build time, with what they achieved."""
+
+    nprobe: int
+    rerank: int
+    recall_at_20: float
+    ms_per_query: float
+    queries: int
+    target: float = TARGET_RECALL
+
+    def as_dict(self, prefix: str = "") -> dict[str, Any]:
+        return {
+            f"{prefix}nprobe": self.nprobe,
+            f"{prefix}rerank": self.rerank,
+            f"{prefix}recall_at_20": round(self.recall_at_20, 4),
+            f"{prefix}ms_per_query": round(self.ms_per_query, 3),
+            "tuned_on": self.queries,
+            "target_recall_at_20": self.target,
+        }
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each query's true top-k found among its returned top-k."""
+    hits = [len(np.intersect1d(f[f >= 0], t)) for f, t in zip(found, truth, strict=True)]
+    return float(np.sum(hits) / truth.size)
+
+
+def tune(
+    index: Any,
+    vectors: np.ndarray,
+    n_queries: int = 1000,
+    target: float = TARGET_RECALL,
+    seed: int = 1,
+    nprobes: Iterable[int] = NPROBES,
+    reranks: Iterable[int] = RERANKS,
+    far: bool = False,
+) -> Tuning:
+    """The cheapest (nprobe, rerank) reaching recall@20 ≥ ``target`` on held-out
+    database vectors (each query's own row excluded from both answers), by
+    measured time; the best recall found when none reaches it. ``far``: for the
+    far neighbours (the negated queries), which lie in other lists than the near."""
+    n = len(vectors)
+    k = min(RECALL_K, n - 1)
+    n_queries = min(n_queries, max(100, n // 20), n)  # small databases: fewer, still held out
+    rows = np.sort(np.random.default_rng(seed).choice(n, n_queries, replace=False))
+    q = gather(vectors, rows)
+    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    if far:
+        q = -q
+    _, ex = exact_topk(vectors, q, k + 1)
+    truth = _drop_self(ex, rows, k)
+    nlist = nlist_of(index)
+    best: Tuning | None = None
+    for rr in reranks:
+        for npb in nprobes:
+            if npb > nlist:
+                continue
+            t0 = time.perf_counter()
+            _, found = reranked_search(index, vectors, q, k + 1, npb, max(rr, k + 1))
+            ms = (time.perf_counter() - t0) * 1000 / len(q)
+            rec = recall(_drop_self(found, rows, k), truth)
+            cand = Tuning(npb, rr, rec, ms, len(q), target)
+            if rec >= target:
+                if best is None or best.recall_at_20 < target or ms < best.ms_per_query:
+                    best = cand
+                break  # more lists only cost more at this depth
+            if best is None or (best.recall_at_20 < target and rec > best.recall_at_20):
+                best = cand
+    assert best is not None
+    return best
+
+
+def _drop_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    out = np.full((len(found), k), -1, dtype=np.int64)
+    for i, (f, r) in enumerate(zip(found, rows, strict=True)):
+        keep = f[(f != r) & (f >= 0)][:k]
+        out[i, : len(keep)] = keep
+    return out
+
+
+def merge_shards(trained: Any, shards: Iterable[Any]) -> Any:
+    """One index from shards built with the same trained quantisers (each added with
+    its global row numbers as ids, see :func:`add_rows`): FAISS's IVF merge."""
+    faiss = _faiss()
+    out = faiss.clone_index(trained)
+    if out.ntotal:
+        raise InputError("merge_shards: the trained index must be empty")
+    for shard in shards:
+        out.merge_from(shard, 0)
+    return out
+
+
+def write_shard(trained: Any, vectors: np.ndarray, rows: range, path: str | Path) -> Path:
+    """Encode ``rows`` of ``vectors`` with the trained quantisers into the shard file
+    ``path`` (atomically); a shard already written is kept, so a Ray job resumes
+    where it stopped. Merge the shards with :func:`merge_shard_files`."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    shard = _faiss().clone_index(trained)
+    x = vectors[rows.start : rows.stop]
+    for r in chunks(len(x)):
+        shard.add_with_ids(
+            np.ascontiguousarray(x[r.start : r.stop], dtype=np.float32),
+            np.arange(rows.start + r.start, rows.start + r.stop, dtype=np.int64),
+        )
+    with atomic_path(path) as tmp:
+        _faiss().write_index(shard, str(tmp))
+    return path
+
+
+def merge_shard_files(trained: Any, paths: Iterable[str | Path]) -> Any:
+    """The index of all shard files (see :func:`write_shard`), in row order."""
+    return merge_shards(trained, (_faiss().read_index(str(p)) for p in paths))
+
+
+def read_index(path: str, mmap: bool = True) -> Any:
+    """An index file, its inverted lists memory-mapped where FAISS can."""
+    faiss = _faiss()
+    if mmap:
+        try:
+            return faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError:
+            pass
+    return faiss.read_index(path)

@@ -1,0 +1,217 @@
+"""The index at scale, in miniature: ``auto`` switches to a compressed index above its
+threshold; recall against exact search, memory-mapped reopen, add, shard merge, damage."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from geolocus.errors import InputError
+from geolocus.index import Database
+from geolocus.index import compressed as cp
+
+DIM = 32
+
+
+def _corpus(n: int, seed: int = 0, centres: int = 60) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Clustered vectors (near places, near vectors) with positions per cluster."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, DIM))
+    lab = rng.integers(0, centres, n)
+    x = (c[lab] + 0.35 * rng.normal(size=(n, DIM))).astype(np.float32)
+    pos = np.column_stack([rng.uniform(-60, 60, centres), rng.uniform(-170, 170, centres)])
+    ll = pos[lab] + rng.normal(scale=0.05, size=(n, 2))
+    return x, [f"p{seed}-{i}.jpg" for i in range(n)], ll
+
+
+def _compressed_db(path, n=3000, threshold=1000, chunk=700):
+    x, ids, ll = _corpus(n)
+    db = Database.create(path, dim=DIM, model="t", auto_threshold=threshold)
+    for s in range(0, n, chunk):  # a streaming build: chunk by chunk
+        db.add(x[s : s + chunk], ids[s : s + chunk], ll[s : s + chunk], source="exif")
+    db.save()
+    return db, x, ids, ll
+
+
+def test_auto_is_flat_when_small_and_compressed_above_the_threshold(tmp_path):
+    x, ids, ll = _corpus(500)
+    small = Database.create(tmp_path / "small", dim=DIM, model="t", auto_threshold=1000)
+    small.add(x, ids, ll)
+    small.save()
+    assert small.manifest.factory == "Flat" and small.manifest.format == 1
+    assert not small.is_compressed
+    db, *_ = _compressed_db(tmp_path / "big")
+    man = Database.open(tmp_path / "big").manifest
+    assert man.format == 2 and man.factory.startswith("IVF") and "PQ" in man.factory
+    assert man.search["choice"] == "auto" and man.count == 3000 == len(db)
+    assert man.search["recall_at_20"] >= 0.95 and man.search["nprobe"] >= 1
+    names = sorted(p.name for p in (tmp_path / "big").iterdir())
+    assert names == [".lock", "coords-1.npy", "exact-1.npy", "ids-1.npy", "manifest.json",
+                     "meta-1.parquet", "vectors-1.faiss"]  # fmt: skip
+
+
+def test_compressed_recall_against_exact_search(tmp_path):
+    db, x, _, ll = _compressed_db(tmp_path / "db")
+    q = x[:200] + 0.3 * np.random.default_rng(5).normal(size=(200, DIM)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    truth = np.argsort(-(q @ xn.T), axis=1)[:, :20]
+    nb = db.search(q, k=20, k_far=3)
+    found = np.vectorize(lambda s: int(s.split("-")[1].split(".")[0]))(nb.near_ids)
+    assert cp.recall(found, truth) >= 0.9
+    np.testing.assert_allclose(nb.near, ll[found])
+    # scores are exact (re-ranked from the float16 vectors), best first
+    np.testing.assert_allclose(nb.near_scores[:, 0], np.sum(q * xn[found[:, 0]], axis=1), atol=2e-3)
+    assert (np.diff(nb.near_scores, axis=1) <= 1e-6).all()
+    assert (nb.far_scores[:, 0] < nb.near_scores[:, -1]).all()
+
+
+def test_reopen_is_memory_mapped_and_searches_the_same(tmp_path):
+    db, x, ids, _ = _compressed_db(tmp_path / "db")
+    q = x[:40]
+    before = db.search(q, k=10, k_far=2, query_ids=ids[:40], exclude_self=True)
+    again = Database.open(tmp_path / "db")
+    assert isinstance(again._columns.exact, np.memmap)
+    after = again.search(q, k=10, k_far=2, query_ids=ids[:40], exclude_self=True)
+    assert (before.near_ids == after.near_ids).all() and (before.far_ids == after.far_ids).all()
+    assert not (after.near_ids == np.asarray(ids[:40], dtype=object)[:, None]).any()
+    assert ids[7] in again and "nope" not in again
+    assert list(again.meta.columns) == ["id", "lat", "lon", "path", "source"]
+    assert set(again.meta["source"]) == {"exif"}
+    assert again.check_vectors().startswith("vectors: 3000 read back")
+
+
+def test_add_to_a_compressed_database_uses_its_quantisers(tmp_path):
+    _compressed_db(tmp_path / "db")
+    db = Database.open(tmp_path / "db")
+    nlist = cp.nlist_of(db.index)
+    x2, ids2, ll2 = _corpus(300, seed=9)
+    assert db.add(x2, ids2, ll2) == 300
+    with pytest.raises(InputError, match="save the database"):
+        db.search(x2[:2], k=3)
+    db.save()
+    again = Database.open(tmp_path / "db")
+    assert len(again) == 3300 and cp.nlist_of(again.index) == nlist
+    assert again.manifest.search["trained_at_count"] == 3000
+    nb = again.search(x2[:20], k=1)
+    assert list(nb.near_ids[:, 0]) == ids2[:20]
+    assert again.add(x2[:5], ids2[:5], ll2[:5]) == 0  # known ids are skipped
+    with pytest.raises(InputError, match="shape"):
+        again.add(np.zeros((2, DIM + 1)), ["a", "b"], np.zeros((2, 2)))
+
+
+def test_add_says_when_retraining_would_pay(tmp_path):
+    x, ids, ll = _corpus(6000)
+    db = Database.create(tmp_path / "db", dim=DIM, model="t", factory="IVF16,PQ8x4fs")
+    db.add(x[:1000], ids[:1000], ll[:1000])
+    db.save()
+    db.add(x[1000:], ids[1000:], ll[1000:])
+    with pytest.warns(UserWarning, match="retraining would pay"):
+        db.save()
+
+
+def test_shards_merged_equal_one_build():
+    x = _corpus(4000)[0]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    v = x.astype(np.float16)
+    trained = cp.train(cp.auto_factory(len(v), DIM), DIM, v)
+    one = faiss.clone_index(trained)
+    cp.add_rows(one, v)
+    shards = []
+    for s, e in ((0, 1500), (1500, 2600), (2600, 4000)):
+        sh = faiss.clone_index(trained)
+        sh.add_with_ids(v[s:e].astype(np.float32), np.arange(s, e))
+        shards.append(sh)
+    merged = cp.merge_shards(trained, shards)
+    assert merged.ntotal == one.ntotal == 4000
+    a = cp.reranked_search(one, v, x[:50], 20, 8, 100)
+    b = cp.reranked_search(merged, v, x[:50], 20, 8, 100)
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_shard_files_resume_and_merge(tmp_path):
+    x = _corpus(3000)[0]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    v = x.astype(np.float16)
+    trained = cp.train(cp.auto_factory(len(v), DIM), DIM, v)
+    one = faiss.clone_index(trained)
+    cp.add_rows(one, v)
+    paths = [cp.write_shard(trained, v, r, tmp_path / f"s{i}.faiss")
+             for i, r in enumerate(cp.chunks(3000, 0, 1000))]  # fmt: skip
+    stamp = paths[1].stat().st_mtime_ns
+    cp.write_shard(trained, v, range(1000, 2000), paths[1])  # done already: kept
+    assert paths[1].stat().st_mtime_ns == stamp
+    merged = cp.merge_shard_files(trained, paths)
+    np.testing.assert_array_equal(
+        cp.reranked_search(one, v, x[:30], 10, 8, 100)[1],
+        cp.reranked_search(merged, v, x[:30], 10, 8, 100)[1],
+    )
+
+
+def test_truncated_vector_file_is_named_as_damaged(tmp_path):
+    _compressed_db(tmp_path / "db")
+    f = tmp_path / "db" / "exact-1.npy"
+    f.write_bytes(f.read_bytes()[:-1000])
+    with pytest.raises(InputError, match=r"database .* is damaged: exact-1\.npy has \d+ bytes"):
+        Database.open(tmp_path / "db")
+
+
+def test_a_failed_save_keeps_the_good_generation(tmp_path, monkeypatch):
+    db, *_ = _compressed_db(tmp_path / "db")
+    x2, ids2, ll2 = _corpus(100, seed=3)
+    db.add(x2, ids2, ll2)
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cp, "tune", full)
+    with pytest.raises(InputError, match=r"cannot write the database .*No space left"):
+        db.save()
+    again = Database.open(tmp_path / "db", verify=True)
+    assert len(again) == 3000 and again.manifest.generation == 1
+    assert sorted(p.name for p in (tmp_path / "db").glob("*-2.*")) == []
+
+
+def test_predict_and_best_over_a_compressed_database(tmp_path):
+    """The geolocator (and ``best``, fitted by leave-one-out) unchanged over a
+    compressed database: a red photo is placed in Paris."""
+    from fakes import PLACES, ColourEncoder, photo
+    from geolocus import Geolocator, PlaceSettings
+    from geolocus.models.embedder import BackboneEmbedder
+
+    emb = BackboneEmbedder(ColourEncoder())
+    names = list(PLACES)
+    from PIL import Image
+
+    files = [photo(tmp_path / f"{n}.jpg", PLACES[n][2]) for n in names]
+    centres = emb.embed([Image.open(f).convert("RGB") for f in files])
+    rng = np.random.default_rng(0)
+    lab = rng.integers(0, len(names), 1500)
+    x = centres[lab] + 0.15 * rng.normal(size=(1500, emb.dim))
+    ll = np.array([PLACES[names[i]][:2] for i in lab]) + rng.normal(scale=0.01, size=(1500, 2))
+    db = Database.create(tmp_path / "db", dim=emb.dim, model=emb.name,
+                         model_version=emb.version, auto_threshold=1000)  # fmt: skip
+    db.add(x, [f"{names[i]}-{j}.jpg" for j, i in enumerate(lab)], ll)
+    db.save()
+    assert Database.open(tmp_path / "db").is_compressed
+    for refine in ("dualgeo", "best"):
+        geo = Geolocator.from_database(
+            tmp_path / "db", refine, embedder=emb, places=PlaceSettings(top_k=1, names=False)
+        )
+        (pred,) = geo([str(tmp_path / "paris.jpg")])
+        assert pred.ok
+        assert abs(pred.top.lat - PLACES["paris"][0]) < 0.5
+        assert abs(pred.top.lon - PLACES["paris"][1]) < 0.5
+
+
+def test_info_shows_the_search_settings_and_check_passes(tmp_path, capsys):
+    from geolocus.cli.main import main
+
+    _compressed_db(tmp_path / "db")
+    assert main(["index", "info", str(tmp_path / "db")]) == 0
+    out = capsys.readouterr().out
+    assert "format            2" in out and "positions from    exif 3000" in out
+    assert "recall@20" in out and "re-rank" in out
+    assert main(["index", "info", str(tmp_path / "db"), "--check"]) == 0
+    assert "is sound" in capsys.readouterr().out
