@@ -1,10 +1,11 @@
 """Hub backbones through ``transformers``: CLIP ViT-L/14, StreetCLIP, DINOv2 S/B/L.
 
-For users with the network (or weights copied by hand). ``pretrained=False``
-builds the architecture from a config written here, with random weights, so
-tests and timing need no download. ``pretrained=True`` loads, in order, from
-``weights=PATH``, ``$GEOLOCUS_WEIGHTS_DIR/<name>``, the Hugging Face cache, and
-the hub; when none works it raises :class:`ModelUnavailableError` with a hint.
+Weights arrive only through ``geolocus download NAME`` (:mod:`geolocus.downloads`) or a
+copy made by hand. ``pretrained=False`` builds the architecture from a config written
+here, with random weights, so tests and timing need no download. ``pretrained=True``
+loads, in order, from ``weights=PATH``, ``$GEOLOCUS_WEIGHTS_DIR/<name>`` and the Hugging
+Face cache; when none has them it raises :class:`ModelUnavailableError` naming the
+download command.
 
 Features:
 
@@ -17,11 +18,8 @@ Features:
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 
@@ -37,7 +35,7 @@ from geolocus.encoders.image.base import (
 )
 from geolocus.encoders.image.catalog import EncoderSpec
 from geolocus.errors import ModelUnavailableError
-from geolocus.weights import WEIGHTS_DIR_ENV, hf_cache
+from geolocus.weights import WEIGHTS_DIR_ENV, download_hint
 
 # Architectures of the published checkpoints (their config.json, written out).
 _CLIP_L14 = dict(
@@ -101,18 +99,6 @@ class HubEncoder(ImageEncoder):
         return ImageFeatures(embedding=emb, tokens=tokens, grid=square_grid(tokens.shape[1]))
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face endpoint answers at all (avoids a minute of retries offline)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _classes(family: str):
     try:
         from transformers import (
@@ -163,16 +149,8 @@ def build(
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ModelUnavailableError(f"cannot load {spec.name} from {local}: {msg}") from None
         return HubEncoder(spec, family, model.eval(), file_identity(local))
-    if not _hub_reachable():
-        raise ModelUnavailableError(
-            f"weights of {spec.name} are not on this machine and the hub is unreachable: {hint}"
-        )
-    try:
-        model = model_cls.from_pretrained(model_id)
-    except (OSError, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelUnavailableError(f"cannot download {model_id}: {msg}; {hint}") from None
-    snap = hf_cache(model_id)
-    return HubEncoder(
-        spec, family, model.eval(), file_identity(snap) if snap else f"hub:{model_id}"
+    # nothing here downloads: 'geolocus download NAME' is the one way weights arrive
+    raise ModelUnavailableError(
+        f"weights of {spec.name} ({model_id}) are not on this machine: "
+        f"{download_hint(spec.name)}, or {hint}"
     )
