@@ -83,9 +83,14 @@ def to_table(predictions: Sequence[Prediction]) -> str:
     return "\n\n".join([ORDER_NOTE, *(table_text(p) for p in predictions)]) + "\n"
 
 
-def to_json(predictions: Sequence[Prediction], neighbours: bool = True) -> str:
+def to_json(
+    predictions: Sequence[Prediction], neighbours: bool = True, heatmap: bool = False
+) -> str:
     """A JSON list with one object per photo (see :meth:`Prediction.to_dict`)."""
-    return json.dumps([p.to_dict(neighbours) for p in predictions], indent=1, ensure_ascii=False)
+    objs = [p.to_dict(neighbours, heatmap) for p in predictions]
+    if heatmap:  # a heatmap is long: one object a line, not one number a line
+        return "[\n" + ",\n".join(json.dumps(o, ensure_ascii=False) for o in objs) + "\n]"
+    return json.dumps(objs, indent=1, ensure_ascii=False)
 
 
 def to_geojson(predictions: Sequence[Prediction]) -> str:
@@ -136,12 +141,13 @@ def to_csv(predictions: Sequence[Prediction]) -> str:
     return buf.getvalue()
 
 
-def render(predictions: Sequence[Prediction], fmt: str) -> str:
-    """The predictions in one of :data:`FORMATS`."""
+def render(predictions: Sequence[Prediction], fmt: str, heatmap: bool = False) -> str:
+    """The predictions in one of :data:`FORMATS` (``heatmap``: JSON includes each photo's
+    probability of every gallery location)."""
     if fmt == "table":
         return to_table(predictions)
     if fmt == "json":
-        return to_json(predictions) + "\n"
+        return to_json(predictions, heatmap=heatmap) + "\n"
     if fmt == "csv":
         return to_csv(predictions)
     if fmt == "geojson":

@@ -133,6 +133,19 @@ def build(
         return HubEncoder(spec, family, model.eval(), random_identity())
     if overrides:
         raise ValueError("config overrides apply to pretrained=False only")
+    local = _local_folder(spec, weights)
+    try:
+        model = model_cls.from_pretrained(str(local), local_files_only=True)
+    except (OSError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelUnavailableError(f"cannot load {spec.name} from {local}: {msg}") from None
+    return HubEncoder(spec, family, model.eval(), file_identity(local))
+
+
+def _local_folder(spec: EncoderSpec, weights: str | Path | None = None) -> Path:
+    """The folder holding a hub backbone's files on this machine (``weights``,
+    ``$GEOLOCUS_WEIGHTS_DIR/<name>`` or the Hugging Face cache), or a one-line error that
+    names the command fetching them."""
     model_id = spec.model_id or spec.name
     local = Path(weights) if weights is not None else spec.locate()
     # no command takes a weights path: the folder the environment variable names is the way
@@ -140,17 +153,69 @@ def build(
         f"put a copy of {model_id} (config.json and weights) in ${WEIGHTS_DIR_ENV}/{spec.name} "
         f"(export {WEIGHTS_DIR_ENV}=a folder of yours; 'geolocus models' shows what is found)"
     )
-    if local is not None:
-        if not (local / "config.json").is_file():
-            raise ModelUnavailableError(f"{local}: no config.json of {model_id} there; {hint}")
-        try:
-            model = model_cls.from_pretrained(str(local), local_files_only=True)
-        except (OSError, ValueError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ModelUnavailableError(f"cannot load {spec.name} from {local}: {msg}") from None
-        return HubEncoder(spec, family, model.eval(), file_identity(local))
-    # nothing here downloads: 'geolocus download NAME' is the one way weights arrive
-    raise ModelUnavailableError(
-        f"weights of {spec.name} ({model_id}) are not on this machine: "
-        f"{download_hint(spec.name)}, or {hint}"
-    )
+    if local is None:
+        # nothing here downloads: 'geolocus download NAME' is the one way weights arrive
+        raise ModelUnavailableError(
+            f"weights of {spec.name} ({model_id}) are not on this machine: "
+            f"{download_hint(spec.name)}, or {hint}"
+        )
+    if not (local / "config.json").is_file():
+        raise ModelUnavailableError(f"{local}: no config.json of {model_id} there; {hint}")
+    return local
+
+
+#: CLIP ViT-L/14's text tower (its config.json, written out).
+_CLIP_L14_TEXT = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    vocab_size=49408,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+)
+#: CLIP's trained temperature, exp(logit_scale), which training clamps at 100.
+CLIP_LOGIT_SCALE = 100.0
+
+
+def clip_text(
+    spec: EncoderSpec, *, pretrained: bool = True, **overrides: Any
+) -> tuple[torch.nn.Module, Any, float]:
+    """The text tower of a hub CLIP (zero-shot prompts): ``(model, tokenizer, logit scale)``.
+
+    ``pretrained=False``: random weights from the config (``overrides`` shrink it) and no
+    tokenizer (CLIP's vocabulary ships with the weights); the caller brings one.
+    """
+    if CONFIGS[spec.name][0] != "clip":
+        raise ModelUnavailableError(f"{spec.name} has no text tower")
+    try:
+        from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+    except ImportError:
+        raise ModelUnavailableError(
+            "hub backbones need transformers: pip install 'geolocus[hub]'"
+        ) from None
+    if not pretrained:
+        model = CLIPTextModelWithProjection(CLIPTextConfig(**{**_CLIP_L14_TEXT, **overrides}))
+        return model.eval(), None, CLIP_LOGIT_SCALE
+    local = _local_folder(spec)
+    try:
+        model = CLIPTextModelWithProjection.from_pretrained(str(local), local_files_only=True)
+        tokenizer = CLIPTokenizer.from_pretrained(str(local), local_files_only=True)
+    except (OSError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelUnavailableError(f"cannot load {spec.name} from {local}: {msg}") from None
+    return model.eval(), tokenizer, _logit_scale(local)
+
+
+def _logit_scale(folder: Path) -> float:
+    """exp of the checkpoint's ``logit_scale`` (CLIP's 100 when it has none)."""
+    from safetensors import safe_open
+
+    f = folder / "model.safetensors"
+    if not f.is_file():
+        return CLIP_LOGIT_SCALE
+    with safe_open(str(f), framework="pt") as st:
+        if "logit_scale" not in st.keys():
+            return CLIP_LOGIT_SCALE
+        return float(st.get_tensor("logit_scale").float().exp())
