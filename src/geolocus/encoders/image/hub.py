@@ -216,6 +216,6 @@ def _logit_scale(folder: Path) -> float:
     if not f.is_file():
         return CLIP_LOGIT_SCALE
     with safe_open(str(f), framework="pt") as st:
-        if "logit_scale" not in st.keys():
+        if "logit_scale" not in st.keys():  # noqa: SIM118 - safe_open has no __contains__
             return CLIP_LOGIT_SCALE
         return float(st.get_tensor("logit_scale").float().exp())
