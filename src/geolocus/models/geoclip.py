@@ -188,8 +188,8 @@ class LocationHead(GeoModel):
             if self._gallery is None or self._gallery.encoder_fingerprint != fp:
                 self._gallery = self.gallery()
             gallery = self._gallery
-        fp = gallery.encoder_fingerprint
-        if fp is not None and fp != self.location_fingerprint():
+        used = gallery.encoder_fingerprint
+        if used is not None and used != self.location_fingerprint():
             raise InputError(
                 "the gallery was encoded with another location encoder; "
                 "rebuild it with model.gallery(coords)"

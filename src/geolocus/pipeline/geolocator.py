@@ -442,8 +442,10 @@ class Geolocator:
         if not self.embedder.has_gps or self.gallery.k < 1:
             return None, None
         dist = None
-        if self.gallery.heatmap:
-            dist = self.embedder.gps_distribution(embedding, tokens)
+        # optional beyond the Embedder protocol: only a gallery model has it
+        whole = getattr(self.embedder, "gps_distribution", None)
+        if self.gallery.heatmap and whole is not None:
+            dist = whole(embedding, tokens)
         if dist is None:
             return self.embedder.gps_candidates(embedding, tokens, self.gallery.k), None
         coords, probs = dist

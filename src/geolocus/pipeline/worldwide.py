@@ -138,7 +138,11 @@ class StreetCLIPEmbedder(BaseEmbedder):
 
         keep = {k: options.pop(k) for k in ("countries", "cities", "cache") if k in options}
         encoder = create_encoder(STREETCLIP, pretrained=pretrained, **options)
+        from geolocus.encoders.image.catalog import EncoderSpec
+
         spec = IMAGE_ENCODERS.get(STREETCLIP)
+        if not isinstance(spec, EncoderSpec):  # pragma: no cover - the catalog registers it
+            raise ModelUnavailableError(f"{STREETCLIP} is not a hub backbone here")
         text, hf_tok, scale = clip_text(spec, pretrained=pretrained, **(text_options or {}))
         tokenize: Tokenizer
         if tokenizer is not None:
