@@ -173,7 +173,17 @@ def test_worldwide_download_pins_checks_and_lists(hub_cache, capsys, monkeypatch
     streetclip = next(r for r in json.loads(out) if r["name"] == "streetclip")
     assert not streetclip["present"] and streetclip["download"] == "geolocus download streetclip"
 
-    # a file whose bytes differ from the recorded hash is deleted and refused
+    # the command itself, its default fetch pointed at the fake hub: pinned, checked, listed
+    seen2: list = []
+    monkeypatch.setattr(downloads, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(
+        downloads, "_hf_fetch", _fetcher(hub_cache["hub"], hub_cache["tmp"] / "cache", seen2)
+    )
+    rc, out, err = _run(capsys, ["download", "clip-vit-l14"])
+    assert rc == 0, err
+    assert f"{REPO} @ {REVISION}" in out and "none recorded" not in out
+    assert [s[2] for s in seen2] == [REVISION, REVISION]
+
     bad = downloads.Pin(REVISION, {"config.json": "0" * 64})
     monkeypatch.setitem(downloads.PINS, "clip-vit-l14", bad)
     fetch = _fetcher(hub_cache["hub"], hub_cache["tmp"] / "cache", [])
