@@ -333,3 +333,28 @@ def test_worldwide_streetclip_hierarchy_random_weights(one_thread):
     assert pred.ok and pred.top.source == "gallery" and pred.top.place is not None
     top2 = {emb.countries[i] for i in np.argsort(-pc[0])[:2]}
     assert {g.place.country_code for g in pred.guesses} <= top2
+
+
+@pytest.mark.slow
+def test_worldwide_with_db_pools_neighbours_and_gallery(hub_cache, tmp_path, capsys):
+    """--world geoclip with --db: the database's neighbours join the gallery's candidates."""
+    img = tmp_path / "photos"
+    rows = []
+    for name, (lat, lon, col) in PLACES.items():
+        for i in range(2):
+            photo(img / f"{name}{i}.jpg", col, seed=i, size=(64, 48))
+            rows.append(f"{name}{i}.jpg,{lat + 0.001 * i},{lon}\n")
+    (tmp_path / "labels.csv").write_text("IMG_ID,LAT,LON\n" + "".join(rows))
+    db = tmp_path / "db"
+    argv = ["index", "build", "--images", str(img), "--labels", str(tmp_path / "labels.csv")]
+    assert main([*argv, "--model", "geoclip", "--out", str(db)]) == 0
+    capsys.readouterr()
+    q = photo(tmp_path / "q.jpg", PLACES["tokyo"][2], seed=9, size=(64, 48))
+    base = ["predict", str(q), "--db", str(db), "--refine", "nearest", "--format", "json"]
+    rc, out, err = _run(capsys, [*base, "--world", "geoclip", "--top-k", "10"])
+    assert rc == 0, err
+    [a] = json.loads(out)
+    sources = {s for g in a["guesses"] for s in g["source"].split("+")}
+    assert sources == {"retrieval", "gallery"} and a["neighbours"]["near"]
+    rc, _, err = _run(capsys, [*base, "--world", "streetclip"])
+    assert rc == 2 and "without --db" in err and err.count("\n") == 1
