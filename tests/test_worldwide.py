@@ -358,3 +358,41 @@ def test_worldwide_with_db_pools_neighbours_and_gallery(hub_cache, tmp_path, cap
     assert sources == {"retrieval", "gallery"} and a["neighbours"]["near"]
     rc, _, err = _run(capsys, [*base, "--world", "streetclip"])
     assert rc == 2 and "without --db" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("chromium"), reason="chromium not installed")
+def test_worldwide_heatmap_draws_offline_in_chromium(tmp_path):
+    """The heat layer runs in a browser with no network: a canvas under the markers."""
+    import subprocess
+
+    from geolocus.viz import render_map
+
+    rng = np.random.default_rng(0)
+    coords = np.c_[rng.uniform(-60, 70, 3000), rng.uniform(-180, 180, 3000)]
+    p = rng.random(3000) ** 8
+    g = [
+        {
+            "lat": float(coords[np.argmax(p), 0]),
+            "lon": float(coords[np.argmax(p), 1]),
+            "confidence": 0.3,
+        }
+    ]
+
+    def dom(heat):
+        path = render_map(g, path=tmp_path / "h.html", heat=heat, place_names=False)
+        return subprocess.run(
+            [
+                "chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                "--disable-background-networking", "--virtual-time-budget=3000",
+                "--dump-dom", path.as_uri(),
+            ],
+            capture_output=True, text=True, timeout=120, check=True,
+        ).stdout  # fmt: skip
+
+    plain, hot = dom(None), dom((coords, p / p.sum()))
+    # the page script's text holds these names once; the drawn layer control and legend add
+    # them, and the heat layer's canvas renderer adds a canvas
+    for text in ("<canvas", "Probability heatmap", "model's probability (heatmap)"):
+        assert hot.count(text) > plain.count(text), text
+    assert hot.count("leaflet-interactive") >= 1  # the guess is drawn over it
