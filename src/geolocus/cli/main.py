@@ -12,6 +12,7 @@ import typer
 
 from geolocus.cli import (
     benchmark,
+    download,
     evaluate,
     geotag,
     index,
@@ -34,6 +35,7 @@ app = typer.Typer(
 app.command("evaluate")(evaluate.evaluate)
 app.command("refine")(refine.refine)
 app.command("models")(models.models)
+app.command("download")(download.download)
 app.add_typer(benchmark.app, name="benchmark")
 app.add_typer(index.app, name="index")
 app.command("predict")(predict.predict)

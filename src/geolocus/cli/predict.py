@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from geolocus.cli.options import batch_size_option, db_option, refiner_option
+from geolocus.cli.options import DB_HELP, batch_size_option, refiner_option
 
 
 def _map_paths(base: Path, n: int) -> list[Path]:
@@ -20,7 +20,24 @@ def predict(
     photos: list[str] = typer.Argument(  # str: typer would turn "" into "." (the cwd)
         ..., help="Photos, folders of photos, or .txt files listing one photo path per line."
     ),
-    db: Path = db_option(),
+    db: Path | None = typer.Option(
+        None,
+        "--db",
+        help=f"{DB_HELP} Without it a worldwide model answers (--world).",
+    ),
+    world: str | None = typer.Option(
+        None,
+        "--world",
+        help="Worldwide model: geoclip (the default without --db; with --db, the database "
+        "must be built with it and its neighbours join the gallery's) or streetclip "
+        "(without --db). Needs 'geolocus download clip-vit-l14' (or streetclip) once.",
+    ),
+    heatmap: bool = typer.Option(
+        False,
+        "--heatmap",
+        help="JSON: include each photo's probability of every gallery location "
+        "(gallery models; --map always draws it).",
+    ),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Distinct places to answer per photo."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json, csv or geojson."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the answer here, not stdout."),
@@ -48,8 +65,9 @@ def predict(
     """Where were these photos taken? Top-k places, confidence, radius and place name.
 
     Answers are the top-k distinct places, each with a confidence, an
-    uncertainty radius (km) and the nearest named place, from a database built
-    by 'geolocus index build'.
+    uncertainty radius (km) and the nearest named place: from a worldwide model
+    (--world geoclip, the default, or streetclip; their weights come once from
+    'geolocus download'), or from a database built by 'geolocus index build' (--db).
 
     The database's own model embeds the photos. A photo's EXIF GPS position is
     never used as input; where present it is shown beside the answer. Unreadable
@@ -61,6 +79,7 @@ def predict(
     from geolocus.files import check_output_path, write_text_atomic
     from geolocus.pipeline import (
         FORMATS,
+        GallerySettings,
         Geolocator,
         LMMSettings,
         PlaceSettings,
@@ -69,13 +88,21 @@ def predict(
         render,
         write_map,
     )
-    from geolocus.pipeline.formats import ORDER_NOTE, table_text
+    from geolocus.pipeline.formats import ORDER_NOTE, WORLD_ORDER_NOTE, table_text
     from geolocus.refine import create_refiner
 
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if lmm is not None and not lmm_model:
         raise InputError("--lmm needs --lmm-model NAME")
+    from geolocus.pipeline.geolocator import WORLD_GALLERY, WORLD_MODELS
+
+    if world is not None and world not in WORLD_MODELS:
+        raise InputError(f"unknown --world {world!r}; choose one of: {', '.join(WORLD_MODELS)}")
+    if db is not None and world not in (None, "geoclip"):
+        raise InputError(f"--world {world} answers alone: give it without --db")
+    if db is not None and world is not None and model not in (None, world):
+        raise InputError(f"--world {world} and --model {model} disagree")
     create_refiner(refine)  # an unknown name fails before the model is loaded
     # outputs that could not be written are refused before any photo is geolocated
     if out is not None:
@@ -91,16 +118,29 @@ def predict(
     paths = expand_inputs(photos, on_skip=on_skip)
     if not paths:
         raise InputError("no photos given (the folders named hold none)")
-    geo = Geolocator.from_database(
-        db,
-        refine=refine,
-        model=model,
-        retrieval=RetrievalSettings(k=k, k_far=k_far, batch_size=batch_size),
-        places=PlaceSettings(top_k=top_k),
-        lmm=None
-        if lmm is None
-        else LMMSettings.from_url(lmm, lmm_model or "default", lmm_fallback),
+    heat = heatmap or map_path is not None
+    chooser = (
+        None if lmm is None else LMMSettings.from_url(lmm, lmm_model or "default", lmm_fallback)
     )
+    retrieval = RetrievalSettings(k=k, k_far=k_far, batch_size=batch_size)
+    if db is None:
+        geo = Geolocator.worldwide(
+            world or "geoclip",
+            retrieval=retrieval,
+            places=PlaceSettings(top_k=top_k),
+            gallery=GallerySettings(k=WORLD_GALLERY.k, heatmap=heat),
+            lmm=chooser,
+        )
+    else:
+        geo = Geolocator.from_database(
+            db,
+            refine=refine,
+            model=world or model,
+            retrieval=retrieval,
+            places=PlaceSettings(top_k=top_k),
+            gallery=GallerySettings(heatmap=heat),
+            lmm=chooser,
+        )
     stream = fmt == "table" and out is None
 
     def on_result(pred) -> None:
@@ -110,12 +150,13 @@ def predict(
             typer.echo(table_text(pred) + "\n")
             sys.stdout.flush()
 
+    note = ORDER_NOTE if db is not None else WORLD_ORDER_NOTE
     if stream:
-        typer.echo(ORDER_NOTE + "\n")
+        typer.echo(note + "\n")
     preds = geo.predict(paths, progress=progress, on_result=on_result)
     ok = [p for p in preds if p.ok]
     if not stream:
-        text = render(ok if fmt == "table" else preds, fmt)
+        text = render(ok if fmt == "table" else preds, fmt, heatmap=heatmap, note=note)
         if out is None:
             typer.echo(text, nl=False)
         else:

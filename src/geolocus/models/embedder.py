@@ -176,6 +176,12 @@ class BaseEmbedder:
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
         return None
 
+    def gps_distribution(
+        self, embedding: ArrayOrTensor, tokens: ArrayOrTensor | None = None
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
+        """A gallery model's probability of every gallery location (None: no gallery)."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """What the database manifest records about the model."""
         return {
@@ -259,6 +265,17 @@ class ModelEmbedder(BaseEmbedder):
         else:  # the model encodes its gallery once (cached on disk) and keeps it
             coords, probs = self.model.gps_candidates(emb, tok, k)
         return np.asarray(_as_numpy(coords), float), np.asarray(_as_numpy(probs), float)
+
+    def gps_distribution(
+        self, embedding: ArrayOrTensor, tokens: ArrayOrTensor | None = None
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
+        """Every gallery location ``(N, 2)`` and each photo's probability of it ``(B, N)``
+        (the heatmap of an answer; its top k are :meth:`gps_candidates`), or None."""
+        if not self.has_gps or not callable(getattr(self.model, "gallery_probabilities", None)):
+            return None
+        emb, tok = _as_tensor(embedding), _as_tensor(tokens)
+        gallery, probs = self.model.gallery_probabilities(emb, tok, self.gallery)
+        return np.asarray(gallery.coords, float), np.asarray(probs, float)
 
 
 @functools.lru_cache(maxsize=4)

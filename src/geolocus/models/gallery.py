@@ -210,6 +210,21 @@ class GPSGallery:
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         return q @ self.embeddings.T
 
+    def probabilities(self, query_emb: Any, logit_scale: float | None = None) -> np.ndarray:
+        """``(B, N)`` GeoCLIP's distribution over every gallery location: softmax of
+        ``logit_scale · cos(query, location)`` (the heatmap of an answer)."""
+        scale = self.logit_scale if logit_scale is None else float(logit_scale)
+        logits = scale * self.scores(query_emb)
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        return p
+
+    def top(self, probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most probable locations of :meth:`probabilities`' rows: ``coords (B, k,
+        2)`` and ``probs (B, k)``, most probable first."""
+        return top_k(self.coords, probs, k)
+
     def search(
         self, query_emb: Any, k: int = 5, logit_scale: float | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -220,15 +235,19 @@ class GPSGallery:
         """
         if not 1 <= k <= len(self):
             raise InputError(f"k must be between 1 and {len(self)}, got {k}")
-        scale = self.logit_scale if logit_scale is None else float(logit_scale)
-        logits = scale * self.scores(query_emb)
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        p /= p.sum(axis=1, keepdims=True)
-        top = np.argpartition(-p, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(p, top, axis=1), axis=1, kind="stable")
-        idx = np.take_along_axis(top, order, axis=1)
-        return self.coords[idx], np.take_along_axis(p, idx, axis=1)
+        return self.top(self.probabilities(query_emb, logit_scale), k)
+
+
+def top_k(coords: np.ndarray, probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most probable of ``coords (N, 2)`` for each row of ``probs (B, N)``:
+    ``coords (B, k, 2)`` and ``probs (B, k)``, most probable first."""
+    n = probs.shape[1]
+    if not 1 <= k <= n:
+        raise InputError(f"k must be between 1 and {n}, got {k}")
+    top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(probs, top, axis=1), axis=1, kind="stable")
+    idx = np.take_along_axis(top, order, axis=1)
+    return coords[idx], np.take_along_axis(probs, idx, axis=1)
 
 
 def _probe_dim(encoder: nn.Module, coords: np.ndarray) -> int:

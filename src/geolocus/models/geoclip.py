@@ -177,16 +177,19 @@ class LocationHead(GeoModel):
         raise NotImplementedError
 
     @torch.no_grad()
-    def search_gallery(
-        self,
-        embedding: Any,
-        tokens: Any | None,
-        gallery: GPSGallery,
-        k: int = 5,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k gallery locations per image: ``coords (B, k, 2)``, ``probs (B, k)``."""
-        fp = gallery.encoder_fingerprint
-        if fp is not None and fp != self.location_fingerprint():
+    def gallery_probabilities(
+        self, embedding: Any, tokens: Any | None, gallery: GPSGallery | None = None
+    ) -> tuple[GPSGallery, np.ndarray]:
+        """The gallery (default: GeoCLIP's 100K, encoded once with this model's location
+        encoder and cached on disk) and each image's probability of every one of its
+        locations, ``(B, N)``: softmax of the logit scale times the cosine similarity."""
+        if gallery is None:
+            fp = self.location_fingerprint()
+            if self._gallery is None or self._gallery.encoder_fingerprint != fp:
+                self._gallery = self.gallery()
+            gallery = self._gallery
+        used = gallery.encoder_fingerprint
+        if used is not None and used != self.location_fingerprint():
             raise InputError(
                 "the gallery was encoded with another location encoder; "
                 "rebuild it with model.gallery(coords)"
@@ -196,17 +199,26 @@ class LocationHead(GeoModel):
         with eval_mode(self):
             tok = None if tokens is None else self._as_input(tokens)
             q = self.location_query(self._as_input(embedding), tok)
-        return gallery.search(q, k, logit_scale=float(scale_of(self.logit_scale)))
+        return gallery, gallery.probabilities(q, logit_scale=float(scale_of(self.logit_scale)))
+
+    def search_gallery(
+        self,
+        embedding: Any,
+        tokens: Any | None,
+        gallery: GPSGallery,
+        k: int = 5,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k gallery locations per image: ``coords (B, k, 2)``, ``probs (B, k)``."""
+        gallery, probs = self.gallery_probabilities(embedding, tokens, gallery)
+        return gallery.top(probs, k)
 
     def gps_candidates(
         self, embedding: Any, tokens: Any | None = None, k: int = 5
     ) -> tuple[np.ndarray, np.ndarray]:
         """GeoCLIP-style prediction over GeoCLIP's 100K GPS gallery, encoded once with this
         model's location encoder (cached on disk): ``coords (B, k, 2)``, ``probs (B, k)``."""
-        fp = self.location_fingerprint()
-        if self._gallery is None or self._gallery.encoder_fingerprint != fp:
-            self._gallery = self.gallery()
-        return self.search_gallery(embedding, tokens, self._gallery, k)
+        gallery, probs = self.gallery_probabilities(embedding, tokens)
+        return gallery.top(probs, k)
 
 
 class ImageViewModel(LocationHead):

@@ -137,15 +137,23 @@ def pool_candidates(
     gps: tuple[np.ndarray, np.ndarray] | None = None,
     gps_weight: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """One photo's candidates and their weights (summing to 1): the refiner's, mixed with
-    gallery candidates. Returns ``(coords (C, 2), weights (C,), sources)``."""
+    """One photo's candidates and their weights (summing to 1, but see below): the refiner's,
+    mixed with gallery candidates. Returns ``(coords (C, 2), weights (C,), sources)``.
+
+    With no refiner candidates (no database) the gallery's probabilities are kept as they
+    are — the model's softmax over its whole gallery — so an answer's confidence is the
+    model's own probability."""
     ranked = np.asarray(ranked, dtype=float).reshape(-1, 2)
-    w = score_weights(np.asarray(scores, dtype=float).reshape(1, -1))[0]
+    w = np.zeros(0)
+    if len(ranked):
+        w = score_weights(np.asarray(scores, dtype=float).reshape(1, -1))[0]
     sources = ["retrieval"] * len(ranked)
     if gps is None or len(gps[0]) == 0:
         return ranked, w, sources
     gc = np.asarray(gps[0], dtype=float).reshape(-1, 2)
     gp = np.clip(np.asarray(gps[1], dtype=float).reshape(-1), 0.0, None)
+    if len(ranked) == 0:  # a worldwide model alone: its probabilities are the answer
+        return gc, gp, ["gallery"] * len(gc)
     gp = gp / gp.sum() if gp.sum() > 0 else np.full(len(gp), 1.0 / len(gp))
     a = float(np.clip(gps_weight, 0.0, 1.0))
     coords = np.concatenate([ranked, gc])

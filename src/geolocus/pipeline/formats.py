@@ -37,6 +37,10 @@ ORDER_NOTE = (
 )
 
 
+#: The same for a worldwide model alone (no database, no stage 2).
+WORLD_ORDER_NOTE = "guesses by the model's probability, the most probable first"
+
+
 def _pct(c: float | None) -> str:
     return "-" if c is None else f"{100 * c:.1f} %"
 
@@ -78,14 +82,19 @@ def table_text(pred: Prediction) -> str:
     return "\n".join(lines)
 
 
-def to_table(predictions: Sequence[Prediction]) -> str:
+def to_table(predictions: Sequence[Prediction], note: str = ORDER_NOTE) -> str:
     """The photos' answers as text blocks, under a line that says how guesses are ordered."""
-    return "\n\n".join([ORDER_NOTE, *(table_text(p) for p in predictions)]) + "\n"
+    return "\n\n".join([note, *(table_text(p) for p in predictions)]) + "\n"
 
 
-def to_json(predictions: Sequence[Prediction], neighbours: bool = True) -> str:
+def to_json(
+    predictions: Sequence[Prediction], neighbours: bool = True, heatmap: bool = False
+) -> str:
     """A JSON list with one object per photo (see :meth:`Prediction.to_dict`)."""
-    return json.dumps([p.to_dict(neighbours) for p in predictions], indent=1, ensure_ascii=False)
+    objs = [p.to_dict(neighbours, heatmap) for p in predictions]
+    if heatmap:  # a heatmap is long: one object a line, not one number a line
+        return "[\n" + ",\n".join(json.dumps(o, ensure_ascii=False) for o in objs) + "\n]"
+    return json.dumps(objs, indent=1, ensure_ascii=False)
 
 
 def to_geojson(predictions: Sequence[Prediction]) -> str:
@@ -136,12 +145,15 @@ def to_csv(predictions: Sequence[Prediction]) -> str:
     return buf.getvalue()
 
 
-def render(predictions: Sequence[Prediction], fmt: str) -> str:
-    """The predictions in one of :data:`FORMATS`."""
+def render(
+    predictions: Sequence[Prediction], fmt: str, heatmap: bool = False, note: str = ORDER_NOTE
+) -> str:
+    """The predictions in one of :data:`FORMATS` (``heatmap``: JSON includes each photo's
+    probability of every gallery location; ``note``: how a table's guesses are ordered)."""
     if fmt == "table":
-        return to_table(predictions)
+        return to_table(predictions, note)
     if fmt == "json":
-        return to_json(predictions) + "\n"
+        return to_json(predictions, heatmap=heatmap) + "\n"
     if fmt == "csv":
         return to_csv(predictions)
     if fmt == "geojson":
@@ -170,6 +182,7 @@ def _map_args(pred: Prediction, title: str | None, truth: Any) -> tuple[tuple, d
         "neighbour_ids": None if nb is None or nb.near_ids is None else nb.near_ids[0],
         "far_ids": None if far is None or far.far_ids is None else far.far_ids[0],
         "title": title or f"geolocus: {pred.image}",
+        "heat": None if pred.heatmap is None else (pred.heatmap.coords, pred.heatmap.probs),
     }
     return args, kwargs
 

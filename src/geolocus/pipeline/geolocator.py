@@ -38,9 +38,10 @@ from geolocus.geo import haversine_km
 from geolocus.index.build import check_embedder, embedder_for
 from geolocus.index.database import Database
 from geolocus.models.embedder import Embedder
+from geolocus.models.gallery import top_k as gallery_top_k
 from geolocus.pipeline.candidates import MERGE_KM, SUPPORT_KM, distinct_places, pool_candidates
 from geolocus.pipeline.fitting import fit_on_database
-from geolocus.pipeline.results import Guess, Prediction
+from geolocus.pipeline.results import Guess, Heatmap, Prediction
 from geolocus.places import Gazetteer
 from geolocus.refine import DEFAULT_REFINER, Refiner, create_refiner
 from geolocus.refine.lmm import Candidate, LMMClient
@@ -111,10 +112,18 @@ class PlaceSettings:
 @dataclass(frozen=True)
 class GallerySettings:
     """A location head's GPS-gallery candidates: ``k`` per photo (0: none) and their share
-    of the weight against the retrieved neighbours."""
+    of the weight against the retrieved neighbours; ``heatmap``: keep each photo's
+    probability of every gallery location (:attr:`Prediction.heatmap`, for maps)."""
 
     k: int = 10
     weight: float = 0.5
+    heatmap: bool = False
+
+
+#: The worldwide models that answer without a database (:meth:`Geolocator.worldwide`).
+WORLD_MODELS = ("geoclip", "streetclip")
+#: Gallery candidates of a worldwide model alone: enough to fill the top-k distinct places.
+WORLD_GALLERY = GallerySettings(k=100)
 
 
 @dataclass(frozen=True)
@@ -134,20 +143,22 @@ class LMMSettings:
 
 
 class Geolocator:
-    """Stage 1 (retrieval) and stage 2 (refinement) over one database (see module doc).
+    """Stage 1 (retrieval) and stage 2 (refinement) over one database (see module doc), or
+    a worldwide model alone.
 
     Made by :meth:`from_database`, which opens the database, creates or checks the
-    embedder, fits the refiner (cached in the database) and loads the gazetteer. The
-    constructor only stores what it is given, ready to use: a :class:`Database`, the
+    embedder, fits the refiner (cached in the database) and loads the gazetteer, or by
+    :meth:`worldwide`. The constructor only stores what it is given, ready to use: a
+    :class:`Database` (None: the embedder's gallery candidates are the whole answer), the
     :class:`Embedder` it was built with (checked), a :class:`Refiner` already fitted if
     it learns, and the gazetteer that names places (None: unnamed).
     """
 
     def __init__(
         self,
-        database: Database,
+        database: Database | None,
         embedder: Embedder,
-        refiner: Refiner,
+        refiner: Refiner | None,
         *,
         retrieval: RetrievalSettings = RetrievalSettings(),
         places: PlaceSettings = PlaceSettings(),
@@ -156,9 +167,18 @@ class Geolocator:
         gazetteer: Gazetteer | None = None,
         warn: Callable[[str], None] = _warn,
     ) -> None:
-        check_embedder(database, embedder)  # the manifest in memory: no file is read
+        if database is None:
+            if not embedder.has_gps or gallery.k < 1:
+                raise InputError(
+                    f"{embedder.name} has no gallery to answer from without a database"
+                )
+        else:
+            check_embedder(database, embedder)  # the manifest in memory: no file is read
+            retrieval = retrieval.within(len(database))
+            if refiner is None:
+                raise InputError("a database needs a refiner")
         self.database, self.embedder, self.refiner = database, embedder, refiner
-        self.retrieval = retrieval.within(len(database))
+        self.retrieval = retrieval
         self.places, self.gallery, self.lmm = places, gallery, lmm
         self.gazetteer = gazetteer if places.names else None
         self.warn = warn
@@ -218,6 +238,54 @@ class Geolocator:
             db,
             embedder,
             refiner,
+            retrieval=retrieval,
+            places=places,
+            gallery=gallery,
+            lmm=lmm,
+            gazetteer=gazetteer,
+            warn=warn,
+        )
+        if warmup:
+            geo.warmup()
+        return geo
+
+    @classmethod
+    def worldwide(
+        cls,
+        model: str = "geoclip",
+        *,
+        embedder: Embedder | None = None,
+        pretrained: bool = True,
+        retrieval: RetrievalSettings = RetrievalSettings(),
+        places: PlaceSettings = PlaceSettings(),
+        gallery: GallerySettings = WORLD_GALLERY,
+        lmm: LMMSettings | None = None,
+        warmup: bool = True,
+        warn: Callable[[str], None] = _warn,
+    ) -> Geolocator:
+        """A geolocator that needs no database: a worldwide model answers alone.
+
+        - ``geoclip``: CLIP ViT-L/14 → GeoCLIP's published image head → its 100K-location
+          gallery (GeoCLIP's own prediction; each answer's confidence is its probability).
+        - ``streetclip``: StreetCLIP zero-shot, countries then their cities
+          (:mod:`geolocus.pipeline.worldwide`).
+
+        Their CLIP weights come from ``geolocus download`` (a one-line error names it
+        when they are missing); ``pretrained=False`` builds them with random weights
+        (tests); ``embedder`` replaces the model outright.
+        """
+        if embedder is None:
+            from geolocus.pipeline.worldwide import world_embedder
+
+            embedder = world_embedder(model, pretrained=pretrained)
+        gazetteer = None
+        if places.names:
+            gazetteer = Gazetteer.load()
+            gazetteer.reverse_geocode(0.0, 0.0)  # builds its k-d tree now, not per photo
+        geo = cls(
+            None,
+            embedder,
+            None,
             retrieval=retrieval,
             places=places,
             gallery=gallery,
@@ -339,9 +407,7 @@ class Geolocator:
                     t = self._tick("forward", t)
                     tok = self.embedder.backbone_tokens(feats)
                     vec = self.embedder.embed_features(feats.embedding, tok)
-                    gps = None
-                    if self.embedder.has_gps and self.gallery.k > 0:
-                        gps = self.embedder.gps_candidates(feats.embedding, tok, self.gallery.k)
+                    gps, heat = self._gallery_candidates(feats.embedding, tok)
                     self._tick("embed", t)
                     kept = [r for r in loaded if r[0] is not None]
                     preds = self.locate(
@@ -350,6 +416,7 @@ class Geolocator:
                         gps=gps,
                         images=[r[1] for r in kept],
                         exif=[r[2] for r in kept],
+                        heatmaps=heat,
                     )
                     for i, p in zip(good, preds, strict=True):
                         out[i] = p
@@ -366,6 +433,24 @@ class Geolocator:
         return [p for p in out if p is not None]
 
     __call__ = predict
+
+    def _gallery_candidates(
+        self, embedding: Any, tokens: Any
+    ) -> tuple[tuple[np.ndarray, np.ndarray] | None, list[Heatmap] | None]:
+        """The embedder's gallery candidates, and with ``gallery.heatmap`` each photo's
+        probability of every gallery location (its top k are the candidates)."""
+        if not self.embedder.has_gps or self.gallery.k < 1:
+            return None, None
+        dist = None
+        # optional beyond the Embedder protocol: only a gallery model has it
+        whole = getattr(self.embedder, "gps_distribution", None)
+        if self.gallery.heatmap and whole is not None:
+            dist = whole(embedding, tokens)
+        if dist is None:
+            return self.embedder.gps_candidates(embedding, tokens, self.gallery.k), None
+        coords, probs = dist
+        heat = [Heatmap(coords, p) for p in probs]
+        return gallery_top_k(coords, probs, min(self.gallery.k, probs.shape[1])), heat
 
     @staticmethod
     def _as_list(images: Any) -> list[Any]:
@@ -384,24 +469,29 @@ class Geolocator:
         gps: tuple[np.ndarray, np.ndarray] | None = None,
         images: Sequence[Any] | None = None,
         exif: Sequence[Any] | None = None,
+        heatmaps: Sequence[Heatmap] | None = None,
     ) -> list[Prediction]:
         """Stage 1 and 2 for embedded photos: ``vectors`` ``(N, dim)`` from the embedder,
-        ``gps`` its gallery candidates ``(N, G, 2)`` and probabilities ``(N, G)``."""
+        ``gps`` its gallery candidates ``(N, G, 2)`` and probabilities ``(N, G)`` (the
+        whole answer without a database)."""
         t = time.perf_counter()
         r = self.retrieval
-        nb = self.database.search(
-            vectors, k=r.k, k_far=r.k_far, query_ids=list(ids), nprobe=r.nprobe
-        )
-        t = self._tick("search", t)
-        ranking = self.refiner.rank(nb)
+        nb = None
+        no_ranking = (np.zeros((0, 2)), np.zeros(0))
+        ranked = [no_ranking] * len(ids)
+        if self.database is not None and self.refiner is not None:
+            nb = self.database.search(
+                vectors, k=r.k, k_far=r.k_far, query_ids=list(ids), nprobe=r.nprobe
+            )
+            t = self._tick("search", t)
+            ranking = self.refiner.rank(nb)
+            ranked = [(ranking.candidates[i], ranking.scores[i]) for i in range(len(nb))]
         top_k = self.places.top_k
         n_places = max(top_k, LMM_CANDIDATES if self.lmm is not None else 0)
         places_per = []
-        for i in range(len(nb)):
+        for i in range(len(ids)):
             g = None if gps is None else (gps[0][i], gps[1][i])
-            coords, w, src = pool_candidates(
-                ranking.candidates[i], ranking.scores[i], g, self.gallery.weight
-            )
+            coords, w, src = pool_candidates(ranked[i][0], ranked[i][1], g, self.gallery.weight)
             places_per.append(
                 distinct_places(
                     coords,
@@ -429,7 +519,8 @@ class Geolocator:
                     image=str(ids[i]),
                     guesses=guesses,
                     exif_gps=None if exif is None else exif[i],
-                    neighbours=nb.subset(slice(i, i + 1)),
+                    neighbours=None if nb is None else nb.subset(slice(i, i + 1)),
+                    heatmap=None if heatmaps is None else heatmaps[i],
                 )
             )
         if self.lmm is not None:

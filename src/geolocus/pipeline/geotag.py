@@ -92,8 +92,10 @@ def leave_one_out_check(geolocator: Geolocator, folds: int = 5) -> Any:
     the estimate is not scored on what it was fitted on.
     """
     r = geolocator.retrieval
-    nb, truth = loo_neighbours(geolocator.database, r.k, r.k_far)
     refiner = geolocator.refiner
+    if geolocator.database is None or refiner is None:
+        raise InputError("the leave-one-out check needs a database of geotagged photos")
+    nb, truth = loo_neighbours(geolocator.database, r.k, r.k_far)
     if refiner.learns and len(nb) >= 2 * folds:
         fold = np.random.default_rng(0).permutation(len(nb)) % folds
         top = cross_val_predict(lambda: create_refiner(refiner.name), nb, truth, fold)

@@ -69,12 +69,37 @@ class Guess:
 
 
 @dataclass
+class Heatmap:
+    """A gallery model's probability of every location of its gallery for one photo:
+    ``coords (N, 2)`` (shared between photos, not copied) and ``probs (N,)``."""
+
+    coords: np.ndarray
+    probs: np.ndarray
+
+    def strongest(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` most probable locations and their probabilities, most probable first."""
+        n = min(n, len(self.probs))
+        idx = np.argsort(-self.probs, kind="stable")[:n]
+        return self.coords[idx], self.probs[idx]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Columns ``lat``, ``lon``, ``probability`` (every gallery location, in its order)."""
+        return {
+            "lat": np.round(self.coords[:, 0], 5).tolist(),
+            "lon": np.round(self.coords[:, 1], 5).tolist(),
+            "probability": [float(f"{p:.6g}") for p in self.probs],
+        }
+
+
+@dataclass
 class Prediction:
     """Where one photo was taken: ``guesses`` best first, or an ``error``.
 
     ``exif_gps`` is the photo's own EXIF position when it has one — never an
     input, only reported beside the answer (with :attr:`exif_error_km`).
-    ``neighbours`` are the photo's retrieved database photos (near and far).
+    ``neighbours`` are the photo's retrieved database photos (near and far);
+    ``heatmap`` a gallery model's probability of every gallery location, when asked for
+    (:class:`~geolocus.pipeline.geolocator.GallerySettings`).
     """
 
     image: str
@@ -83,6 +108,7 @@ class Prediction:
     neighbours: Neighbours | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    heatmap: Heatmap | None = None
 
     @property
     def ok(self) -> bool:
@@ -117,7 +143,7 @@ class Prediction:
             for i in range(len(pts))
         ]
 
-    def to_dict(self, neighbours: bool = True) -> dict[str, Any]:
+    def to_dict(self, neighbours: bool = True, heatmap: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
             "image": self.image,
             "error": self.error,
@@ -133,6 +159,8 @@ class Prediction:
                 "near": self.neighbour_records(),
                 "far": self.neighbour_records(far=True),
             }
+        if heatmap and self.heatmap is not None:
+            d["heatmap"] = self.heatmap.to_dict()
         return d
 
     def to_json(self, neighbours: bool = True) -> str:

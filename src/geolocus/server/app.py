@@ -505,7 +505,13 @@ def make_server(
         raise ValueError("read_timeout and request_timeout must be positive")
     lock = threading.Lock()
     db = geolocator.database
-    db_label = html.escape(f"{len(db)} photos, model {db.manifest.model}")
+    if db is None:
+        db_label = html.escape(f"no database, worldwide model {geolocator.embedder.name}")
+        db_info: dict[str, Any] | None = None
+    else:
+        db_label = html.escape(f"{len(db)} photos, model {db.manifest.model}")
+        db_info = {"photos": len(db), "model": db.manifest.model}
+    refiner_name = None if geolocator.refiner is None else geolocator.refiner.name
 
     def locate(files: list[tuple[str, bytes]]) -> list[Any]:
         with lock:
@@ -647,8 +653,8 @@ def make_server(
                     {
                         "status": "ok",
                         "version": __version__,
-                        "database": {"photos": len(db), "model": db.manifest.model},
-                        "refiner": geolocator.refiner.name,
+                        "database": db_info,
+                        "refiner": refiner_name,
                         "top_k": geolocator.places.top_k,
                     },
                 )

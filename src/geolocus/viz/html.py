@@ -57,6 +57,33 @@ def confidence_colour(t: float) -> str:
 
 #: Beyond this distance from the nearest named place a label says how far it is.
 NEAR_KM = 25.0
+#: A heatmap shows at most this many locations, the most probable, and none below this
+#: fraction of the most probable one (invisible on the map, and megabytes of page).
+HEAT_POINTS = 20000
+HEAT_FLOOR = 1e-4
+
+
+def _heat_records(heat: Any, ref: float) -> list[list[float]]:
+    """``(coords (N, 2), probs (N,))`` as ``[lat, lon shown, p]`` triples, most probable
+    first (see :data:`HEAT_POINTS`)."""
+    if heat is None:
+        return []
+    coords = as_points(heat[0], "heatmap locations")
+    p = np.asarray(heat[1], dtype=float).reshape(-1)
+    if len(p) != len(coords):
+        raise ValueError(f"{len(p)} heatmap probabilities for {len(coords)} locations")
+    if len(p) == 0 or not np.isfinite(p).all():
+        return []
+    idx = np.argsort(-p, kind="stable")[:HEAT_POINTS]
+    idx = idx[p[idx] >= HEAT_FLOOR * p[idx[0]]]
+    return [
+        [
+            round(float(coords[i, 0]), 4),
+            round(_unwrap(float(coords[i, 1]), ref), 4),
+            float(f"{p[i]:.4g}"),
+        ]
+        for i in idx
+    ]
 
 
 def _place_labels(lat: list[float], lon: list[float]) -> list[str | None]:
@@ -154,6 +181,7 @@ def map_html(
     place_names: bool = True,
     tiles: dict[str, str] | None = None,
     detail: bool = True,
+    heat: Any = None,
 ) -> str:
     """The HTML text of the map (see :func:`render_map` for the arguments)."""
     gs = as_guesses(guesses, confidence)
@@ -177,6 +205,7 @@ def map_html(
         "near": _neighbour_records(near_pts, neighbour_ids, top, ref, "neighbour"),
         "far": _neighbour_records(far_pts, far_ids, top, ref, "far neighbour"),
         "truth": truth_rec,
+        "heat": _heat_records(heat, ref),
         "tiles": dict(tiles or OSM_TILES),
         "credits": ["Place names: GeoNames (CC BY 4.0)"] if place_names else [],
     }
@@ -192,6 +221,8 @@ def map_html(
         meta.append(f"{len(near_pts)} neighbours")
     if len(far_pts):
         meta.append(f"{len(far_pts)} far")
+    if data["heat"]:
+        meta.append(f"heatmap of {len(data['heat'])} locations")
     if truth_rec is not None:
         meta.append("true location shown")
     if truth_rec is not None and truth_rec["error_km"] is not None:
@@ -236,6 +267,7 @@ def render_map(
     place_names: bool = True,
     tiles: dict[str, str] | None = None,
     detail: bool = True,
+    heat: Any = None,
 ) -> Path:
     """Write a self-contained HTML map to ``path`` (atomically) and return the path.
 
@@ -252,6 +284,9 @@ def render_map(
     - ``detail``: also embed Natural Earth 1:50m coastlines of the countries near the
       points (drawn from zoom 4 on; about 0.05-0.3 MB more), unless the points span
       more than 60°.
+    - ``heat``: ``(coords (N, 2), probs (N,))``, a model's probability of every location
+      of its gallery, drawn as a heat layer under the guesses (offline, on a canvas; the
+      :data:`HEAT_POINTS` most probable).
     """
     text = map_html(
         guesses,
@@ -265,5 +300,6 @@ def render_map(
         place_names=place_names,
         tiles=tiles,
         detail=detail,
+        heat=heat,
     )
     return write_text_atomic(path, text)

@@ -1,10 +1,11 @@
 """Hub backbones through ``transformers``: CLIP ViT-L/14, StreetCLIP, DINOv2 S/B/L.
 
-For users with the network (or weights copied by hand). ``pretrained=False``
-builds the architecture from a config written here, with random weights, so
-tests and timing need no download. ``pretrained=True`` loads, in order, from
-``weights=PATH``, ``$GEOLOCUS_WEIGHTS_DIR/<name>``, the Hugging Face cache, and
-the hub; when none works it raises :class:`ModelUnavailableError` with a hint.
+Weights arrive only through ``geolocus download NAME`` (:mod:`geolocus.downloads`) or a
+copy made by hand. ``pretrained=False`` builds the architecture from a config written
+here, with random weights, so tests and timing need no download. ``pretrained=True``
+loads, in order, from ``weights=PATH``, ``$GEOLOCUS_WEIGHTS_DIR/<name>`` and the Hugging
+Face cache; when none has them it raises :class:`ModelUnavailableError` naming the
+download command.
 
 Features:
 
@@ -17,11 +18,8 @@ Features:
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 
@@ -37,7 +35,7 @@ from geolocus.encoders.image.base import (
 )
 from geolocus.encoders.image.catalog import EncoderSpec
 from geolocus.errors import ModelUnavailableError
-from geolocus.weights import WEIGHTS_DIR_ENV, hf_cache
+from geolocus.weights import WEIGHTS_DIR_ENV, download_hint
 
 # Architectures of the published checkpoints (their config.json, written out).
 _CLIP_L14 = dict(
@@ -101,18 +99,6 @@ class HubEncoder(ImageEncoder):
         return ImageFeatures(embedding=emb, tokens=tokens, grid=square_grid(tokens.shape[1]))
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face endpoint answers at all (avoids a minute of retries offline)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _classes(family: str):
     try:
         from transformers import (
@@ -147,6 +133,19 @@ def build(
         return HubEncoder(spec, family, model.eval(), random_identity())
     if overrides:
         raise ValueError("config overrides apply to pretrained=False only")
+    local = _local_folder(spec, weights)
+    try:
+        model = model_cls.from_pretrained(str(local), local_files_only=True)
+    except (OSError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelUnavailableError(f"cannot load {spec.name} from {local}: {msg}") from None
+    return HubEncoder(spec, family, model.eval(), file_identity(local))
+
+
+def _local_folder(spec: EncoderSpec, weights: str | Path | None = None) -> Path:
+    """The folder holding a hub backbone's files on this machine (``weights``,
+    ``$GEOLOCUS_WEIGHTS_DIR/<name>`` or the Hugging Face cache), or a one-line error that
+    names the command fetching them."""
     model_id = spec.model_id or spec.name
     local = Path(weights) if weights is not None else spec.locate()
     # no command takes a weights path: the folder the environment variable names is the way
@@ -154,25 +153,69 @@ def build(
         f"put a copy of {model_id} (config.json and weights) in ${WEIGHTS_DIR_ENV}/{spec.name} "
         f"(export {WEIGHTS_DIR_ENV}=a folder of yours; 'geolocus models' shows what is found)"
     )
-    if local is not None:
-        if not (local / "config.json").is_file():
-            raise ModelUnavailableError(f"{local}: no config.json of {model_id} there; {hint}")
-        try:
-            model = model_cls.from_pretrained(str(local), local_files_only=True)
-        except (OSError, ValueError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ModelUnavailableError(f"cannot load {spec.name} from {local}: {msg}") from None
-        return HubEncoder(spec, family, model.eval(), file_identity(local))
-    if not _hub_reachable():
+    if local is None:
+        # nothing here downloads: 'geolocus download NAME' is the one way weights arrive
         raise ModelUnavailableError(
-            f"weights of {spec.name} are not on this machine and the hub is unreachable: {hint}"
+            f"weights of {spec.name} ({model_id}) are not on this machine: "
+            f"{download_hint(spec.name)}, or {hint}"
         )
+    if not (local / "config.json").is_file():
+        raise ModelUnavailableError(f"{local}: no config.json of {model_id} there; {hint}")
+    return local
+
+
+#: CLIP ViT-L/14's text tower (its config.json, written out).
+_CLIP_L14_TEXT = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    vocab_size=49408,
+    projection_dim=768,
+    hidden_act="quick_gelu",
+)
+#: CLIP's trained temperature, exp(logit_scale), which training clamps at 100.
+CLIP_LOGIT_SCALE = 100.0
+
+
+def clip_text(
+    spec: EncoderSpec, *, pretrained: bool = True, **overrides: Any
+) -> tuple[torch.nn.Module, Any, float]:
+    """The text tower of a hub CLIP (zero-shot prompts): ``(model, tokenizer, logit scale)``.
+
+    ``pretrained=False``: random weights from the config (``overrides`` shrink it) and no
+    tokenizer (CLIP's vocabulary ships with the weights); the caller brings one.
+    """
+    if CONFIGS[spec.name][0] != "clip":
+        raise ModelUnavailableError(f"{spec.name} has no text tower")
     try:
-        model = model_cls.from_pretrained(model_id)
+        from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+    except ImportError:
+        raise ModelUnavailableError(
+            "hub backbones need transformers: pip install 'geolocus[hub]'"
+        ) from None
+    if not pretrained:
+        model = CLIPTextModelWithProjection(CLIPTextConfig(**{**_CLIP_L14_TEXT, **overrides}))
+        return model.eval(), None, CLIP_LOGIT_SCALE
+    local = _local_folder(spec)
+    try:
+        model = CLIPTextModelWithProjection.from_pretrained(str(local), local_files_only=True)
+        tokenizer = CLIPTokenizer.from_pretrained(str(local), local_files_only=True)
     except (OSError, ValueError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelUnavailableError(f"cannot download {model_id}: {msg}; {hint}") from None
-    snap = hf_cache(model_id)
-    return HubEncoder(
-        spec, family, model.eval(), file_identity(snap) if snap else f"hub:{model_id}"
-    )
+        raise ModelUnavailableError(f"cannot load {spec.name} from {local}: {msg}") from None
+    return model.eval(), tokenizer, _logit_scale(local)
+
+
+def _logit_scale(folder: Path) -> float:
+    """exp of the checkpoint's ``logit_scale`` (CLIP's 100 when it has none)."""
+    from safetensors import safe_open
+
+    f = folder / "model.safetensors"
+    if not f.is_file():
+        return CLIP_LOGIT_SCALE
+    with safe_open(str(f), framework="pt") as st:
+        if "logit_scale" not in st.keys():  # noqa: SIM118 - safe_open has no __contains__
+            return CLIP_LOGIT_SCALE
+        return float(st.get_tensor("logit_scale").float().exp())

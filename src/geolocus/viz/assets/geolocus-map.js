@@ -88,7 +88,24 @@
 
   var bounds = [];
   var near = L.layerGroup(), far = L.layerGroup(), circles = L.layerGroup();
-  var guesses = L.layerGroup(), truth = L.layerGroup();
+  var guesses = L.layerGroup(), truth = L.layerGroup(), heat = L.layerGroup();
+
+  // The model's probability of each gallery location: [lat, lon shown, p] triples, drawn
+  // on one canvas under everything else (thousands of points), colour and size by p.
+  var H = D.heat || [], hmax = 0;
+  H.forEach(function (h) { if (h[2] > hmax) hmax = h[2]; });
+  var heatCanvas = L.canvas({ padding: 0.2 });
+  function ramp(t) {
+    var lo = [0xfe, 0xe0, 0x8b], hi = [0xd7, 0x30, 0x27];
+    return "rgb(" + lo.map(function (v, i) { return Math.round(v + (hi[i] - v) * t); }).join(",") + ")";
+  }
+  H.forEach(function (h) {
+    var t = hmax > 0 ? Math.sqrt(h[2] / hmax) : 0;
+    L.circleMarker([h[0], h[1]], {
+      renderer: heatCanvas, radius: 2 + 6 * t, stroke: false, interactive: false,
+      fillColor: ramp(t), fillOpacity: 0.2 + 0.6 * t
+    }).addTo(heat);
+  });
 
   D.far.forEach(function (p, i) {
     L.circleMarker([p.lat, p.lon_shown], {
@@ -148,11 +165,12 @@
     bounds.push(tl);
   }
 
-  [circles, far, near, truth, guesses].forEach(function (g) { g.addTo(map); });
+  [heat, circles, far, near, truth, guesses].forEach(function (g) { g.addTo(map); });
   var overlays = {};
   overlays["Country outlines (offline)"] = outline;
   overlays["OpenStreetMap tiles (online)"] = tiles;
   if (D.guesses.some(function (g) { return g.radius_km; })) overlays["Uncertainty circles"] = circles;
+  if (H.length) overlays["Probability heatmap"] = heat;
   overlays["Guesses"] = guesses;
   if (D.near.length) overlays["Neighbours"] = near;
   if (D.far.length) overlays["Far neighbours"] = far;
@@ -171,12 +189,15 @@
     if (D.near.length) row("background:#2c7bb6;border-color:#1f5f99", "retrieved neighbour");
     if (D.far.length) row("background:none;border:1px dashed #7b3294", "far neighbour");
     if (D.truth) row("background:#1a9641;border:2px solid #000", "true location");
+    if (H.length) row("background:#fc8d59;border:none;opacity:0.6", "model's probability (heatmap)");
     return d;
   };
   legend.addTo(map);
 
   // For scripting and debugging: the map and its layer groups.
-  window.geolocusMap = { map: map, guesses: guesses, neighbours: near, far: far, truth: truth };
+  window.geolocusMap = {
+    map: map, guesses: guesses, neighbours: near, far: far, truth: truth, heat: heat
+  };
 
   if (bounds.length === 0) {
     map.setView([20, 0], 2);
