@@ -161,7 +161,7 @@ def hub_cache(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_worldwide_download_pins_checks_and_lists(hub_cache, capsys, monkeypatch):
+def test_worldwide_download_pins_checks_and_lists(hub_cache, capsys, monkeypatch, tmp_path):
     got, seen = hub_cache["got"], hub_cache["seen"]
     assert [s[2] for s in seen] == [REVISION, REVISION]  # fetched at the pinned revision
     assert {s[0] for s in seen} == {REPO}
@@ -184,12 +184,16 @@ def test_worldwide_download_pins_checks_and_lists(hub_cache, capsys, monkeypatch
     assert f"{REPO} @ {REVISION}" in out and "none recorded" not in out
     assert [s[2] for s in seen2] == [REVISION, REVISION]
 
+    # a hash that differs deletes the file: in a cache of its own, so the module's stays whole
     bad = downloads.Pin(REVISION, {"config.json": "0" * 64})
     monkeypatch.setitem(downloads.PINS, "clip-vit-l14", bad)
-    fetch = _fetcher(hub_cache["hub"], hub_cache["tmp"] / "cache", [])
+    other = tmp_path / "other-cache"
+    fetch = _fetcher(hub_cache["hub"], other, [])
     with pytest.raises(ModelUnavailableError, match="SHA-256") as e:
         downloads.download("clip-vit-l14", fetch=fetch)
-    assert "\n" not in str(e.value) and not (got.folder / "config.json").exists()
+    gone = other / f"models--{REPO.replace('/', '--')}" / "snapshots" / REVISION / "config.json"
+    assert "\n" not in str(e.value) and not gone.exists()
+    assert (got.folder / "config.json").is_file()
     # and a revision the hub does not have is one line too
     monkeypatch.setitem(
         downloads.PINS, "clip-vit-l14", downloads.Pin("f" * 40, {"config.json": None})
