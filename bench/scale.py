@@ -109,6 +109,7 @@ def make_corpus(args: argparse.Namespace) -> Path:
 # ---- children: build and search ----------------------------------------------------------
 def child_build(args: argparse.Namespace) -> None:
     from geolocus.index import Database
+    from geolocus.index.columns import release
 
     corpus = args.workdir / f"corpus-{args.n}"
     vec = np.load(corpus / "vectors.npy", mmap_mode="r")
@@ -120,12 +121,13 @@ def child_build(args: argparse.Namespace) -> None:
         model="bench-geoclip-location",
         factory=args.index,
         overwrite=True,
-        target_recall=args.target_recall,
+        **({} if args.target_recall is None else {"target_recall": args.target_recall}),
     )
     for s in range(0, args.n, CHUNK):
         e = min(args.n, s + CHUNK)
         ids = [f"{i:09d}.jpg" for i in range(s, e)]
         db.add(np.asarray(vec[s:e], dtype=np.float32), ids, np.asarray(ll[s:e]))
+        release(vec)  # the corpus is the bench's, not the database's: keep it out of the RSS
         _log(f"build: added {e}/{args.n}")
     db.save()
     print(
@@ -201,11 +203,11 @@ def _child(args: argparse.Namespace, stage: str) -> tuple[dict, float]:
         str(args.workdir),
         "--index",
         args.index,
-        "--target-recall",
-        str(args.target_recall),
         "--db-name",
         args.db_name,
     ]
+    if args.target_recall is not None:
+        cmd += ["--target-recall", str(args.target_recall)]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     res = json.loads(out.strip().splitlines()[-1])
     return res, float(res["peak_rss_gb"])
@@ -273,7 +275,12 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=100_000)
     ap.add_argument("--jitter-km", type=float, default=3.0)
     ap.add_argument("--noise", type=float, default=0.03, help="per dimension, before normalising")
-    ap.add_argument("--target-recall", type=float, default=0.95, help="recall@20 tuned for")
+    ap.add_argument(
+        "--target-recall",
+        type=float,
+        default=None,
+        help="recall@20 tuned for (default: the database's own default)",
+    )
     ap.add_argument("--db-name", default="", help="database folder name (default db-N)")
     ap.add_argument("--stage", choices=["all", "build", "search"], default="all")
     args = ap.parse_args()

@@ -215,3 +215,78 @@ def test_info_shows_the_search_settings_and_check_passes(tmp_path, capsys):
     assert "recall@20" in out and "re-rank" in out
     assert main(["index", "info", str(tmp_path / "db"), "--check"]) == 0
     assert "is sound" in capsys.readouterr().out
+
+
+def test_an_interrupted_save_resumes_its_training_and_finished_parts(tmp_path, monkeypatch):
+    """Ctrl-C while encoding a new compressed index: the next save reuses the trained
+    quantisers and the parts already written, and gives the uninterrupted database."""
+    whole, x, ids, ll = _compressed_db(tmp_path / "whole")
+    monkeypatch.setattr(cp, "PART_ROWS", 1000)
+    trained, encoded = [], []
+    real_train, real_write = cp.train, cp.write_shard
+    monkeypatch.setattr(cp, "train", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+
+    def write(trained_index, vectors, rows, path, on_rows=None):
+        if len(encoded) == 2 and not (tmp_path / "stopped").exists():
+            (tmp_path / "stopped").touch()
+            raise KeyboardInterrupt  # the third part: the user presses Ctrl-C
+        encoded.append(rows.start)
+        return real_write(trained_index, vectors, rows, path, on_rows)
+
+    monkeypatch.setattr(cp, "write_shard", write)
+
+    def build():
+        db = Database.create(tmp_path / "db", dim=DIM, model="t", auto_threshold=1000,
+                             overwrite=True)  # fmt: skip
+        for s in range(0, len(x), 700):
+            db.add(x[s : s + 700], ids[s : s + 700], ll[s : s + 700], source="exif")
+        db.save()
+        return db
+
+    with pytest.raises(KeyboardInterrupt):
+        build()
+    assert not (tmp_path / "db" / "manifest.json").exists()  # nothing half-saved
+    parts = list((tmp_path / "db" / ".index-parts").glob("*/part-*.faiss"))
+    assert len(parts) == 2 and trained == [1]
+    db = build()
+    assert trained == [1] and encoded == [0, 1000, 2000]  # no part encoded twice
+    assert not (tmp_path / "db" / ".index-parts").exists()
+    # the same index (the search settings, tuned by measured time, may differ)
+    q = x[:50] / np.linalg.norm(x[:50], axis=1, keepdims=True)
+    for side in (q, -q):
+        sa, ra = cp.reranked_search(whole.index, whole._columns.exact, side, 10, 8, 100)
+        sb, rb = cp.reranked_search(db.index, db._columns.exact, side, 10, 8, 100)
+        assert (ra == rb).all()
+        np.testing.assert_array_equal(sa, sb)
+
+
+@pytest.mark.slow
+def test_ray_encodes_the_parts_of_a_compressed_index_as_this_process_does(tmp_path, monkeypatch):
+    """The save's encoding spread over Ray tasks (one a part, each reading the trained
+    quantisers and the vectors from the folder) gives the index one process gives."""
+    pytest.importorskip("ray")
+    from fakes import colour_embedder
+    from geolocus.index.executors import RayExecutor
+
+    monkeypatch.setattr(cp, "PART_ROWS", 1000)
+    here, x, ids, ll = _compressed_db(tmp_path / "here")
+    db = Database.create(tmp_path / "ray", dim=DIM, model="t", auto_threshold=1000)
+    for s in range(0, len(x), 700):
+        db.add(x[s : s + 700], ids[s : s + 700], ll[s : s + 700], source="exif")
+    ray_ex = RayExecutor(colour_embedder, workers=2)
+    seen: list[int] = []
+    real = ray_ex.encode_parts
+
+    def encode(t, v, ranges, folder, on_rows):
+        seen.extend(r.start for r in ranges)
+        return real(t, v, ranges, folder, on_rows)
+
+    db.save(encoder=encode)
+    assert sorted(seen) == [0, 1000, 2000]  # three parts, all encoded on Ray
+    ray_db = Database.open(tmp_path / "ray")
+    q = x[:50] / np.linalg.norm(x[:50], axis=1, keepdims=True)
+    for side in (q, -q):
+        sa, ra = cp.reranked_search(here.index, here._columns.exact, side, 10, 8, 100)
+        sb, rb = cp.reranked_search(ray_db.index, ray_db._columns.exact, side, 10, 8, 100)
+        assert (ra == rb).all()
+        np.testing.assert_array_equal(sa, sb)

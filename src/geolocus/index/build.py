@@ -634,7 +634,13 @@ def build_from_source(
             (path / REPORT).unlink(missing_ok=True)
             shutil.rmtree(path / "refiners", ignore_errors=True)
         db, repeated = write_from_shards(
-            path, files, version=embedder.version, create=create, source=source.kind
+            path,
+            files,
+            version=embedder.version,
+            create=create,
+            source=source.kind,
+            progress=progress,
+            encoder=executor.encoder(),
         )
         problems += [_as_problem(p) for p in repeated]
         write_report(path, "build", problems, replace_stage=True)

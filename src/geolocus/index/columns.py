@@ -53,8 +53,12 @@ class NpyWriter:
     """An ``.npy`` file of known shape written row chunks at a time, in order, through
     the file (not a writable map, whose dirty pages would all count as resident)."""
 
-    def __init__(self, fh: BinaryIO, dtype: Any, shape: tuple[int, ...]) -> None:
+    def __init__(
+        self, fh: BinaryIO, dtype: Any, shape: tuple[int, ...], hasher: Any = None
+    ) -> None:
+        """``hasher`` (a :mod:`hashlib` object), when given, sees every row's bytes."""
         self.fh, self.dtype, self.shape, self.rows = fh, np.dtype(dtype), shape, 0
+        self.hasher = hasher
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
                   "shape": shape}  # fmt: skip
         np.lib.format.write_array_header_2_0(fh, header)
@@ -63,7 +67,10 @@ class NpyWriter:
         a = np.ascontiguousarray(rows, dtype=self.dtype)
         if a.shape[1:] != self.shape[1:] or self.rows + len(a) > self.shape[0]:
             raise ValueError(f"rows of shape {a.shape} do not fit {self.shape}")
-        self.fh.write(a.tobytes())
+        data = a.tobytes()
+        self.fh.write(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
         self.rows += len(a)
 
     def close(self) -> None:

@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import re
+import shutil
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -350,13 +352,22 @@ class Database:
             return base
         return base + tuple(p / PATTERNS[k].format(gen=gen) for k in ("exact", "coords", "ids"))
 
-    def save(self, wait: bool = False) -> None:
+    def save(
+        self,
+        wait: bool = False,
+        progress: bool = False,
+        encoder: compressed.PartEncoder | None = None,
+    ) -> None:
         """Write a new generation of the files, then switch the manifest to it atomically.
 
         Holds the database's lock (``wait``: for another writer to finish), and
         refuses to overwrite a generation some other process saved after this
         database was opened or created (its additions would be lost). A failure
-        (a full disk) leaves the previous generation as it was.
+        (a full disk) leaves the previous generation as it was. ``progress``: bars on
+        stderr for the long steps of a compressed save (minutes at millions of rows).
+        A new compressed index is encoded in parts (:func:`compressed.encode_in_parts`):
+        a save interrupted there resumes at its last part; ``encoder`` spreads the
+        parts over workers (Ray), else they are encoded here.
         """
         with database_lock(self.path, wait=wait):
             on_disk = None
@@ -369,7 +380,7 @@ class Database:
                 )
             try:
                 if self.is_compressed:
-                    self._write_compressed()
+                    self._write_compressed(progress, encoder)
                 else:
                     self._write()
             except OSError as e:
@@ -406,8 +417,11 @@ class Database:
                 if f.name not in files:  # older generations, and any left by a crashed save
                     f.unlink(missing_ok=True)
         clear_spools(self.path)
+        shutil.rmtree(self.path / PARTS_DIR, ignore_errors=True)
 
-    def _write_compressed(self) -> None:
+    def _write_compressed(
+        self, progress: bool = False, encoder: compressed.PartEncoder | None = None
+    ) -> None:
         """Columns of the saved rows and the spooled ones, streamed into the new
         generation's files; the index trained (when new) on a sample of them and
         filled a chunk at a time; search settings tuned; then the manifest."""
@@ -427,27 +441,34 @@ class Database:
             atomic_path(ipath) as ti,
         ):
             with open(te, "wb") as fe, open(tc, "wb") as fc, open(ti, "wb") as fi:
-                ex = NpyWriter(fe, np.float16, (n, dim))
+                digest = hashlib.blake2b(digest_size=16)
+                ex = NpyWriter(fe, np.float16, (n, dim), hasher=digest)
                 co = NpyWriter(fc, np.float64, (n, 2))
                 ids = NpyWriter(fi, f"S{width}", (n,))
-                if base is not None:
-                    for r in compressed.chunks(n_base):
-                        ex.write(base.exact[r.start : r.stop])
-                        co.write(base.coords[r.start : r.stop])
-                        ids.write(base.ids[r.start : r.stop])
-                        release(base.exact)
-                for _, arr in spool.iter_parts() if spool is not None else ():
-                    ex.write(arr["vectors"])
-                    co.write(arr["coords"])
-                    ids.write(arr["ids"])
-                    release(arr["vectors"])
+                with _bar(n, "writing columns", progress) as bar:
+                    if base is not None:
+                        for r in compressed.chunks(n_base):
+                            ex.write(base.exact[r.start : r.stop])
+                            co.write(base.coords[r.start : r.stop])
+                            ids.write(base.ids[r.start : r.stop])
+                            release(base.exact)
+                            bar.update(len(r))
+                    for part, arr in spool.iter_parts() if spool is not None else ():
+                        ex.write(arr["vectors"])
+                        co.write(arr["coords"])
+                        ids.write(arr["ids"])
+                        release(arr["vectors"])
+                        bar.update(part.count)
                 for w in (ex, co, ids):
                     w.close()
             exact = np.load(te, mmap_mode="r")
-            index, trained = self._filled_index(exact, n_base)
+            index, trained = self._filled_index(exact, n_base, progress, te, digest, encoder)
             target = self.manifest.search.get("target_recall_at_20", compressed.TARGET_RECALL)
-            tuning = compressed.tune(index, exact, target=float(target))
-            far = compressed.tune(index, exact, target=float(target), far=True)
+            with _bar(2, "tuning search (near, far)", progress) as bar:
+                tuning = compressed.tune(index, exact, target=float(target))
+                bar.update(1)
+                far = compressed.tune(index, exact, target=float(target), far=True)
+                bar.update(1)
             with atomic_path(vpath) as tv:
                 _faiss().write_index(index, str(tv))
                 files[vpath.name] = _record(tv)
@@ -478,25 +499,53 @@ class Database:
                 stacklevel=2,
             )
 
-    def _filled_index(self, exact: np.ndarray, n_base: int) -> tuple[Any, bool]:
+    def _filled_index(
+        self,
+        exact: np.ndarray,
+        n_base: int,
+        progress: bool,
+        exact_file: Path,
+        digest: Any,
+        encoder: compressed.PartEncoder | None,
+    ) -> tuple[Any, bool]:
         """The index over all rows of ``exact``: the existing one with the new rows
-        encoded by its quantisers, or (none trained yet) a new one trained here."""
+        encoded by its quantisers, or (none trained yet) a new one trained here and
+        encoded in parts under ``.index-parts/<key>``, the key naming the vectors
+        (``digest`` of their bytes) and the factory, so a resumed save reuses its
+        training and finished parts and never another save's."""
         n = len(exact)
         if self.index is not None and self.index.is_trained and self.index.ntotal == n_base:
             index = self.index
             try:
-                compressed.add_rows(index, exact, n_base)
+                with _bar(n - n_base, "encoding", progress) as bar:
+                    compressed.add_rows(index, exact, n_base, on_rows=bar.update)
             except RuntimeError:  # memory-mapped read-only lists: load them, then add
                 index = _faiss().read_index(
                     str(self._files(self.path, self.manifest.generation)[0])
                 )
-                compressed.add_rows(index, exact, n_base)
+                with _bar(n - n_base, "encoding", progress) as bar:
+                    compressed.add_rows(index, exact, n_base, on_rows=bar.update)
             return index, False
         factory = self.manifest.factory
         if self.manifest.search.get("choice") == "auto":
             factory = compressed.auto_factory(n, self.manifest.dim)
-        index = compressed.train(factory, self.manifest.dim, exact)
-        compressed.add_rows(index, exact, 0)
+        key = hashlib.blake2b(
+            f"{factory}|{n}|{self.manifest.dim}|{digest.hexdigest()}".encode(), digest_size=10
+        ).hexdigest()
+        parts = self.path / PARTS_DIR / key
+        for old in (self.path / PARTS_DIR).glob("*"):
+            if old != parts:  # another save's work, on other vectors: never of use
+                shutil.rmtree(old, ignore_errors=True)
+        if (parts / "trained.faiss").is_file():
+            trained = _faiss().read_index(str(parts / "trained.faiss"))
+        else:
+            with _bar(1, f"training {factory}", progress) as bar:
+                trained = compressed.train(factory, self.manifest.dim, exact)
+                bar.update(1)
+        with _bar(n, "encoding", progress) as bar:
+            index = compressed.encode_in_parts(
+                trained, exact_file, parts, encoder=encoder, on_rows=bar.update
+            )
         self.index = None
         self.manifest.factory = factory
         return index, True
@@ -881,8 +930,18 @@ class Database:
         return scores.astype(float), rows
 
 
+#: Where a save encodes a new compressed index in parts (removed once it is saved).
+PARTS_DIR = ".index-parts"
+
 #: ``index add`` warns when a compressed database has grown this much since training.
 RETRAIN_GROWTH = 4.0
+
+
+def _bar(total: int, desc: str, enabled: bool) -> Any:
+    """A progress bar on stderr for one step of a save (a no-op one when not ``enabled``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="row" if total > 2 else "step", disable=not enabled)
 
 
 def _record(path: Path) -> dict[str, Any]:

@@ -20,14 +20,16 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from geolocus.data.sources import ShardSpec
 from geolocus.errors import InputError
+from geolocus.index.compressed import PartEncoder, encode_parts_here
 from geolocus.index.shards import ShardOutput, embed_shard
 
 if TYPE_CHECKING:
@@ -104,6 +106,10 @@ class Executor(Protocol):
 
     def run(self, shards: Sequence[ShardSpec], on_done: OnDone, progress: Progress) -> None: ...
 
+    def encoder(self) -> PartEncoder | None:
+        """Who encodes a new compressed index's parts: None for this process."""
+        ...
+
 
 @dataclass
 class LocalExecutor:
@@ -113,6 +119,9 @@ class LocalExecutor:
     batch_size: int = 32
     loader_threads: int = 1
     workers: int = 1
+
+    def encoder(self) -> PartEncoder | None:
+        return None  # FAISS already encodes on every core of this machine
 
     def run(self, shards: Sequence[ShardSpec], on_done: OnDone, progress: Progress) -> None:
         for spec in shards:
@@ -162,6 +171,9 @@ class PoolExecutor:
     workers: int = 2
     batch_size: int = 32
     loader_threads: int = 1
+
+    def encoder(self) -> PartEncoder | None:
+        return None  # FAISS already encodes on every core of this machine
 
     def run(self, shards: Sequence[ShardSpec], on_done: OnDone, progress: Progress) -> None:
         if not shards:
@@ -246,6 +258,50 @@ class RayExecutor:
     def run(self, shards: Sequence[ShardSpec], on_done: OnDone, progress: Progress) -> None:
         if not shards:
             return
+        with self._session() as ray:
+            self._run(ray, shards, on_done, progress)
+
+    def encoder(self) -> PartEncoder | None:
+        return self.encode_parts
+
+    def encode_parts(
+        self,
+        trained_file: Path,
+        vectors_file: Path,
+        ranges: list[range],
+        folder: Path,
+        on_rows: Callable[[int], None],
+    ) -> None:
+        """:data:`~geolocus.index.compressed.PartEncoder` on Ray: one task a part, each
+        reading the trained quantisers and the vectors from the database folder (which
+        the workers must see: this machine, or storage the cluster shares). A task whose
+        worker dies is retried by Ray; parts already written are never redone."""
+        if not ranges:
+            return
+        with self._session() as ray:
+            cpus = ray.cluster_resources().get("CPU", 1)
+            threads = max(1, int(cpus // max(1, min(len(ranges), self.workers or cpus))))
+            task = ray.remote(num_cpus=1, max_retries=self.retries)(encode_part_task)
+            args = (str(trained_file), str(vectors_file))
+            running = {task.remote(*args, r.start, r.stop, str(folder), threads): r for r in ranges}
+            while running:
+                ready, _ = ray.wait(list(running), num_returns=1)
+                r = running.pop(ready[0])
+                try:
+                    ray.get(ready[0])
+                except ray.exceptions.RayTaskError as e:
+                    raise e.as_instanceof_cause() from None
+                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
+                    raise InputError(
+                        f"encoding rows {r.start}-{r.stop} on Ray failed in each of "
+                        f"{self.retries + 1} attempts ({type(e).__name__}); run again to resume"
+                    ) from None
+                on_rows(len(r))
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[Any]:
+        """Ray, initialised for the time of the block: a new local runtime, or the
+        cluster at ``address``; one already initialised by the caller is used as it is."""
         ray = self.ray
         started = not ray.is_initialized()
         if started:
@@ -267,7 +323,7 @@ class RayExecutor:
             except ConnectionError as e:
                 raise InputError(f"cannot reach the Ray cluster at {self.address}: {e}") from None
         try:
-            self._run(ray, shards, on_done, progress)
+            yield ray
         finally:
             if started:
                 ray.shutdown()
@@ -329,6 +385,20 @@ class RayExecutor:
             for a in actors:
                 with contextlib.suppress(Exception):
                     ray.kill(a)
+
+
+def encode_part_task(
+    trained_file: str, vectors_file: str, start: int, stop: int, folder: str, threads: int
+) -> int:
+    """One part of a compressed index, encoded in a Ray worker (see
+    :meth:`RayExecutor.encode_parts`)."""
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    encode_parts_here(
+        Path(trained_file), Path(vectors_file), [range(start, stop)], Path(folder), lambda n: None
+    )
+    return stop - start
 
 
 def make_executor(

@@ -34,6 +34,7 @@ from geolocus.data.images import load_image
 from geolocus.data.sources import Record, ShardSpec, SourceProblem, read_shard
 from geolocus.errors import ImageError, InputError
 from geolocus.files import atomic_path
+from geolocus.index.compressed import PartEncoder
 from geolocus.index.database import Database
 from geolocus.nn import eval_mode
 
@@ -246,11 +247,15 @@ def write_from_shards(
     version: str,
     create: dict[str, Any],
     source: str,
+    progress: bool = False,
+    encoder: PartEncoder | None = None,
 ) -> tuple[Database, list[SourceProblem]]:
     """The database at ``path`` from the staged shards, in order (``create``: the keyword
-    arguments of :meth:`Database.create`), saved; and the ids left out because an earlier
-    shard had them. One shard in memory at a time, except that an index that must be
-    trained first gets its training vectors (the first shards) in one batch."""
+    arguments of :meth:`Database.create`), saved (``progress``: with bars for the save's
+    long steps; ``encoder``: who encodes a compressed index's parts); and the ids left
+    out because an earlier shard had them. One shard in memory at a time, except that
+    an index that must be trained first gets its training vectors (the first shards)
+    in one batch."""
     db = Database.create(path, overwrite=True, **create)
     need = 0 if db.index.is_trained else db._training_size()
     seen: set[str] = set()
@@ -302,5 +307,5 @@ def write_from_shards(
                 f"vectors, and there are {total} photos; use 'Flat' for small databases"
             )
         add(held)
-    db.save()
+    db.save(progress=progress, encoder=encoder)
     return db, repeated
