@@ -106,7 +106,8 @@ class Embedder(Protocol):
         ...
 
 
-def _digest(obj: Any) -> str:
+def digest_of(obj: Any) -> str:
+    """A short stable digest of a JSON-able description: an embedder's ``version``."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -119,7 +120,7 @@ def _as_tensor(x: ArrayOrTensor | None) -> torch.Tensor | None:
     return t.float()
 
 
-def _as_numpy(x: ArrayOrTensor) -> NDArray[Any]:
+def as_numpy(x: ArrayOrTensor) -> NDArray[Any]:
     """As an array of the same precision (bfloat16, which numpy lacks, as float32)."""
     import torch
 
@@ -208,12 +209,12 @@ class BackboneEmbedder(BaseEmbedder):
         self.encoder = encoder
         self.name = encoder.name
         self.dim = int(encoder.dim)
-        self.version = _digest(encoder.fingerprint())
+        self.version = digest_of(encoder.fingerprint())
 
     def embed_features(
         self, embedding: ArrayOrTensor, tokens: ArrayOrTensor | None = None
     ) -> NDArray[np.float32]:
-        e = np.asarray(_as_numpy(embedding), dtype=np.float32)
+        e = np.asarray(as_numpy(embedding), dtype=np.float32)
         if e.ndim != 2 or e.shape[1] != self.dim:
             raise InputError(f"{self.name} embeddings must be (B, {self.dim}), got {e.shape}")
         return e
@@ -242,7 +243,7 @@ class ModelEmbedder(BaseEmbedder):
         self.tokens = "full" if getattr(model, "needs_tokens", False) else False
         self.dim = int(model.retrieval_dim)
         self.has_gps = callable(getattr(model, "gps_candidates", None))
-        self.version = _digest({"model": identity, "backbone": encoder.fingerprint()})
+        self.version = digest_of({"model": identity, "backbone": encoder.fingerprint()})
         self.gallery = gallery
 
     def embed_features(
@@ -252,7 +253,7 @@ class ModelEmbedder(BaseEmbedder):
 
         with torch.no_grad():
             out = self.model.embed_image(_as_tensor(embedding), _as_tensor(tokens))
-        return np.asarray(_as_numpy(out), dtype=np.float32)
+        return np.asarray(as_numpy(out), dtype=np.float32)
 
     def gps_candidates(
         self, embedding: ArrayOrTensor, tokens: ArrayOrTensor | None = None, k: int = 10
@@ -264,7 +265,7 @@ class ModelEmbedder(BaseEmbedder):
             coords, probs = self.model.search_gallery(emb, tok, self.gallery, k)
         else:  # the model encodes its gallery once (cached on disk) and keeps it
             coords, probs = self.model.gps_candidates(emb, tok, k)
-        return np.asarray(_as_numpy(coords), float), np.asarray(_as_numpy(probs), float)
+        return np.asarray(as_numpy(coords), float), np.asarray(as_numpy(probs), float)
 
     def gps_distribution(
         self, embedding: ArrayOrTensor, tokens: ArrayOrTensor | None = None

@@ -30,9 +30,9 @@ from geolocus.models.embedder import (
     GEOCLIP,
     ArrayOrTensor,
     BaseEmbedder,
-    _as_numpy,
-    _digest,
+    as_numpy,
     create_embedder,
+    digest_of,
 )
 from geolocus.models.gallery import fingerprint
 from geolocus.places import Gazetteer
@@ -113,7 +113,7 @@ class StreetCLIPEmbedder(BaseEmbedder):
         self.name, self.dim = STREETCLIP, int(encoder.dim)
         self.n_countries, self.n_cities, self.cache = countries, cities, cache
         self.text_fingerprint = fingerprint(text_model)
-        self.version = _digest(
+        self.version = digest_of(
             {"backbone": encoder.fingerprint(), "text": self.text_fingerprint, "cities": cities}
         )
         self._gaz = gazetteer
@@ -164,7 +164,7 @@ class StreetCLIPEmbedder(BaseEmbedder):
     def embed_features(
         self, embedding: ArrayOrTensor, tokens: ArrayOrTensor | None = None
     ) -> NDArray[np.float32]:
-        e = np.asarray(_as_numpy(embedding), dtype=np.float32)
+        e = np.asarray(as_numpy(embedding), dtype=np.float32)
         if e.ndim != 2 or e.shape[1] != self.dim:
             raise InputError(f"{self.name} embeddings must be (B, {self.dim}), got {e.shape}")
         return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
