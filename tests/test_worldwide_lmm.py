@@ -412,3 +412,93 @@ def test_worldwide_g3_and_dualgeo_from_the_command_line(
         rc, out, err = _run(capsys, [*bare, *dg, "--lmm-prompts", "3"])
     assert rc == 0 and any("dualgeo: merged 4" in n for n in json.loads(out)[0]["notes"])
     assert srv.requests[0]["body"]["temperature"] == 1.2
+
+
+# -- geolocus refine: the last step on a neighbours table --------------------------------
+
+
+def _table(tmp: Path, n: int = 3) -> tuple[Path, Path]:
+    """A neighbours CSV of ``n`` queries (near: three around Paris after a lone Tokyo; far:
+    two in the ocean) and a folder of their photos."""
+    cols = ["IMG_ID"] + [f"near_{i}_{c}" for i in range(4) for c in ("lat", "lon")]
+    cols += [f"far_{i}_{c}" for i in range(2) for c in ("lat", "lon")]
+    near = [35.68, 139.65, 48.85, 2.35, 48.86, 2.34, 48.84, 2.36]
+    rows = [",".join(cols)]
+    for q in range(n):
+        photo(tmp / "photos" / f"q{q}.jpg", PLACES["paris"][2], seed=q)
+        rows.append(",".join([f"q{q}.jpg", *map(str, near), "-40,-120,-45,-130"]))
+    table = tmp / "neighbours.csv"
+    table.write_text("\n".join(rows) + "\n")
+    return table, tmp / "photos"
+
+
+def test_worldwide_refine_with_dualgeo_resumes_from_its_journal(tmp_path, capsys):
+    table, photos = _table(tmp_path)
+    out = tmp_path / "out" / "pred.csv"
+    argv = ["refine", "--neighbours", str(table), "--method", "nearest", "--out", str(out)]
+    argv += ["--images", str(photos), "--lmm-procedure", "dualgeo", "--lmm-prompts", "3"]
+    first = [_json(48.80, 2.30), _json(48.81, 2.31), "no", _json(48.9, 2.4)]
+    with FakeLMMServer(first) as srv:  # answers the first query, nothing after
+        rc, _, err = _run(capsys, [*argv, "--lmm", srv.url, "--lmm-model", "m"])
+    assert rc == 2 and "none of the model's 0 answers" in err and err.count("\n") == 1
+    assert "1 answers are kept in" in err and not out.exists()
+    rest = [_json(10.0, 20.0)] * 4 + [_json(-1.0, 36.8)] * 4
+    with FakeLMMServer(rest) as srv:  # another address, the same model: it goes on
+        rc, _, err = _run(capsys, [*argv, "--lmm", srv.url, "--lmm-model", "m"])
+    assert rc == 0 and "dualgeo: 2 answered now, 1 from" in err, err
+    assert len(srv.requests) == 2
+    got = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    assert [(float(r[1]), float(r[2])) for r in got] == [(48.81, 2.31), (10.0, 20.0), (-1.0, 36.8)]
+
+
+def test_worldwide_refine_with_g3_verifies_with_a_model_file(
+    tmp_path, capsys, colour_backbone, monkeypatch
+):
+    monkeypatch.setenv("GEOLOCUS_CACHE", str(tmp_path / "cache"))
+    table, photos = _table(tmp_path, n=1)
+    model_file = tmp_path / "toy.safetensors"
+    _toy_model("colour-test").save(model_file)
+    out = tmp_path / "pred.csv"
+    argv = ["refine", "--neighbours", str(table), "--method", "nearest", "--out", str(out)]
+    argv += ["--images", str(photos), "--lmm-procedure", "g3", "--lmm-prompts", "0,2"]
+    argv += ["--lmm-samples", "1", "--lmm-model", "m"]
+    with FakeLMMServer([_json(12.5, 45.5), "(48.857, 2.352)"]) as srv:
+        rc, _, err = _run(capsys, [*argv, "--lmm", srv.url])
+        assert rc == 2 and "give --lmm-verifier geoclip" in err and not srv.requests
+        rc, _, err = _run(capsys, [*argv, "--lmm", srv.url, "--lmm-verifier", str(model_file)])
+    assert rc == 0 and "g3: 1 answered now" in err, err
+    # the answer is the candidate of highest similarity under the file's location head
+    from geolocus.models import load_model
+
+    model = load_model(model_file)
+    enc = ColourEncoder()
+    near = np.array([(35.68, 139.65), (48.85, 2.35), (48.86, 2.34), (48.84, 2.36)])
+    from geolocus.models.embedder import create_embedder
+
+    emb = create_embedder(model_file)
+    feats = emb.features([Image.open(photos / "q0.jpg").convert("RGB")])
+    gal = emb.gps_candidates(feats.embedding, None, 10)[0][0]
+    cands = np.concatenate([near, gal, [(12.5, 45.5), (48.857, 2.352)]])
+    want = cands[int(np.argmax(_similarities(model, enc, photos / "q0.jpg", cands)))]
+    row = out.read_text().splitlines()[1].split(",")
+    assert np.allclose([float(row[1]), float(row[2])], want, atol=1e-6)
+
+
+def test_worldwide_refine_lmm_options_refused_in_one_line(tmp_path, capsys):
+    table, photos = _table(tmp_path, n=1)
+    argv = ["refine", "--neighbours", str(table), "--out", str(tmp_path / "o.csv")]
+    for extra, message in [
+        ([*NOWHERE], "--lmm needs the query photos: give --images"),
+        (["--lmm-verifier", "geoclip"], "--lmm-verifier needs --lmm URL"),
+        (
+            [*NOWHERE, "--images", str(photos), "--lmm-verifier", "geoclip"],
+            "--lmm-verifier is for --lmm-procedure g3",
+        ),
+        (
+            [*NOWHERE, "--images", str(tmp_path / "nope"), "--lmm-procedure", "dualgeo"],
+            "--images: not a folder",
+        ),
+    ]:
+        rc, out, err = _run(capsys, [*argv, *extra])
+        assert rc == 2 and err.startswith(f"geolocus: error: {message}"), err
+        assert err.count("\n") == 1 and "Traceback" not in err and "wrote" not in out
