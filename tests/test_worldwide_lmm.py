@@ -244,6 +244,25 @@ def test_worldwide_g3_retrieved_candidate_wins_when_the_model_is_worse(world):
     assert any(f"verified a {RETRIEVED} candidate" in n for n in pred.notes)
 
 
+def test_worldwide_g3_without_a_database_prompts_and_verifies_with_the_gallery(world):
+    """A worldwide (gallery) model alone: the prompts list the gallery's likeliest places
+    (no far ones) and the verification chooses among them and the generated answers."""
+    emb, query = world["emb"], world["query"]
+    proc = Procedure.named("g3", prompts=(0, 3), samples=1)
+    with FakeLMMServer([_json(5.5, 6.5), _json(-7.25, 8.5)]) as srv:
+        lmm = LMMSettings(LMMClient(srv.url, "m"), procedure=proc)
+        geo = Geolocator(None, emb, None, gallery=GallerySettings(k=3), lmm=lmm)
+        [pred] = geo([query])
+    feats = emb.features([Image.open(query).convert("RGB")])
+    gal = emb.gps_candidates(feats.embedding, None, 3)[0][0]
+    text = srv.prompts()[1]
+    assert all(f"({a:.5f}, {b:.5f})" in text for a, b in gal) and "look unlike" not in text
+    cands = np.concatenate([gal, [(5.5, 6.5), (-7.25, 8.5)]])
+    want = cands[int(np.argmax(_similarities(emb.model, emb.encoder, query, cands)))]
+    assert "lmm" in pred.top.source
+    assert float(haversine_km(pred.top.lat, pred.top.lon, *want)) < 5.0  # merge radius
+
+
 def test_worldwide_g3_without_a_location_head_is_refused(world):
     lmm = LMMSettings.from_url("http://127.0.0.1:9/v1", "m", procedure=Procedure.named("g3"))
     with pytest.raises(InputError, match="needs a model with a location head"):
