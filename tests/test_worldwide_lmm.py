@@ -263,6 +263,52 @@ def test_worldwide_g3_without_a_database_prompts_and_verifies_with_the_gallery(w
     assert float(haversine_km(pred.top.lat, pred.top.lon, *want)) < 5.0  # merge radius
 
 
+def _small_dualgeo():
+    from geolocus.models.dualgeo import DualGeo, DualGeoConfig
+
+    torch.manual_seed(1)
+    cfg = {k: v for k, v in TOY.items() if k != "embed_dim"}
+    m = DualGeo(DualGeoConfig(embed_dim=12, token_dim=8, classes=4, width=16, heads=2, **cfg))
+    m.prepare(torch.randn(20, 9, 8))
+    return m.eval(), torch.randn(2, 9, 8)
+
+
+def _small_transgeoclip():
+    from geolocus.models.transgeoclip import TransGeoCLIP, TransGeoCLIPConfig
+
+    torch.manual_seed(2)
+    loc = {"n_freq": 8, "d_model": 8, "layers": 1, "heads": 2, "anchors": 16}
+    return TransGeoCLIP(TransGeoCLIPConfig(embed_dim=12, dim=16, location_options=loc)).eval(), None
+
+
+@pytest.mark.parametrize("make", [_small_dualgeo, _small_transgeoclip])
+def test_worldwide_g3_verifies_under_dualgeo_and_transgeoclip_heads(make):
+    """A trained DualGeo or TransGeoCLIP model's location head verifies too: the kept
+    candidate is the argmax of the cosine similarity of its own location query (DualGeo:
+    the fused view of the photo and its tokens) and location encoder."""
+    model, tokens = make()
+    emb = ModelEmbedder(model, ColourEncoder(), "m", "id")
+    assert emb.has_location_head
+    x = torch.randn(2, 12)
+    cands = np.array([(48.85, 2.35), (35.68, 139.65), (-33.87, 151.21), (-1.29, 36.82)])
+    with torch.no_grad():
+        q = F.normalize(model.location_query(x, tokens), dim=-1)
+        loc = F.normalize(model.location_encoder(torch.tensor(cands)).float(), dim=-1)
+    want = (loc @ q.T).numpy()  # (candidates, photos)
+    got = emb.location_queries(x, tokens)
+    np.testing.assert_allclose(emb.location_embeddings(cands) @ got.T, want, atol=1e-5)
+    proc = Procedure.named("g3", prompts=(0,), samples=1)
+    image = Image.new("RGB", (16, 16))
+    for b in range(2):
+        with FakeLMMServer(["no coordinates"]) as srv:
+            pool = [(cands, RETRIEVED)]
+            ans = run_g3(
+                LMMClient(srv.url, "m"), image, [], [], pool, emb.location_embeddings, got[b], proc
+            )
+        assert ans.verified.index == int(np.argmax(want[:, b]))
+        assert ans.generated.malformed == 1 and ans.verified.kind == RETRIEVED
+
+
 def test_worldwide_g3_without_a_location_head_is_refused(world):
     lmm = LMMSettings.from_url("http://127.0.0.1:9/v1", "m", procedure=Procedure.named("g3"))
     with pytest.raises(InputError, match="needs a model with a location head"):
