@@ -549,7 +549,10 @@ def test_worldwide_refine_with_g3_verifies_with_a_model_file(
     assert np.allclose([float(row[1]), float(row[2])], want, atol=1e-6)
 
 
-def test_worldwide_refine_lmm_options_refused_in_one_line(tmp_path, capsys):
+VERIFY_BARE = ["--lmm-verifier", "colour-test"]  # a backbone: no location head
+
+
+def test_worldwide_refine_lmm_options_refused_in_one_line(tmp_path, capsys, colour_backbone):
     table, photos = _table(tmp_path, n=1)
     argv = ["refine", "--neighbours", str(table), "--out", str(tmp_path / "o.csv")]
     for extra, message in [
@@ -562,6 +565,14 @@ def test_worldwide_refine_lmm_options_refused_in_one_line(tmp_path, capsys):
         (
             [*NOWHERE, "--images", str(tmp_path / "nope"), "--lmm-procedure", "dualgeo"],
             "--images: not a folder",
+        ),
+        (
+            [*NOWHERE, "--images", str(photos), "--lmm-procedure", "g3"],
+            "G3's geo-verification needs a model with a location head",
+        ),
+        (
+            [*NOWHERE, "--images", str(photos), "--lmm-procedure", "g3", *VERIFY_BARE],
+            "--lmm-verifier colour-test has no location head",
         ),
     ]:
         rc, out, err = _run(capsys, [*argv, *extra])

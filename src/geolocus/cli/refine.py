@@ -110,6 +110,11 @@ def refine(
     procedure = lmm_procedure(lmm, lmm_procedure_name, lmm_prompts, lmm_samples, lmm_temperature)
     if lmm_verifier is not None and procedure.name != "g3":
         raise InputError("--lmm-verifier is for --lmm-procedure g3")
+    if lmm is not None and procedure.name == "g3" and lmm_verifier is None:
+        raise InputError(
+            "G3's geo-verification needs a model with a location head to embed the photos: "
+            "give --lmm-verifier geoclip or a GeoCLIP, DualGeo or TransGeoCLIP model file"
+        )
     check_output_path(out, "--out")  # before fitting, which can take minutes
     journal = lmm_journal or out.with_name(out.name + ".lmm.jsonl")
     if lmm is not None:
@@ -117,6 +122,16 @@ def refine(
     if save_refiner is not None:
         check_output_path(save_refiner, "--save-refiner")
     ocr = OCRSettings(ocr_cache, ocr_backend)
+    verifier = None
+    if lmm_verifier is not None:  # loaded (or refused) before any fitting or request
+        from geolocus.models.embedder import create_embedder
+
+        verifier = create_embedder(lmm_verifier)
+        if not verifier.has_location_head:
+            raise InputError(
+                f"--lmm-verifier {lmm_verifier} has no location head: give geoclip or a "
+                "GeoCLIP, DualGeo or TransGeoCLIP model file"
+            )
     from geolocus.refine import create_refiner
 
     # with --lmm the photos are the model's; the refiner reads their text only if it can
@@ -140,11 +155,6 @@ def refine(
         from geolocus.pipeline import LMMSettings
         from geolocus.pipeline.refining import refine_with_lmm
 
-        verifier = None
-        if lmm_verifier is not None:
-            from geolocus.models.embedder import create_embedder
-
-            verifier = create_embedder(lmm_verifier)
         asked = refine_with_lmm(
             done.neighbours,
             done.positions,
