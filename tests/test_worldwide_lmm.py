@@ -468,6 +468,15 @@ def test_worldwide_g3_and_dualgeo_from_the_command_line(
     assert "lmm" in pred["guesses"][0]["source"]
     assert any(n.startswith("g3: 3 coordinates generated from 4 answers") for n in pred["notes"])
     assert [r["body"]["n"] for r in srv.requests] == [2, 2]
+    with socket.socket() as sock:  # nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        gone = ["--lmm", f"http://127.0.0.1:{sock.getsockname()[1]}/v1", "--lmm-model", "m"]
+    g3 = [*base, *gone, "--lmm-procedure", "g3"]
+    rc, out, err = _run(capsys, g3)
+    assert rc == 2 and err.count("\n") == 1 and "unreachable" in err and out == ""
+    rc, out, err = _run(capsys, [*g3, "--lmm-fallback"])
+    assert rc == 0 and err.count("geolocus: warning:") == 1 and "unreachable" in err
+    assert "lmm failed" in json.loads(out)[0]["notes"][0]
 
     bare = ["predict", q, "--db", str(world["bare_db"].path), "-f", "json"]
     rc, _, err = _run(capsys, [*bare, *lmm])
