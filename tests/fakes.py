@@ -8,8 +8,11 @@ be placed where the red photos of a database were taken.
 from __future__ import annotations
 
 import io
+import json
 import struct
+import threading
 import zlib
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +157,53 @@ def always_dying_colour_embedder():
     emb = colour_embedder()
     emb.encoder.forward = lambda pixels: os._exit(1)
     return emb
+
+
+class FakeLMMServer:
+    """An OpenAI-compatible chat-completions server on loopback: answers each request's
+    ``n`` choices from ``replies`` in order (text, or a function of the request body that
+    returns it; malformed ones included; none left: no choices), with HTTP ``status``,
+    and records every request's path, body and Authorization header."""
+
+    def __init__(self, replies, status=200):
+        self.replies = list(replies)
+        self.status = status
+        self.requests: list[dict] = []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(
+                    {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
+                )
+                n = body.get("n", 1)
+                picked = [outer.replies.pop(0) for _ in range(n) if outer.replies]
+                choices = [{"message": {"content": r(body) if callable(r) else r}} for r in picked]
+                data = json.dumps({"choices": choices}).encode()
+                self.send_response(outer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = HTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def prompts(self) -> list[str]:
+        """The text of each request's user prompt, in order."""
+        return [r["body"]["messages"][1]["content"][0]["text"] for r in self.requests]

@@ -2,55 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
 import pytest
 from PIL import Image
 
+from fakes import FakeLMMServer as _Server
 from geolocus.errors import ServiceError
 from geolocus.refine.lmm import Candidate, LMMClient, build_prompt, parse_answer
-
-
-class _Server:
-    """Answers /v1/chat/completions with canned replies, recording requests."""
-
-    def __init__(self, replies, status=200):
-        self.replies = list(replies)
-        self.status = status
-        self.requests: list[dict] = []
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(
-                    {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
-                )
-                n = body.get("n", 1)
-                choices = [
-                    {"message": {"content": outer.replies.pop(0)}}
-                    for _ in range(n)
-                    if outer.replies
-                ]
-                data = json.dumps({"choices": choices}).encode()
-                self.send_response(outer.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = HTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture

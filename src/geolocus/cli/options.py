@@ -50,3 +50,76 @@ def refiner_names(text: str) -> list[str]:
     for m in names:
         REFINERS.get(m)
     return names
+
+
+def lmm_procedure_option() -> Any:
+    """How the ``--lmm`` model is used, ``--lmm-procedure``."""
+    return typer.Option(
+        "choose",
+        "--lmm-procedure",
+        help="choose (the model picks among the places), g3 (G3: prompts with 0, 5, 10, 15 "
+        "neighbours, several samples each; the candidate most similar to the photo under the "
+        "model's location head wins) or dualgeo (DualGeo: neighbours re-ranked by their DBSCAN "
+        "cluster, 4 samples at 1.2, merged). docs/lmm.md.",
+    )
+
+
+def lmm_prompts_option() -> Any:
+    """Neighbours listed per prompt, ``--lmm-prompts``."""
+    return typer.Option(
+        None,
+        "--lmm-prompts",
+        help="g3/dualgeo: near (and as many far) neighbours in each prompt, comma-separated "
+        "(g3: 0,5,10,15; dualgeo: 15).",
+    )
+
+
+def lmm_samples_option() -> Any:
+    """Samples per prompt, ``--lmm-samples``."""
+    return typer.Option(
+        None, "--lmm-samples", min=1, help="g3/dualgeo: samples per prompt (g3: 5; dualgeo: 4)."
+    )
+
+
+def lmm_temperature_option() -> Any:
+    """Sampling temperature, ``--lmm-temperature``."""
+    return typer.Option(
+        None,
+        "--lmm-temperature",
+        min=0.0,
+        max=2.0,
+        help="g3/dualgeo: sampling temperature (both papers' code: 1.2).",
+    )
+
+
+def lmm_procedure(
+    url: str | None,
+    name: str,
+    prompts: str | None,
+    samples: int | None,
+    temperature: float | None,
+) -> Any:
+    """The :class:`~geolocus.refine.procedures.Procedure` the ``--lmm-…`` options ask for
+    (a one-line error when they do not fit together)."""
+    from geolocus.errors import InputError
+    from geolocus.refine.procedures import CHOOSE, Procedure, parse_prompts
+
+    tuned = [
+        flag
+        for flag, v in (
+            ("--lmm-prompts", prompts),
+            ("--lmm-samples", samples),
+            ("--lmm-temperature", temperature),
+        )
+        if v is not None
+    ]
+    if url is None and (tuned or name != CHOOSE):
+        raise InputError(f"{(tuned or ['--lmm-procedure'])[0]} needs --lmm URL")
+    if name == CHOOSE and tuned:
+        raise InputError(f"{tuned[0]} is for --lmm-procedure g3 or dualgeo")
+    return Procedure.named(
+        name,
+        prompts=None if prompts is None else parse_prompts(prompts),
+        samples=samples,
+        temperature=temperature,
+    )

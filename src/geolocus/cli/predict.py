@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from geolocus.cli.options import DB_HELP, batch_size_option, refiner_option
+from geolocus.cli.options import (
+    DB_HELP,
+    batch_size_option,
+    lmm_procedure,
+    lmm_procedure_option,
+    lmm_prompts_option,
+    lmm_samples_option,
+    lmm_temperature_option,
+    refiner_option,
+)
 
 
 def _map_paths(base: Path, n: int) -> list[Path]:
@@ -59,6 +68,10 @@ def predict(
         "--lmm-fallback",
         help="If the --lmm server fails, warn and keep the geometric answer.",
     ),
+    lmm_procedure_name: str = lmm_procedure_option(),
+    lmm_prompts: str | None = lmm_prompts_option(),
+    lmm_samples: int | None = lmm_samples_option(),
+    lmm_temperature: float | None = lmm_temperature_option(),
     batch_size: int = batch_size_option(16),
     progress: bool = typer.Option(False, "--progress", help="Show a progress bar on stderr."),
 ) -> None:
@@ -95,6 +108,7 @@ def predict(
         raise InputError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     if lmm is not None and not lmm_model:
         raise InputError("--lmm needs --lmm-model NAME")
+    procedure = lmm_procedure(lmm, lmm_procedure_name, lmm_prompts, lmm_samples, lmm_temperature)
     from geolocus.pipeline.geolocator import WORLD_GALLERY, WORLD_MODELS
 
     if world is not None and world not in WORLD_MODELS:
@@ -120,7 +134,9 @@ def predict(
         raise InputError("no photos given (the folders named hold none)")
     heat = heatmap or map_path is not None
     chooser = (
-        None if lmm is None else LMMSettings.from_url(lmm, lmm_model or "default", lmm_fallback)
+        None
+        if lmm is None
+        else LMMSettings.from_url(lmm, lmm_model or "default", lmm_fallback, procedure)
     )
     retrieval = RetrievalSettings(k=k, k_far=k_far, batch_size=batch_size)
     if db is None:

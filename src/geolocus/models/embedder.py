@@ -140,6 +140,8 @@ class BaseEmbedder:
     tokens: TokensMode = False
     token_grid: int = 4
     has_gps: bool = False
+    #: Whether :meth:`location_queries` and :meth:`location_embeddings` answer.
+    has_location_head: bool = False
     kind: str = ""
 
     def features(self, images: Photos) -> ImageFeatures:
@@ -181,6 +183,17 @@ class BaseEmbedder:
         self, embedding: ArrayOrTensor, tokens: ArrayOrTensor | None = None
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
         """A gallery model's probability of every gallery location (None: no gallery)."""
+        return None
+
+    def location_queries(
+        self, embedding: ArrayOrTensor, tokens: ArrayOrTensor | None = None
+    ) -> NDArray[np.float32] | None:
+        """Unit ``(B, D)`` photo vectors in a location head's space (None: no location head);
+        with :meth:`location_embeddings`, what G3's geo-verification compares."""
+        return None
+
+    def location_embeddings(self, coords: NDArray[Any]) -> NDArray[np.float32] | None:
+        """Unit ``(C, D)`` location-head embeddings of ``(C, 2)`` positions (None: no head)."""
         return None
 
     def describe(self) -> dict[str, Any]:
@@ -243,6 +256,7 @@ class ModelEmbedder(BaseEmbedder):
         self.tokens = "full" if getattr(model, "needs_tokens", False) else False
         self.dim = int(model.retrieval_dim)
         self.has_gps = callable(getattr(model, "gps_candidates", None))
+        self.has_location_head = callable(getattr(model, "location_queries", None))
         self.version = digest_of({"model": identity, "backbone": encoder.fingerprint()})
         self.gallery = gallery
 
@@ -266,6 +280,19 @@ class ModelEmbedder(BaseEmbedder):
         else:  # the model encodes its gallery once (cached on disk) and keeps it
             coords, probs = self.model.gps_candidates(emb, tok, k)
         return np.asarray(as_numpy(coords), float), np.asarray(as_numpy(probs), float)
+
+    def location_queries(
+        self, embedding: ArrayOrTensor, tokens: ArrayOrTensor | None = None
+    ) -> NDArray[np.float32] | None:
+        if not self.has_location_head:
+            return None
+        q = self.model.location_queries(_as_tensor(embedding), _as_tensor(tokens))
+        return np.asarray(q, dtype=np.float32)
+
+    def location_embeddings(self, coords: NDArray[Any]) -> NDArray[np.float32] | None:
+        if not self.has_location_head:
+            return None
+        return np.asarray(self.model.location_embeddings(coords), dtype=np.float32)
 
     def gps_distribution(
         self, embedding: ArrayOrTensor, tokens: ArrayOrTensor | None = None

@@ -26,7 +26,7 @@ from geolocus.encoders.location import create_location_encoder
 from geolocus.encoders.location.pretrained import IMAGE_HEAD, LOGIT_SCALE
 from geolocus.errors import InputError
 from geolocus.models.base import GeoModel, ModelConfig, retrieval_dim, retrieval_vector
-from geolocus.models.gallery import GPSGallery, fingerprint
+from geolocus.models.gallery import GPSGallery, encode_locations, fingerprint
 from geolocus.models.losses import (
     INIT_LOGIT_SCALE,
     KM_PER_DEGREE,  # noqa: F401  (re-exported)
@@ -200,6 +200,23 @@ class LocationHead(GeoModel):
             tok = None if tokens is None else self._as_input(tokens)
             q = self.location_query(self._as_input(embedding), tok)
         return gallery, gallery.probabilities(q, logit_scale=float(scale_of(self.logit_scale)))
+
+    @torch.no_grad()
+    def location_queries(self, embedding: Any, tokens: Any | None = None) -> np.ndarray:
+        """Unit ``(B, dim)`` image vectors in the location space: what G3's geo-verification
+        compares with each candidate's :meth:`location_embeddings` (cosine similarity)."""
+        with eval_mode(self):
+            tok = None if tokens is None else self._as_input(tokens)
+            q = self.location_query(self._as_input(embedding), tok)
+        return F.normalize(q.float(), dim=-1).cpu().numpy()
+
+    def location_embeddings(self, coords: Any) -> np.ndarray:
+        """Unit ``(C, dim)`` embeddings of ``(C, 2)`` (lat, lon) under this model's location
+        encoder, as the gallery is encoded (:func:`~geolocus.models.gallery.encode_locations`)."""
+        c = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+        if len(c) == 0:
+            return np.zeros((0, self.config.dim), dtype=np.float32)
+        return encode_locations(self.location_encoder, c, progress=False)
 
     def search_gallery(
         self,

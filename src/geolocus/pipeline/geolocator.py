@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,16 @@ from geolocus.pipeline.results import Guess, Heatmap, Prediction
 from geolocus.places import Gazetteer
 from geolocus.refine import DEFAULT_REFINER, Refiner, create_refiner
 from geolocus.refine.lmm import Candidate, LMMClient
+from geolocus.refine.procedures import (
+    CHOOSE,
+    G3,
+    GALLERY,
+    RETRIEVED,
+    Generator,
+    Procedure,
+    run_dualgeo,
+    run_g3,
+)
 
 if TYPE_CHECKING:
     from geolocus.places import Gazetteer
@@ -128,18 +138,32 @@ WORLD_GALLERY = GallerySettings(k=100)
 
 @dataclass(frozen=True)
 class LMMSettings:
-    """A multimodal model that chooses among the places (``client.ask``, e.g. a
-    :class:`geolocus.refine.lmm.LMMClient`); with ``fallback`` a server failure warns once
-    and keeps the geometric answer instead of raising :class:`ServiceError`."""
+    """A multimodal model in stage 2 (e.g. a :class:`geolocus.refine.lmm.LMMClient`), used
+    as ``procedure`` says (:mod:`geolocus.refine.procedures`): ``choose`` (the default:
+    ``client.ask`` chooses among the places), ``g3`` (geo-diversification, then
+    geo-verification under the embedder's location head) or ``dualgeo`` (the cluster
+    re-ranked neighbours in the prompt, samples merged). With ``fallback`` a server failure
+    warns once and keeps the geometric answer instead of raising :class:`ServiceError`."""
 
     client: Chooser
     fallback: bool = False
+    procedure: Procedure = field(default_factory=Procedure)
+
+    def __post_init__(self) -> None:
+        if self.procedure.name != CHOOSE and not callable(getattr(self.client, "generate", None)):
+            raise InputError(f"the {self.procedure.name} procedure needs a client that generates")
 
     @classmethod
-    def from_url(cls, url: str, model: str = "default", fallback: bool = False) -> LMMSettings:
+    def from_url(
+        cls,
+        url: str,
+        model: str = "default",
+        fallback: bool = False,
+        procedure: Procedure | None = None,
+    ) -> LMMSettings:
         """An OpenAI-compatible server at ``url`` (nothing is sent until a photo is asked)."""
 
-        return cls(LMMClient(url, model), fallback)
+        return cls(LMMClient(url, model), fallback, procedure or Procedure())
 
 
 class Geolocator:
@@ -177,6 +201,13 @@ class Geolocator:
             retrieval = retrieval.within(len(database))
             if refiner is None:
                 raise InputError("a database needs a refiner")
+        g3 = lmm is not None and lmm.procedure.name == G3
+        if g3 and not getattr(embedder, "has_location_head", False):
+            raise InputError(
+                f"G3's geo-verification needs a model with a location head; {embedder.name} "
+                "has none (use geoclip, or a database built with a GeoCLIP, DualGeo or "
+                "TransGeoCLIP model file)"
+            )
         self.database, self.embedder, self.refiner = database, embedder, refiner
         self.retrieval = retrieval
         self.places, self.gallery, self.lmm = places, gallery, lmm
@@ -408,6 +439,12 @@ class Geolocator:
                     tok = self.embedder.backbone_tokens(feats)
                     vec = self.embedder.embed_features(feats.embedding, tok)
                     gps, heat = self._gallery_candidates(feats.embedding, tok)
+                    queries = None
+                    if self.lmm is not None and self.lmm.procedure.name == G3:
+                        # optional beyond the Embedder protocol: a location head has it
+                        queries = self.embedder.location_queries(  # type: ignore[attr-defined]
+                            feats.embedding, tok
+                        )
                     self._tick("embed", t)
                     kept = [r for r in loaded if r[0] is not None]
                     preds = self.locate(
@@ -417,6 +454,7 @@ class Geolocator:
                         images=[r[1] for r in kept],
                         exif=[r[2] for r in kept],
                         heatmaps=heat,
+                        location_queries=queries,
                     )
                     for i, p in zip(good, preds, strict=True):
                         out[i] = p
@@ -470,10 +508,12 @@ class Geolocator:
         images: Sequence[Any] | None = None,
         exif: Sequence[Any] | None = None,
         heatmaps: Sequence[Heatmap] | None = None,
+        location_queries: np.ndarray | None = None,
     ) -> list[Prediction]:
         """Stage 1 and 2 for embedded photos: ``vectors`` ``(N, dim)`` from the embedder,
         ``gps`` its gallery candidates ``(N, G, 2)`` and probabilities ``(N, G)`` (the
-        whole answer without a database)."""
+        whole answer without a database); ``location_queries`` ``(N, D)``: the photos in
+        the location head's space (G3's verification)."""
         t = time.perf_counter()
         r = self.retrieval
         nb = None
@@ -527,7 +567,16 @@ class Geolocator:
             for i, p in enumerate(preds):
                 if self.lmm is None:
                     break
-                self._ask_lmm(p, None if images is None else images[i])
+                image = None if images is None else images[i]
+                if self.lmm.procedure.name == CHOOSE:
+                    self._ask_lmm(p, image)
+                else:
+                    self._run_procedure(
+                        p,
+                        image,
+                        None if gps is None else gps[0][i],
+                        None if location_queries is None else location_queries[i],
+                    )
             t = self._tick("lmm", t)
         for p in preds:
             del p.guesses[top_k:]
@@ -558,24 +607,71 @@ class Geolocator:
         try:
             ans = self.lmm.client.ask(image, near, far)
         except ServiceError as e:
-            if not self.lmm.fallback:
-                raise
-            self.warn(f"{e}; using the geometric answer for this and the remaining photos")
-            pred.notes.append(f"lmm failed: {e}")
-            self.lmm = None
+            self._lmm_failed(pred, e)
             return
         finally:
             self.timing["lmm"] += time.perf_counter() - t
-        for j, g in enumerate(pred.guesses):
-            if haversine_km(g.lat, g.lon, ans.lat, ans.lon) < self.places.merge_km:
-                g.source = "lmm" if g.source == "lmm" else f"{g.source}+lmm"
-                pred.guesses.insert(0, pred.guesses.pop(j))
-                break
-        else:
-            place = self._names([(ans.lat, ans.lon)])[0]
-            pred.guesses.insert(0, Guess(ans.lat, ans.lon, None, place, None, "lmm"))
+        self._promote(pred, ans.lat, ans.lon)
         if ans.reason:
             pred.notes.append(f"lmm: {ans.reason}")
+
+    def _lmm_failed(self, pred: Prediction, e: ServiceError) -> None:
+        """Raise, or with ``fallback`` warn once and stop asking: the geometric answer stays."""
+        if self.lmm is None or not self.lmm.fallback:
+            raise e
+        self.warn(f"{e}; using the geometric answer for this and the remaining photos")
+        pred.notes.append(f"lmm failed: {e}")
+        self.lmm = None
+
+    def _promote(self, pred: Prediction, lat: float, lon: float) -> None:
+        """The model's answer becomes guess 1: a place already there moves up (its source
+        gains ``+lmm``), else a new guess without a confidence is put first."""
+        for j, g in enumerate(pred.guesses):
+            if haversine_km(g.lat, g.lon, lat, lon) < self.places.merge_km:
+                g.source = "lmm" if g.source == "lmm" else f"{g.source}+lmm"
+                pred.guesses.insert(0, pred.guesses.pop(j))
+                return
+        place = self._names([(lat, lon)])[0]
+        pred.guesses.insert(0, Guess(lat, lon, None, place, None, "lmm"))
+
+    def _run_procedure(
+        self, pred: Prediction, image: Any, gallery: np.ndarray | None, query: np.ndarray | None
+    ) -> None:
+        """G3 or DualGeo for one photo (:mod:`geolocus.refine.procedures`): the prompts list
+        the retrieved near and far neighbours (without a database, the gallery's places
+        in order of probability); the answer becomes guess 1 and a note says what was
+        generated, skipped and chosen."""
+        if image is None or self.lmm is None:
+            return
+        proc = self.lmm.procedure
+        nb = pred.neighbours
+        none = np.zeros((0, 2))
+        near_pts = nb.near[0] if nb is not None else (none if gallery is None else gallery)
+        far_pts = nb.far[0] if nb is not None else none
+        near = [Candidate(float(a), float(b)) for a, b in near_pts]
+        far = [Candidate(float(a), float(b)) for a, b in far_pts]
+        client: Generator = self.lmm.client  # type: ignore[assignment]  # checked: generates
+        t = time.perf_counter()
+        try:
+            if proc.name == G3:
+                embed = getattr(self.embedder, "location_embeddings", None)
+                if query is None or embed is None:
+                    raise InputError(f"{self.embedder.name} has no location head to verify with")
+                pool = [] if nb is None else [(nb.near[0], RETRIEVED)]
+                if gallery is not None:
+                    pool.append((gallery, GALLERY))
+                g3 = run_g3(client, image, near, far, pool, embed, query, proc)
+                lat, lon, note = g3.verified.lat, g3.verified.lon, g3.note()
+            else:
+                dg = run_dualgeo(client, image, near, far, proc)
+                lat, lon, note = dg.lat, dg.lon, dg.note()
+        except ServiceError as e:
+            self._lmm_failed(pred, e)
+            return
+        finally:
+            self.timing["lmm"] += time.perf_counter() - t
+        self._promote(pred, lat, lon)
+        pred.notes.append(note)
 
 
 def expand_inputs(

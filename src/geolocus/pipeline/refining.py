@@ -4,28 +4,36 @@ apply it to a neighbours CSV, and cross-validate refiners on one.
 What ``geolocus refine`` and ``geolocus benchmark refine`` run; the commands only
 parse, call and print. With photos (``images``), the text read in each one is
 attached to its neighbours as evidence (OCR, cached by file hash) for the
-refiners that use it.
+refiners that use it, and a multimodal model can take the last step
+(:func:`refine_with_lmm`: the one-prompt chooser, G3 or DualGeo).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from geolocus.data import Neighbours, read_coords, read_neighbours
 from geolocus.data.im2gps3k import photographer
-from geolocus.errors import InputError
+from geolocus.errors import InputError, ServiceError
 from geolocus.eval import published_results, score_errors
 from geolocus.eval.crossval import cross_val_predict
 from geolocus.eval.folds import grouped_folds
 from geolocus.geo import haversine_km
-from geolocus.ocr.collection import photo_evidence
+from geolocus.ocr.collection import photo_evidence, query_photos
 from geolocus.refine import REFINERS, Refiner, create_refiner
+
+if TYPE_CHECKING:
+    from geolocus.models.embedder import Embedder
+    from geolocus.pipeline.geolocator import LMMSettings
 
 PathLike = str | os.PathLike[str]
 
@@ -128,6 +136,151 @@ def refine_table(
             "every query is ranked as a photo without text"
         )
     return Refined(nb, refiner.predict(nb), notes)
+
+
+@dataclass
+class LMMRefined:
+    """What :func:`refine_with_lmm` produced: every query's position, how many the model
+    answered now, how many came from the journal of an earlier run, how many kept the
+    refiner's answer after a failure (``fallback``), and notes for the user."""
+
+    positions: np.ndarray
+    asked: int = 0
+    reused: int = 0
+    kept: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _journal_key(lmm: LMMSettings) -> str:
+    """What an answer depends on: the model's name and the procedure (not the server's
+    address: the same model served again elsewhere goes on where it stopped)."""
+    return f"{getattr(lmm.client, 'model', type(lmm.client).__name__)}|{lmm.procedure.describe()}"
+
+
+def _read_journal(path: Path, key: str) -> dict[str, tuple[float, float]]:
+    """The answers of an earlier run with the same server, model and procedure (a line cut
+    short by an interruption, or of another setting, is ignored)."""
+    done: dict[str, tuple[float, float]] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return done
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read the LMM journal {path}: {e}") from None
+    for line in lines:
+        try:
+            row = json.loads(line)
+            if row["key"] == key:
+                done[str(row["id"])] = (float(row["lat"]), float(row["lon"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return done
+
+
+def refine_with_lmm(
+    nb: Neighbours,
+    positions: np.ndarray,
+    images: PathLike,
+    lmm: LMMSettings,
+    *,
+    verifier: Embedder | None = None,
+    journal: PathLike | None = None,
+    progress: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> LMMRefined:
+    """A multimodal model's answer for each query of a neighbours table, from its photo in
+    ``images`` (named by IMG_ID) and its neighbours, as ``lmm.procedure`` says: ``choose``
+    (the model picks among the near neighbours), ``dualgeo`` (the near neighbours
+    re-ranked by their cluster, samples merged) or ``g3`` (diversification, then
+    verification under ``verifier``'s location head: it embeds the photo; the candidates
+    are the near neighbours, the verifier's gallery places, and what the model generated).
+
+    ``positions`` (the refiner's answers) stand where the model fails with
+    ``lmm.fallback``. Each answer is appended to ``journal`` as it comes (JSON lines): a
+    run interrupted or failed goes on where it stopped when started again."""
+    from geolocus.data.images import load_image
+    from geolocus.refine.lmm import Candidate
+    from geolocus.refine.procedures import CHOOSE, G3, GALLERY, RETRIEVED, run_dualgeo, run_g3
+
+    proc = lmm.procedure
+    if proc.name == G3 and (verifier is None or not getattr(verifier, "has_location_head", False)):
+        raise InputError(
+            "G3's geo-verification needs a model with a location head to embed the photos: "
+            "give --lmm-verifier geoclip or a GeoCLIP, DualGeo or TransGeoCLIP model file"
+        )
+    paths = query_photos([str(i) for i in nb.ids], images)  # all there before any request
+    out = np.array(positions, dtype=float).reshape(len(nb), 2)
+    key = _journal_key(lmm)
+    jpath = None if journal is None else Path(journal)
+    done = {} if jpath is None else _read_journal(jpath, key)
+    result = LMMRefined(out)
+    say = warn or (lambda m: print(f"geolocus: warning: {m}", file=sys.stderr))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(nb), desc=f"asking ({proc.name})", unit="photo")
+    failed = False
+    try:
+        if jpath is not None:
+            jpath.parent.mkdir(parents=True, exist_ok=True)
+        fh = None if jpath is None else open(jpath, "a", encoding="utf-8")  # noqa: SIM115
+    except OSError as e:
+        raise InputError(f"cannot write the LMM journal {jpath}: {e.strerror or e}") from None
+    try:
+        for i, qid in enumerate(map(str, nb.ids)):
+            if bar is not None:
+                bar.update(1)
+            if qid in done:
+                out[i] = done[qid]
+                result.reused += 1
+                continue
+            if failed:
+                result.kept += 1
+                continue
+            image = load_image(paths[i])
+            near = [Candidate(float(a), float(b)) for a, b in nb.near[i]]
+            far = [Candidate(float(a), float(b)) for a, b in nb.far[i]]
+            client: Any = lmm.client
+            try:
+                if proc.name == CHOOSE:
+                    ans = client.ask(image, near, far)
+                    lat, lon = ans.lat, ans.lon
+                elif proc.name == G3:
+                    v: Any = verifier
+                    feats = v.features([image])
+                    tok = v.backbone_tokens(feats)
+                    pool: list[tuple[np.ndarray, str]] = [(nb.near[i], RETRIEVED)]
+                    gps = v.gps_candidates(feats.embedding, tok, 10) if v.has_gps else None
+                    if gps is not None:
+                        pool.append((gps[0][0], GALLERY))
+                    q = v.location_queries(feats.embedding, tok)[0]
+                    g3 = run_g3(client, image, near, far, pool, v.location_embeddings, q, proc)
+                    lat, lon = g3.verified.lat, g3.verified.lon
+                else:
+                    dg = run_dualgeo(client, image, near, far, proc)
+                    lat, lon = dg.lat, dg.lon
+            except ServiceError as e:
+                if not lmm.fallback:
+                    where = f"; {result.asked} answers are kept in {jpath}" if jpath else ""
+                    raise ServiceError(f"{e}{where}") from None
+                say(f"{e}; keeping the refiner's answer for this and the remaining queries")
+                result.notes.append(f"lmm failed at {qid}: {e}")
+                failed = True
+                result.kept += 1
+                continue
+            out[i] = (lat, lon)
+            result.asked += 1
+            if fh is not None:
+                row = {"key": key, "id": qid, "lat": float(lat), "lon": float(lon)}
+                fh.write(json.dumps(row) + "\n")
+                fh.flush()
+    finally:
+        if fh is not None:
+            fh.close()
+        if bar is not None:
+            bar.close()
+    return result
 
 
 def cross_validate_refiners(

@@ -57,6 +57,25 @@ class LMMAnswer:
     used_fallback: bool = False
 
 
+@dataclass
+class Generation:
+    """What a model generated for one prompt: the valid coordinates of its samples, and how
+    many of its answers held none (skipped, counted)."""
+
+    coords: list[tuple[float, float]]
+    answers: int
+    malformed: int
+
+
+def medoid(points: Sequence[tuple[float, float]] | np.ndarray) -> int:
+    """Index of the point with the least total great-circle distance to the others: the
+    merge of several samples that a stray one cannot pull away (unlike a mean)."""
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    if len(pts) == 0:
+        raise ValueError("no points to merge")
+    return int(np.argmin(pairwise_km(pts).sum(axis=1)))
+
+
 class Chooser(Protocol):
     """What chooses among candidate places for a photo: :class:`LMMClient`, or a stand-in."""
 
@@ -89,10 +108,19 @@ def build_prompt(near: Sequence[Candidate], far: Sequence[Candidate]) -> str:
 
 
 _JSON_RE = re.compile(r"\{.*?\}", re.DOTALL)
+#: Two decimal numbers side by side, "(48.85, 2.29)" or "48.85, 2.29": the coordinates
+#: G3's and DualGeo's extraction reads (decimal numbers only, so "[1, 2]" is no answer).
+#: Hemisphere letters ("33.9° S") are not read: a sign read wrong is worse than a skip.
+_PAIR_RE = re.compile(r"([-+]?\d+\.\d+)\s*[,;/\s]\s*([-+]?\d+\.\d+)")
+
+
+def _valid(lat: float, lon: float) -> bool:
+    return bool(np.isfinite(lat) and np.isfinite(lon) and abs(lat) <= 90 and abs(lon) <= 180)
 
 
 def parse_answer(text: str) -> tuple[float, float, str]:
-    """Latitude, longitude and reason from a model's reply (JSON, possibly inside prose)."""
+    """Latitude, longitude and reason from a model's reply: JSON (possibly inside prose or a
+    code fence), else the first pair of decimal numbers that is a valid position."""
     for m in [text, *_JSON_RE.findall(text)]:
         try:
             obj = json.loads(m.strip().removeprefix("```json").removesuffix("```"))
@@ -106,8 +134,11 @@ def parse_answer(text: str) -> tuple[float, float, str]:
             lat, lon = float(lat), float(lon)  # type: ignore[arg-type]  # None: TypeError below
         except (TypeError, ValueError):
             continue
-        if np.isfinite(lat) and np.isfinite(lon) and abs(lat) <= 90 and abs(lon) <= 180:
+        if _valid(lat, lon):
             return lat, lon, str(obj.get("reason", ""))
+    for a, b in _PAIR_RE.findall(text):
+        if _valid(float(a), float(b)):
+            return float(a), float(b), ""
     raise ServiceError(f"the model's answer holds no valid coordinates: {text[:120]!r}")
 
 
@@ -170,8 +201,24 @@ class LMMClient:
         except json.JSONDecodeError:
             raise ServiceError(f"model server {self.url} did not answer JSON") from None
 
-    def ask(self, image, near: Sequence[Candidate], far: Sequence[Candidate] = ()) -> LMMAnswer:
-        """One answer per sample; the medoid of the samples on the sphere is returned."""
+    def _texts(self, resp: Any) -> list[Any]:
+        try:
+            return [c["message"]["content"] for c in resp["choices"]]
+        except (KeyError, TypeError):
+            raise ServiceError("model server answered without choices/message/content") from None
+
+    def complete(
+        self,
+        image: Any,
+        near: Sequence[Candidate],
+        far: Sequence[Candidate],
+        samples: int,
+        temperature: float,
+    ) -> list[tuple[float, float, str] | None]:
+        """``samples`` answers to one prompt (the photo, ``near`` and ``far`` listed), each
+        parsed, or None where it held no valid coordinates. A server that ignores ``n`` is
+        asked again, one sample at a time; a failure of the server raises
+        :class:`ServiceError`."""
         content = [
             {"type": "text", "text": build_prompt(near, far)},
             {"type": "image_url", "image_url": {"url": encode_image(image)}},
@@ -182,29 +229,44 @@ class LMMClient:
                 {"role": "system", "content": SYSTEM_PROMPT},
                 {"role": "user", "content": content},
             ],
-            "temperature": self.temperature if self.samples > 1 else 0.0,
+            "temperature": temperature,
             "max_tokens": self.max_tokens,
-            "n": self.samples,
+            "n": samples,
         }
-        resp = self._post(payload)
-        try:
-            texts = [c["message"]["content"] for c in resp["choices"]]
-        except (KeyError, TypeError):
-            raise ServiceError("model server answered without choices/message/content") from None
-        if len(texts) < self.samples:  # servers that ignore n: ask again
-            for _ in range(self.samples - len(texts)):
-                resp = self._post(payload | {"n": 1})
-                texts += [c["message"]["content"] for c in resp.get("choices", [])]
-        parsed = []
+        texts = self._texts(self._post(payload))[:samples]
+        for _ in range(samples - len(texts)):  # servers that ignore n: ask again
+            texts += self._texts(self._post(payload | {"n": 1}))[:1]
+        out: list[tuple[float, float, str] | None] = []
         for t in texts:
             try:
-                parsed.append(parse_answer(t if isinstance(t, str) else json.dumps(t)))
+                out.append(parse_answer(t if isinstance(t, str) else json.dumps(t)))
             except ServiceError:
-                continue
+                out.append(None)
+        return out
+
+    def generate(
+        self,
+        image: Any,
+        near: Sequence[Candidate],
+        far: Sequence[Candidate],
+        samples: int,
+        temperature: float,
+    ) -> Generation:
+        """The coordinates ``samples`` answers to one prompt generated; malformed answers
+        are skipped and counted (G3's geo-diversification asks this per prompt)."""
+        got = self.complete(image, near, far, samples, temperature)
+        coords = [(p[0], p[1]) for p in got if p is not None]
+        return Generation(coords, len(got), len(got) - len(coords))
+
+    def ask(self, image, near: Sequence[Candidate], far: Sequence[Candidate] = ()) -> LMMAnswer:
+        """One answer per sample; the medoid of the samples on the sphere is returned."""
+        temperature = self.temperature if self.samples > 1 else 0.0
+        got = self.complete(image, near, far, self.samples, temperature)
+        parsed = [p for p in got if p is not None]
         if not parsed:
-            raise ServiceError(f"none of the model's {len(texts)} answers held valid coordinates")
+            raise ServiceError(f"none of the model's {len(got)} answers held valid coordinates")
         pts = np.array([[p[0], p[1]] for p in parsed])
-        best = int(np.argmin(pairwise_km(pts).sum(axis=1)))
+        best = medoid(pts)
         return LMMAnswer(
             lat=float(pts[best, 0]),
             lon=float(pts[best, 1]),

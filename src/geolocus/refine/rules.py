@@ -42,7 +42,8 @@ class DualGeoRefiner(Refiner):
         self.eps_km = eps_km
         self.min_samples = min_samples
 
-    def rank(self, neighbours: Neighbours) -> Ranking:
+    def scores(self, neighbours: Neighbours) -> np.ndarray:
+        """``(N, K)`` scores in retrieval order; sorting by them (stable) is the ranking."""
         n, k = neighbours.near.shape[:2]
         scores = np.empty((n, k))
         for i in range(n):
@@ -56,7 +57,10 @@ class DualGeoRefiner(Refiner):
                 d = haversine_km(pts[:, 0], pts[:, 1], clat, clon)
                 s[members] = -d[members] / (d[members].max() + 1.0)
             scores[i] = s
-        return order_rows(neighbours.near, scores)
+        return scores
+
+    def rank(self, neighbours: Neighbours) -> Ranking:
+        return order_rows(neighbours.near, self.scores(neighbours))
 
 
 class KDERefiner(Refiner):
