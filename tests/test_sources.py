@@ -25,7 +25,13 @@ from geolocus.cli.main import main
 from geolocus.data.sources import read_shard, table_source, tar_source
 from geolocus.errors import InputError
 from geolocus.index import Database
-from geolocus.index.build import build_database, gather_inputs, inputs_source, read_report
+from geolocus.index.build import (
+    add_to_database,
+    build_database,
+    gather_inputs,
+    inputs_source,
+    read_report,
+)
 from geolocus.index.executors import PoolExecutor, RayExecutor, make_executor
 from geolocus.index.shards import STAGING
 from geolocus.models.embedder import BackboneEmbedder
@@ -342,6 +348,10 @@ def test_cli_builds_from_shards_alike_with_one_process_and_a_pool(shards, tmp_pa
     assert main(["index", "info", str(tmp_path / "two"), "--check"]) == 0
     assert main([*base, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
     assert "up to date" in capsys.readouterr().out
+    add = ["index", "add", "--db", str(tmp_path / "two"), "--shards", str(shards / "*.tar")]
+    assert main([*add, "--workers", "2"]) == 0  # the same photos again, in a pool
+    out, err = capsys.readouterr()
+    assert "nothing new to add (10 photos in all)" in out and "error" not in err
 
 
 def test_keys_repeated_across_shards_and_an_index_trained_across_shards(shards, tmp_path):
@@ -403,3 +413,73 @@ def test_a_shard_that_kills_every_ray_worker_ends_with_one_error(shards, tmp_pat
     with pytest.raises(InputError, match=r"its Ray worker died in each of 1 attempts"):
         build_database(tmp_path / "db", src, _emb(), ray_ex, progress=False)
     assert list((tmp_path / "db" / STAGING).glob("*.npz")) == []
+
+
+def test_add_from_shards_and_from_a_table(shards, tmp_path):
+    db_dir = tmp_path / "db"
+    build_database(db_dir, tar_source(str(shards / "shard-000.tar")), _emb(), progress=False)
+    res = add_to_database(db_dir, tar_source(str(shards / "*.tar")), _emb(), progress=False)
+    assert res.added == 4 and len(Database.open(db_dir)) == 10  # shard 1's good ones
+    rep = {(r["stage"], r["id"], r["problem"]) for r in read_report(db_dir)}
+    assert ("add", "a/0000", "already in database") in rep
+    assert ("add", "b/corrupt", "unreadable") in rep and not (db_dir / STAGING).exists()
+    again = add_to_database(db_dir, tar_source(str(shards / "*.tar")), _emb(), progress=False)
+    assert again.added == 0 and "nothing new to add (10 photos in all)" in again.summary()
+    rel, _, pos = _table_photos(tmp_path, 5)
+    t = tmp_path / "more.csv"
+    pd.DataFrame({"image": rel, "lat": [p[0] for p in pos], "lon": [p[1] for p in pos]}).to_csv(
+        t, index=False
+    )
+    res = add_to_database(db_dir, table_source(t, shard_size=2), _emb(), progress=False)
+    db = Database.open(db_dir)
+    assert res.added == 5 and len(db) == 15 and "img/p4.jpg" in db
+    assert db.meta.set_index("id").loc["img/p4.jpg", "source"] == "table"
+
+
+def test_add_to_a_compressed_database_encodes_with_its_quantisers(tmp_path):
+    from geolocus.index import compressed as cp
+
+    emb = BackboneEmbedder(ColourEncoder(grid=4))  # 48-d
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1500, emb.dim)).astype(np.float32)
+    db = Database.create(tmp_path / "db", dim=emb.dim, model=emb.name,
+                         model_version=emb.version, auto_threshold=1000)  # fmt: skip
+    db.add(x, [f"r{i}" for i in range(len(x))], np.zeros((len(x), 2)))
+    db.save()
+    assert db.is_compressed
+    nlist = cp.nlist_of(Database.open(tmp_path / "db").index)
+    img = tmp_path / "photos"
+    for i in range(3):
+        photo(img / f"p{i}.jpg", COLOURS[i], seed=i)
+    (tmp_path / "l.csv").write_text(
+        "IMG_ID,LAT,LON\n" + "".join(f"p{i}.jpg,{COORDS[i][0]},{COORDS[i][1]}\n" for i in range(3))
+    )
+    res = add_to_database(tmp_path / "db", inputs_source(gather_inputs(img, tmp_path / "l.csv")),
+                          emb, progress=False)  # fmt: skip
+    again = Database.open(tmp_path / "db")
+    assert res.added == 3 and len(again) == 1503 and again.is_compressed
+    assert cp.nlist_of(again.index) == nlist and again.manifest.search["trained_at_count"] == 1500
+    v = again.vectors(np.arange(1500, 1503))
+    assert list(again.search(v, k=1).near_ids[:, 0]) == ["p0.jpg", "p1.jpg", "p2.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ([], "give one input"),
+        (["--shards", "x", "--table", "y"], "give one input"),
+        (["--images", "."], "give exactly one source of positions"),
+        (["--shards", "x", "--labels", "l.csv"], "go with --images"),
+        (["--shards", "x", "--workers", "0"], "--workers must be at least 1"),
+        (["--table", "x.csv", "--shard-size", "0"], "--shard-size must be at least 1"),
+        (["--shards", "nowhere/*.tar"], "no tar shards match"),
+    ],
+)
+def test_cli_add_input_errors_are_one_line(shards, tmp_path, capsys, monkeypatch, extra, match):
+    db_dir = tmp_path / "db"
+    build_database(db_dir, tar_source(str(shards / "shard-000.tar")), _emb(), progress=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["index", "add", "--db", str(db_dir), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("geolocus: error:") and match in err[0], err
+    assert len(Database.open(db_dir)) == 6 and not (db_dir / STAGING).exists()

@@ -205,8 +205,8 @@ def add(
     }
     with database_lock(db, wait=wait):
         database = Database.open(db)
-        embedder = embedder_for(database)
         source = _source(images, labels, exif, shards, table, columns, shard_size)
+        embedder = embedder_for(database)  # after the inputs: their errors come at once
         executor = make_executor(
             embedder,
             database.manifest.model,
