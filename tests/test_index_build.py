@@ -478,6 +478,9 @@ def test_an_interrupted_add_keeps_its_progress_and_resumes(folder, tmp_path, mon
         add_to_database(db_dir, inputs_source(gather_inputs(more, lab), 1), _emb(), progress=False)
     assert len(list((db_dir / STAGING).glob("*.npz"))) == 1  # the first shard is kept
     assert len(Database.open(db_dir)) == 6
+    said: list[str] = []
+    check_database(db_dir, say=said.append)  # sound, and says there is work to resume
+    assert any(".staging holds an unfinished build or add" in x for x in said)
     calls["n"] = -10  # no more interruptions
     res = add_to_database(
         db_dir, inputs_source(gather_inputs(more, lab), 1), _emb(), progress=False
