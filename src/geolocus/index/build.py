@@ -320,15 +320,13 @@ def _drop_old_staging(path: Path) -> None:
 
 @dataclass
 class _Embedded:
-    """The staged shards of one build or add, in the source's order."""
+    """The staged shards of one build or add, in the source's order: their files, the
+    photos they hold and their problems (the vectors stay on disk until written)."""
 
     files: list[Path]
-    outputs: list[ShardOutput]
+    usable: int
+    problems: list[Problem]
     timing: dict[str, float]
-
-    @property
-    def usable(self) -> int:
-        return sum(len(o) for o in self.outputs)
 
 
 def _embed(
@@ -339,8 +337,8 @@ def _embed(
     staging = path / STAGING
     files = [shard_file(staging, s, embedder.version) for s in source.shards]
     where = dict(zip((s.name for s in source.shards), files, strict=True))
-    staged = {s.name for s in source.shards if load_shard(where[s.name], embedder.version,
-                                                          embedder.dim) is not None}  # fmt: skip
+    version, dim = embedder.version, embedder.dim
+    staged = {n for n, f in where.items() if load_shard(f, version, dim) is not None}
     todo = [s for s in source.shards if s.name not in staged]
     bar = Progress(len(source.shards), source.photos, done=len(staged), enabled=progress)
     bar.skip(sum(s.size or 0 for s in source.shards if s.name in staged))
@@ -355,10 +353,14 @@ def _embed(
         executor.run(todo, on_done, bar)
     finally:
         bar.close()
-    outputs = [load_shard(f, embedder.version, embedder.dim) for f in files]
-    if any(o is None for o in outputs):
-        raise InputError(f"{staging}: a staged shard changed or vanished; run again")
-    return _Embedded(files, [o for o in outputs if o is not None], timing)
+    usable, problems = 0, []
+    for f in files:  # one shard in memory at a time
+        out = load_shard(f, version, dim)
+        if out is None:
+            raise InputError(f"{staging}: a staged shard changed or vanished; run again")
+        usable += len(out)
+        problems += [_as_problem(p) for p in out.problems]
+    return _Embedded(files, usable, problems, timing)
 
 
 def _nothing_usable(path: Path, stage: str, problems: list[Problem], replace: bool) -> InputError:
@@ -437,8 +439,7 @@ def build_database(
                 f"none of the photos has a position ({len(problems)} left out, see {path / REPORT})"
             )
         done = _embed(path, source, embedder, executor, progress)
-        for o in done.outputs:
-            problems += [_as_problem(p) for p in o.problems]
+        problems += done.problems
         if not done.usable:
             raise _nothing_usable(path, "build", problems, replace=True)
         db = Database.create(path, overwrite=True, **create)
@@ -512,8 +513,7 @@ def add_to_database(
         if source.shards:
             done = _embed(db.path, source, embedder, executor, progress)
             timing = done.timing
-            for o in done.outputs:
-                problems += [_as_problem(p) for p in o.problems]
+            problems += done.problems
             if not done.usable and not known:
                 raise _nothing_usable(db.path, "add", problems, replace=False)
             added, left_out = write_from_shards(
