@@ -104,7 +104,8 @@ def run(
     """Each stage ``repeats`` times, interleaved; the fastest run of each is kept (on a
     shared machine the minimum is the least disturbed measurement)."""
     from geolocus.index import Database
-    from geolocus.index.build import Inputs, build_database
+    from geolocus.index.build import Inputs, build_database, inputs_source
+    from geolocus.index.executors import LocalExecutor
     from geolocus.models.embedder import create_embedder
     from geolocus.pipeline import Geolocator, RetrievalSettings
 
@@ -124,7 +125,8 @@ def run(
             runs.setdefault("forward only", []).append({"s_per_photo": fwd, "outside": 0.0})
             t = time.perf_counter()
             out = Path(tmp) / f"db{r}"
-            res = build_database(out, inputs, embedder, batch_size=batch, progress=False)
+            src = inputs_source(inputs)
+            res = build_database(out, src, embedder, LocalExecutor(embedder, batch), progress=False)
             total = time.perf_counter() - t
             inside = res.timing.get("forward_s", 0.0)
             runs.setdefault("index build", []).append(

@@ -16,8 +16,9 @@ import pytest
 from geolocus.cli.main import main
 from geolocus.errors import DatabaseBusyError, InputError
 from geolocus.index import Database
-from geolocus.index.build import build_database, gather_inputs
+from geolocus.index.build import build_database, gather_inputs, inputs_source
 from geolocus.index.lock import LOCK, database_lock, holder
+from geolocus.index.shards import STAGING
 from geolocus.models.embedder import BackboneEmbedder
 from test_pipeline import ColourEncoder, photo
 
@@ -68,14 +69,16 @@ def test_second_writer_fails_at_once_naming_the_holder(tmp_path):
     try:
         t0 = time.perf_counter()
         with pytest.raises(DatabaseBusyError) as e:
-            build_database(db, gather_inputs(img, labels), BackboneEmbedder(ColourEncoder()))
+            build_database(
+                db, inputs_source(gather_inputs(img, labels)), BackboneEmbedder(ColourEncoder())
+            )
         assert time.perf_counter() - t0 < 2
         msg = str(e.value)
         assert f"database {db} is being written by process {other.pid}" in msg
         assert f"{other.pid} (python" in msg and " -c " in msg  # the holder's command
         assert "since 20" in msg and msg.endswith("wait for it or pass --wait")
         assert holder(db)["pid"] == other.pid
-        assert not Database.exists(db) and not (db / ".features").exists()
+        assert not Database.exists(db) and not (db / STAGING).exists()
     finally:
         other.kill()
         other.wait()
@@ -89,9 +92,8 @@ def test_a_killed_holder_never_blocks_and_its_stale_lock_text_is_ignored(tmp_pat
     other.wait()
     assert json.loads((db / LOCK).read_text())["pid"] == other.pid  # the text stays...
     assert holder(db) is None  # ...but nobody holds the lock
-    res = build_database(
-        db, gather_inputs(img, labels), BackboneEmbedder(ColourEncoder()), progress=False
-    )
+    src = inputs_source(gather_inputs(img, labels))
+    res = build_database(db, src, BackboneEmbedder(ColourEncoder()), progress=False)
     assert res.added == 6 and (db / LOCK).read_text() == ""  # released: nobody named
 
 

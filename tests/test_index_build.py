@@ -15,14 +15,20 @@ from geolocus.cli.main import main
 from geolocus.errors import InputError
 from geolocus.index import Database
 from geolocus.index.build import (
+    OLD_STAGING,
+    SHARD_SIZE,
     Inputs,
     add_to_database,
     build_database,
     database_vectors,
     gather_inputs,
+    inputs_source,
     read_report,
+    shard_size_for,
 )
 from geolocus.index.check import check_database
+from geolocus.index.executors import LocalExecutor
+from geolocus.index.shards import STAGING
 from geolocus.models.embedder import BackboneEmbedder
 
 
@@ -112,7 +118,7 @@ def test_gather_from_exif(tmp_path):
 def test_build_skips_bad_files_and_reports_them(folder, tmp_path):
     img, labels = folder
     db_dir = tmp_path / "db"
-    res = build_database(db_dir, gather_inputs(img, labels), _emb(), progress=False)
+    res = build_database(db_dir, inputs_source(gather_inputs(img, labels)), _emb(), progress=False)
     db = Database.open(db_dir)
     assert len(db) == res.added == 6
     assert set(db.ids) == {"sub/paris0.jpg", "sub/paris1.jpg", "sub/tokyo0.jpg", "sub/tokyo1.jpg",
@@ -131,7 +137,9 @@ def test_build_skips_bad_files_and_reports_them(folder, tmp_path):
     man = db.manifest
     assert man.model == "colour-test" and man.model_version == _emb().version and man.count == 6
     assert man.extra["embedder"]["backbone"] == "colour-test"
-    assert not (db_dir / ".features").exists()  # the resumable store is gone once saved
+    assert not (db_dir / STAGING).exists()  # the staged shards are gone once saved
+    where = {r["id"]: r["path"] for r in report}  # every problem names its file
+    assert where["cut.jpg"] == str(img / "cut.jpg") and where["gone.jpg"] == str(img / "gone.jpg")
     assert "left out" in res.summary() and "report.csv" in res.summary()
 
 
@@ -140,12 +148,15 @@ def test_nothing_usable_is_an_error_with_a_report(tmp_path):
     img.mkdir()
     (img / "a.jpg").write_text("x")
     labels = _labels(tmp_path / "l.csv", [("a.jpg", 1, 1)])
-    with pytest.raises(InputError, match="none of the 1 images could be read"):
-        build_database(tmp_path / "db", gather_inputs(img, labels), _emb(), progress=False)
+    with pytest.raises(InputError, match="none of the photos could be used"):
+        build_database(
+            tmp_path / "db", inputs_source(gather_inputs(img, labels)), _emb(), progress=False
+        )
     assert read_report(tmp_path / "db")[0]["id"] == "a.jpg"
     with pytest.raises(InputError, match="none of the photos has a position"):
         build_database(
-            tmp_path / "db2", gather_inputs(img, _labels(tmp_path / "m.csv", [("b.jpg", 1, 1)])),
+            tmp_path / "db2",
+            inputs_source(gather_inputs(img, _labels(tmp_path / "m.csv", [("b.jpg", 1, 1)]))),
             _emb(), progress=False,
         )  # fmt: skip
 
@@ -164,39 +175,120 @@ def test_interrupted_build_resumes_where_it_stopped(folder, tmp_path, monkeypatc
 
     monkeypatch.setattr(ColourEncoder, "forward", forward)
     db_dir = tmp_path / "db"
-    kw = dict(progress=False, batch_size=2, chunk_size=4)
+    # shards of 4 photos in id order, batches of 2: shard 0 holds 2 unreadable files and
+    # makes 1 forward pass, shard 1 makes 2, shard 2 one: the 3rd pass is in shard 1
+    src = inputs_source(inp, 4)
+
+    def build(where: Path):
+        return build_database(where, src, _emb(), LocalExecutor(_emb(), 2), progress=False)
+
     with pytest.raises(KeyboardInterrupt):
-        build_database(db_dir, inp, _emb(), **kw)
-    assert not Database.exists(db_dir) and (db_dir / ".features" / "build" / ".partial").exists()
+        build(db_dir)
+    assert not Database.exists(db_dir) and len(list((db_dir / STAGING).glob("*.npz"))) == 1
     calls.update(n=0, stop=-1)
-    build_database(db_dir, inp, _emb(), **kw)
+    res = build(db_dir)
     resumed = calls["n"]
-    clean_dir = tmp_path / "clean"
     calls["n"] = 0
-    build_database(clean_dir, inp, _emb(), **kw)
-    # the probe pass and one saved chunk (4 photos = 2 batches) were not redone
-    assert resumed < calls["n"]
-    a, b = Database.open(db_dir), Database.open(clean_dir)
-    assert list(a.ids) == list(b.ids)
-    np.testing.assert_allclose(database_vectors(a), database_vectors(b), atol=1e-6)
+    build(tmp_path / "clean")
+    assert (resumed, calls["n"]) == (3, 4)  # the finished shard was not redone
+    a, b = Database.open(db_dir), Database.open(tmp_path / "clean")
+    assert list(a.ids) == list(b.ids) and len(a) == 6
+    np.testing.assert_array_equal(database_vectors(a), database_vectors(b))  # bit-identical
+    assert {p.id for p in res.problems} == {p.id for p in inp.problems} | {
+        "notes.txt",
+        "cut.jpg",
+        "bomb.png",
+    }  # the staged shard's unreadable photos are still reported
+
+
+def test_a_build_killed_with_sigkill_resumes_bit_identically(tmp_path):
+    """kill -9 in the middle of a shard: the finished shards are kept, the rest redone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    img = tmp_path / "photos"
+    rows = []
+    for i in range(8):
+        lat, lon, col = list(PLACES.values())[i % 4]
+        photo(img / f"p{i}.jpg", col, seed=i)
+        rows.append((f"p{i}.jpg", lat, lon))
+    labels = _labels(tmp_path / "l.csv", rows)
+    db_dir = tmp_path / "db"
+    code = (
+        "import sys, time\n"
+        "from fakes import ColourEncoder\n"
+        "from geolocus.index.build import build_database, gather_inputs, inputs_source\n"
+        "from geolocus.index.executors import LocalExecutor\n"
+        "from geolocus.models.embedder import BackboneEmbedder\n"
+        "orig = ColourEncoder.forward\n"
+        "ColourEncoder.forward = lambda s, x: time.sleep(0.3) or orig(s, x)\n"
+        "e = BackboneEmbedder(ColourEncoder())\n"
+        "src = inputs_source(gather_inputs(sys.argv[1], sys.argv[2]), 2)\n"
+        "build_database(sys.argv[3], src, e, LocalExecutor(e, 1), progress=False)\n"
+    )
+    tests = str(Path(__file__).resolve().parent)
+    src_dir = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src_dir, tests]), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(img), str(labels), str(db_dir)], env=env
+    )
+    try:
+        t0 = time.monotonic()
+        while len(list((db_dir / STAGING).glob("*.npz"))) < 2 and time.monotonic() - t0 < 120:
+            assert proc.poll() is None, "the build ended before it could be killed"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)  # no clean-up runs
+    finally:
+        proc.wait()
+    staged = len(list((db_dir / STAGING).glob("*.npz")))
+    assert 2 <= staged < 4 and not Database.exists(db_dir)
+    encoder = ColourEncoder()
+    res = build_database(db_dir, inputs_source(gather_inputs(img, labels), 2),
+                         BackboneEmbedder(encoder), progress=False)  # fmt: skip
+    assert encoder.seen == 2 * (4 - staged) and res.added == 8  # finished shards not redone
+    clean = build_database(tmp_path / "clean", inputs_source(gather_inputs(img, labels), 2),
+                           _emb(), progress=False)  # fmt: skip
+    np.testing.assert_array_equal(res.database.vectors(), clean.database.vectors())
+    assert list(res.database.ids) == list(clean.database.ids)
+
+
+def test_a_folder_is_cut_into_shards_of_whole_batches():
+    assert shard_size_for(1) == shard_size_for(256) == 32  # never below one batch
+    assert shard_size_for(300) == 64 and shard_size_for(2000) == 256
+    assert shard_size_for(8000) == shard_size_for(10**7) == SHARD_SIZE
+
+
+def test_the_staging_area_of_an_older_version_is_removed_with_one_line(folder, tmp_path, capsys):
+    img, labels = folder
+    db_dir = tmp_path / "db"
+    (db_dir / OLD_STAGING / "build" / ".partial").mkdir(parents=True)
+    (db_dir / OLD_STAGING / "build" / ".partial" / "embeddings.npy").write_bytes(b"x" * 64)
+    res = build_database(db_dir, inputs_source(gather_inputs(img, labels)), _emb(), progress=False)
+    assert res.added == 6 and not (db_dir / OLD_STAGING).exists()
+    err = [x for x in capsys.readouterr().err.splitlines() if OLD_STAGING in x]
+    assert len(err) == 1 and err[0].startswith("geolocus: warning: removed ")
+    assert "older geolocus" in err[0]
 
 
 def test_rebuild_is_a_no_op_and_other_inputs_need_overwrite(folder, tmp_path, monkeypatch):
     img, labels = folder
     inp = gather_inputs(img, labels)
     db_dir = tmp_path / "db"
-    build_database(db_dir, inp, _emb(), progress=False)
+    build_database(db_dir, inputs_source(inp), _emb(), progress=False)
     calls = []
     orig = ColourEncoder.forward
     monkeypatch.setattr(ColourEncoder, "forward", lambda s, x: calls.append(1) or orig(s, x))
-    again = build_database(db_dir, inp, _emb(), progress=False)
+    again = build_database(db_dir, inputs_source(inp), _emb(), progress=False)
     assert again.up_to_date and not calls and "up to date" in again.summary()
     keep = [i for i, x in enumerate(inp.ids) if x.startswith("sub/")][:3]
     fewer = Inputs([inp.ids[i] for i in keep], [inp.paths[i] for i in keep], inp.latlon[keep],
                    "labels")  # fmt: skip
     with pytest.raises(InputError, match="--overwrite"):
-        build_database(db_dir, fewer, _emb(), progress=False)
-    res = build_database(db_dir, fewer, _emb(), progress=False, overwrite=True)
+        build_database(db_dir, inputs_source(fewer), _emb(), progress=False)
+    res = build_database(db_dir, inputs_source(fewer), _emb(), progress=False, overwrite=True)
     assert len(Database.open(db_dir)) == 3 == res.added
     assert len(list(db_dir.glob("vectors-*.faiss"))) == 1  # the old generation is gone
 
@@ -204,7 +296,7 @@ def test_rebuild_is_a_no_op_and_other_inputs_need_overwrite(folder, tmp_path, mo
 def test_add_appends_skips_known_and_refuses_other_models(folder, tmp_path):
     img, labels = folder
     db_dir = tmp_path / "db"
-    build_database(db_dir, gather_inputs(img, labels), _emb(), progress=False)
+    build_database(db_dir, inputs_source(gather_inputs(img, labels)), _emb(), progress=False)
     more = tmp_path / "more"
     photo(more / "sydney0.jpg", PLACES["sydney"][2], seed=1)  # same id as one in the database
     photo(more / "cairo.jpg", (150, 100, 50), seed=2)
@@ -212,7 +304,7 @@ def test_add_appends_skips_known_and_refuses_other_models(folder, tmp_path):
     lab = _labels(
         tmp_path / "more.csv", [("sydney0.jpg", -33.8, 151.2), ("cairo.jpg", 30.04, 31.24)]
     )
-    res = add_to_database(db_dir, gather_inputs(more, lab), _emb(), progress=False)
+    res = add_to_database(db_dir, inputs_source(gather_inputs(more, lab)), _emb(), progress=False)
     assert res.added == 1 and len(Database.open(db_dir)) == 7 and "cairo.jpg" in res.database
     problems = {(r["stage"], r["id"], r["problem"]) for r in read_report(db_dir)}
     assert ("add", "sydney0.jpg", "already in database") in problems
@@ -221,14 +313,18 @@ def test_add_appends_skips_known_and_refuses_other_models(folder, tmp_path):
     other = ColourEncoder()
     other.weights_id = "v2"
     with pytest.raises(InputError, match="another version"):
-        add_to_database(db_dir, gather_inputs(more, lab), BackboneEmbedder(other))
+        add_to_database(db_dir, inputs_source(gather_inputs(more, lab)), BackboneEmbedder(other))
 
 
 @pytest.mark.parametrize("factory", ["IVF2,Flat", "HNSW8,Flat"])
 def test_other_faiss_factories(folder, tmp_path, factory):
     img, labels = folder
     res = build_database(
-        tmp_path / "db", gather_inputs(img, labels), _emb(), factory=factory, progress=False
+        tmp_path / "db",
+        inputs_source(gather_inputs(img, labels)),
+        _emb(),
+        factory=factory,
+        progress=False,
     )
     db = Database.open(tmp_path / "db")
     assert db.manifest.factory == factory and len(db) == 6
@@ -243,7 +339,11 @@ def test_invalid_factory_fails_before_any_forward_pass(folder, tmp_path, monkeyp
     monkeypatch.setattr(ColourEncoder, "forward", lambda s, x: pytest.fail("forward ran"))
     with pytest.raises(InputError, match="invalid FAISS factory"):
         build_database(
-            tmp_path / "db", gather_inputs(img, labels), _emb(), factory="Bogus9", progress=False
+            tmp_path / "db",
+            inputs_source(gather_inputs(img, labels)),
+            _emb(),
+            factory="Bogus9",
+            progress=False,
         )
 
 
@@ -331,15 +431,15 @@ def _more(tmp_path: Path, good: int = 1, bad: int = 1) -> tuple[Path, Path]:
 def test_the_same_add_twice_says_nothing_new(folder, tmp_path, capsys):
     img, labels = folder
     db_dir = tmp_path / "db"
-    build_database(db_dir, gather_inputs(img, labels), _emb(), progress=False)
+    build_database(db_dir, inputs_source(gather_inputs(img, labels)), _emb(), progress=False)
     more, lab = _more(tmp_path)
-    first = add_to_database(db_dir, gather_inputs(more, lab), _emb(), progress=True)
+    first = add_to_database(db_dir, inputs_source(gather_inputs(more, lab)), _emb(), progress=True)
     assert first.added == 1 and "failed.csv" not in capsys.readouterr().err  # a deleted file
-    again = add_to_database(db_dir, gather_inputs(more, lab), _emb(), progress=False)
+    again = add_to_database(db_dir, inputs_source(gather_inputs(more, lab)), _emb(), progress=False)
     assert again.added == 0 and len(Database.open(db_dir)) == 7
     assert again.summary().startswith(f"{db_dir}: nothing new to add (7 photos in all)")
     assert "1 already in database, 1 unreadable" in again.summary()
-    assert (db_dir / "report.csv").is_file() and not (db_dir / ".features").exists()
+    assert (db_dir / "report.csv").is_file() and not (db_dir / STAGING).exists()
     rows = [(r["stage"], r["id"], r["problem"]) for r in read_report(db_dir)]
     assert rows.count(("add", "broken0.jpg", "unreadable")) == 1  # reported once, not per run
     assert rows.count(("add", "new0.jpg", "already in database")) == 1
@@ -348,11 +448,11 @@ def test_the_same_add_twice_says_nothing_new(folder, tmp_path, capsys):
 def test_a_failed_add_leaves_no_staging_area(folder, tmp_path):
     img, labels = folder
     db_dir = tmp_path / "db"
-    build_database(db_dir, gather_inputs(img, labels), _emb(), progress=False)
+    build_database(db_dir, inputs_source(gather_inputs(img, labels)), _emb(), progress=False)
     more, lab = _more(tmp_path, good=0, bad=2)
-    with pytest.raises(InputError, match="none of the 2 images could be read"):
-        add_to_database(db_dir, gather_inputs(more, lab), _emb(), progress=False)
-    assert not (db_dir / ".features").exists() and len(Database.open(db_dir)) == 6
+    with pytest.raises(InputError, match="none of the photos could be used"):
+        add_to_database(db_dir, inputs_source(gather_inputs(more, lab)), _emb(), progress=False)
+    assert not (db_dir / STAGING).exists() and len(Database.open(db_dir)) == 6
     assert {r["id"] for r in read_report(db_dir) if r["stage"] == "add"} == {
         "broken0.jpg",
         "broken1.jpg",
@@ -362,36 +462,43 @@ def test_a_failed_add_leaves_no_staging_area(folder, tmp_path):
 def test_an_interrupted_add_keeps_its_progress_and_resumes(folder, tmp_path, monkeypatch):
     img, labels = folder
     db_dir = tmp_path / "db"
-    build_database(db_dir, gather_inputs(img, labels), _emb(), progress=False)
+    build_database(db_dir, inputs_source(gather_inputs(img, labels)), _emb(), progress=False)
     more, lab = _more(tmp_path, good=3, bad=0)
     orig = ColourEncoder.forward
     calls = {"n": 0}
 
     def forward(self, x):
         calls["n"] += 1
-        if calls["n"] == 2:  # after the probe: as if Ctrl-C was pressed
+        if calls["n"] == 2:  # in the second shard: as if Ctrl-C was pressed
             raise KeyboardInterrupt
         return orig(self, x)
 
     monkeypatch.setattr(ColourEncoder, "forward", forward)
     with pytest.raises(KeyboardInterrupt):
-        add_to_database(db_dir, gather_inputs(more, lab), _emb(), progress=False)
-    assert (db_dir / ".features" / "add" / ".partial").is_dir()
+        add_to_database(db_dir, inputs_source(gather_inputs(more, lab), 1), _emb(), progress=False)
+    assert len(list((db_dir / STAGING).glob("*.npz"))) == 1  # the first shard is kept
     assert len(Database.open(db_dir)) == 6
-    res = add_to_database(db_dir, gather_inputs(more, lab), _emb(), progress=False)
-    assert res.added == 3 and not (db_dir / ".features").exists()
+    said: list[str] = []
+    check_database(db_dir, say=said.append)  # sound, and says there is work to resume
+    assert any(".staging holds an unfinished build or add" in x for x in said)
+    calls["n"] = -10  # no more interruptions
+    res = add_to_database(
+        db_dir, inputs_source(gather_inputs(more, lab), 1), _emb(), progress=False
+    )
+    assert res.added == 3 and not (db_dir / STAGING).exists()
+    assert calls["n"] == -8  # two shards embedded: the staged one was not redone
 
 
 def test_a_damaged_database_is_never_up_to_date(folder, tmp_path):
     img, labels = folder
     inp = gather_inputs(img, labels)
     db_dir = tmp_path / "db"
-    build_database(db_dir, inp, _emb(), progress=False)
+    build_database(db_dir, inputs_source(inp), _emb(), progress=False)
     faiss_file = next(db_dir.glob("vectors-*.faiss"))
     faiss_file.write_bytes(faiss_file.read_bytes()[:-100])
     with pytest.raises(InputError, match=r"is damaged: vectors-1\.faiss .*--overwrite"):
-        build_database(db_dir, inp, _emb(), progress=False)
-    res = build_database(db_dir, inp, _emb(), progress=False, overwrite=True)
+        build_database(db_dir, inputs_source(inp), _emb(), progress=False)
+    res = build_database(db_dir, inputs_source(inp), _emb(), progress=False, overwrite=True)
     assert res.added == 6 and not res.up_to_date
     assert sorted(p.name for p in db_dir.glob("vectors-*")) == ["vectors-2.faiss"]
     check_database(db_dir, say=lambda s: None)
@@ -403,7 +510,7 @@ def test_rows_of_zeros_are_never_up_to_date(folder, tmp_path):
     img, labels = folder
     inp = gather_inputs(img, labels)
     db_dir = tmp_path / "db"
-    build_database(db_dir, inp, _emb(), progress=False)
+    build_database(db_dir, inputs_source(inp), _emb(), progress=False)
     db = Database.open(db_dir)
     v = db.vectors()
     v[2] = 0.0
@@ -411,8 +518,8 @@ def test_rows_of_zeros_are_never_up_to_date(folder, tmp_path):
     db.index.add(v)
     db.save()  # the build key stays: only the vectors are wrong
     with pytest.raises(InputError, match=r"holds 1 all-zero vectors .*--overwrite"):
-        build_database(db_dir, inp, _emb(), progress=False)
-    res = build_database(db_dir, inp, _emb(), progress=False, overwrite=True)
+        build_database(db_dir, inputs_source(inp), _emb(), progress=False)
+    res = build_database(db_dir, inputs_source(inp), _emb(), progress=False, overwrite=True)
     assert not res.up_to_date and res.added == 6
-    assert build_database(db_dir, inp, _emb(), progress=False).up_to_date
+    assert build_database(db_dir, inputs_source(inp), _emb(), progress=False).up_to_date
     check_database(db_dir, say=lambda s: None)

@@ -55,11 +55,11 @@ def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("world")
     emb = BackboneEmbedder(ColourEncoder())
     ids, paths, ll = colour_world(tmp / "db_photos")
-    from geolocus.index.build import Inputs, build_database
+    from geolocus.index.build import Inputs, build_database, inputs_source
+    from geolocus.index.executors import LocalExecutor
 
-    res = build_database(
-        tmp / "db", Inputs(ids, paths, ll, "labels"), emb, progress=False, batch_size=8
-    )
+    src = inputs_source(Inputs(ids, paths, ll, "labels"))
+    res = build_database(tmp / "db", src, emb, LocalExecutor(emb, 8), progress=False)
     return tmp, emb, res.database
 
 
@@ -425,9 +425,10 @@ def test_location_head_adds_gallery_candidates(world):
     with pytest.raises(AttributeError, match="not part of the Embedder protocol"):
         emb.features  # noqa: B018
     ids, paths, ll = colour_world(tmp / "db2_photos", per_place=3)
-    from geolocus.index.build import Inputs, build_database
+    from geolocus.index.build import Inputs, build_database, inputs_source
 
-    db = build_database(tmp / "db2", Inputs(ids, paths, ll, "labels"), emb, progress=False).database
+    src = inputs_source(Inputs(ids, paths, ll, "labels"))
+    db = build_database(tmp / "db2", src, emb, progress=False).database
     geo = Geolocator.from_database(
         db,
         "nearest",

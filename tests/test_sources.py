@@ -26,8 +26,8 @@ from geolocus.data.sources import read_shard, table_source, tar_source
 from geolocus.errors import InputError
 from geolocus.index import Database
 from geolocus.index.build import (
+    add_to_database,
     build_database,
-    build_from_source,
     gather_inputs,
     inputs_source,
     read_report,
@@ -137,7 +137,7 @@ def test_no_shards_is_an_input_error(tmp_path):
 
 def test_build_from_tar_shards(shards, tmp_path):
     db_dir = tmp_path / "db"
-    res = build_from_source(db_dir, tar_source(str(shards / "*.tar")), _emb(), progress=False)
+    res = build_database(db_dir, tar_source(str(shards / "*.tar")), _emb(), progress=False)
     db = Database.open(db_dir)
     assert len(db) == 10 == res.added  # 6 + 4 good ones of shard 1
     assert "b/corrupt" not in db and "a/0003" in db
@@ -148,7 +148,7 @@ def test_build_from_tar_shards(shards, tmp_path):
     assert not (db_dir / STAGING).exists()
     nb = db.search(db.vectors()[:1], k=1)
     assert nb.near_ids[0, 0] == db.ids[0]
-    again = build_from_source(db_dir, tar_source(str(shards / "*.tar")), _emb(), progress=False)
+    again = build_database(db_dir, tar_source(str(shards / "*.tar")), _emb(), progress=False)
     assert again.up_to_date
 
 
@@ -182,7 +182,7 @@ def test_build_from_a_table(tmp_path, form):
         pq.write_table(table, t, row_group_size=3)
     src = table_source(t, shard_size=3, id_column="key" if "bytes" in form else None)
     assert [s.size for s in src.shards] == [3, 3, 2] and src.photos == 8
-    res = build_from_source(tmp_path / "db", src, _emb(), progress=False)
+    res = build_database(tmp_path / "db", src, _emb(), progress=False)
     db = Database.open(tmp_path / "db")
     want = [f"k{i}" for i in range(8)] if "bytes" in form else rel
     assert list(db.ids) == [w for i, w in enumerate(want) if i != 5] and res.added == 7
@@ -197,7 +197,7 @@ def test_table_without_position_columns_is_one_error(tmp_path):
         table_source(t)
 
 
-def test_folder_shards_give_the_old_database(tmp_path):
+def test_a_folder_gives_the_same_database_whatever_its_shard_size(tmp_path):
     img = tmp_path / "photos"
     rows = []
     for i in range(7):
@@ -205,11 +205,16 @@ def test_folder_shards_give_the_old_database(tmp_path):
         rows.append(f"p{i}.jpg,{COORDS[i % 4][0]},{COORDS[i % 4][1]}\n")
     (tmp_path / "l.csv").write_text("IMG_ID,LAT,LON\n" + "".join(rows))
     inp = gather_inputs(img, tmp_path / "l.csv")
-    build_database(tmp_path / "old", inp, _emb(), progress=False)
-    build_from_source(tmp_path / "new", inputs_source(inp, 3), _emb(), progress=False)
-    a, b = Database.open(tmp_path / "old"), Database.open(tmp_path / "new")
-    assert list(a.ids) == list(b.ids)
-    np.testing.assert_allclose(a.vectors(), b.vectors(), atol=2e-3)
+    build_database(tmp_path / "one", inputs_source(inp), _emb(), progress=False)
+    assert len(inputs_source(inp).shards) == 1 and len(inputs_source(inp, 3).shards) == 3
+    res = build_database(tmp_path / "three", inputs_source(inp, 3), _emb(), progress=False)
+    a, b = Database.open(tmp_path / "one"), Database.open(tmp_path / "three")
+    assert list(a.ids) == list(b.ids) and res.timing["forward_s"] > 0
+    np.testing.assert_array_equal(a.vectors(), b.vectors())
+    # the same folder is the same input, however it is cut: up to date
+    assert build_database(
+        tmp_path / "one", inputs_source(inp, 2), _emb(), progress=False
+    ).up_to_date
 
 
 def test_an_interrupted_build_redoes_only_the_unfinished_shard(shards, tmp_path, monkeypatch):
@@ -227,13 +232,13 @@ def test_an_interrupted_build_redoes_only_the_unfinished_shard(shards, tmp_path,
     db_dir = tmp_path / "db"
     ex = make_executor(_emb(), colour_embedder, batch_size=2)
     with pytest.raises(KeyboardInterrupt):
-        build_from_source(db_dir, src, _emb(), ex, progress=False)
+        build_database(db_dir, src, _emb(), ex, progress=False)
     staged = list((db_dir / STAGING).glob("*.npz"))
     assert len(staged) == 1 and staged[0].name.startswith("shard-000")
     assert not Database.exists(db_dir)
     seen.clear()
     seen.append(-99)  # no more interruptions
-    build_from_source(db_dir, src, _emb(), ex, progress=False)
+    build_database(db_dir, src, _emb(), ex, progress=False)
     # shard 0 (6 photos) not redone; shard 1 (4 decodable photos) redone whole
     assert seen[1:] == [2, 2]
     assert len(Database.open(db_dir)) == 10
@@ -311,9 +316,9 @@ def _same(a: Database, b: Database) -> None:
 @pytest.mark.slow
 def test_a_process_pool_gives_the_same_database(shards, tmp_path):
     src = tar_source(str(shards / "*.tar"))
-    build_from_source(tmp_path / "one", src, _emb(), progress=False)
+    build_database(tmp_path / "one", src, _emb(), progress=False)
     pool = PoolExecutor(colour_embedder, workers=2, batch_size=4)
-    build_from_source(tmp_path / "pool", src, _emb(), pool, progress=False)
+    build_database(tmp_path / "pool", src, _emb(), pool, progress=False)
     _same(Database.open(tmp_path / "one"), Database.open(tmp_path / "pool"))
 
 
@@ -321,12 +326,12 @@ def test_a_process_pool_gives_the_same_database(shards, tmp_path):
 def test_ray_gives_the_same_database_even_when_a_worker_dies(shards, tmp_path):
     pytest.importorskip("ray")
     src = tar_source(str(shards / "*.tar"))
-    build_from_source(tmp_path / "one", src, _emb(), progress=False)
+    build_database(tmp_path / "one", src, _emb(), progress=False)
     marker = tmp_path / "died"
     from functools import partial
 
     ray_ex = RayExecutor(partial(dying_colour_embedder, str(marker)), workers=2, batch_size=4)
-    build_from_source(tmp_path / "ray", src, _emb(), ray_ex, progress=False)
+    build_database(tmp_path / "ray", src, _emb(), ray_ex, progress=False)
     assert marker.is_file()  # a worker did die in the middle of a shard
     _same(Database.open(tmp_path / "one"), Database.open(tmp_path / "ray"))
 
@@ -343,12 +348,16 @@ def test_cli_builds_from_shards_alike_with_one_process_and_a_pool(shards, tmp_pa
     assert main(["index", "info", str(tmp_path / "two"), "--check"]) == 0
     assert main([*base, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
     assert "up to date" in capsys.readouterr().out
+    add = ["index", "add", "--db", str(tmp_path / "two"), "--shards", str(shards / "*.tar")]
+    assert main([*add, "--workers", "2"]) == 0  # the same photos again, in a pool
+    out, err = capsys.readouterr()
+    assert "nothing new to add (10 photos in all)" in out and "error" not in err
 
 
 def test_keys_repeated_across_shards_and_an_index_trained_across_shards(shards, tmp_path):
     _shard(shards / "shard-003.tar", _good("a", 2, seed=3))  # a/0000, a/0001 again
     src = tar_source(str(shards / "*.tar"))
-    res = build_from_source(tmp_path / "db", src, _emb(), factory="IVF2,Flat", progress=False)
+    res = build_database(tmp_path / "db", src, _emb(), factory="IVF2,Flat", progress=False)
     db = Database.open(tmp_path / "db")
     assert len(db) == 10 and db.manifest.factory == "IVF2,Flat"
     rep = [(p.id, p.path, p.problem) for p in res.problems if p.problem == "repeated key"]
@@ -370,10 +379,10 @@ def test_one_photo_shards_train_an_ivf_index_together(tmp_path):
         rows.append(f"p{i}.jpg,{COORDS[i][0]},{COORDS[i][1]}\n")
     (tmp_path / "l.csv").write_text("IMG_ID,LAT,LON\n" + "".join(rows))
     src = inputs_source(gather_inputs(img, tmp_path / "l.csv"), shard_size=1)
-    build_from_source(tmp_path / "db", src, _emb(), factory="IVF2,Flat", progress=False)
+    build_database(tmp_path / "db", src, _emb(), factory="IVF2,Flat", progress=False)
     assert list(Database.open(tmp_path / "db").ids) == ["p0.jpg", "p1.jpg", "p2.jpg"]
     with pytest.raises(InputError, match="must be trained on at least 4"):
-        build_from_source(tmp_path / "db4", src, _emb(), factory="IVF4,Flat", progress=False)
+        build_database(tmp_path / "db4", src, _emb(), factory="IVF4,Flat", progress=False)
 
 
 def test_shards_staged_with_another_model_are_not_reused(shards, tmp_path, monkeypatch):
@@ -381,14 +390,14 @@ def test_shards_staged_with_another_model_are_not_reused(shards, tmp_path, monke
     db_dir = tmp_path / "db"
     monkeypatch.setattr("geolocus.index.build.write_from_shards", _stop)
     with pytest.raises(KeyboardInterrupt):
-        build_from_source(db_dir, src, _emb(), progress=False)
+        build_database(db_dir, src, _emb(), progress=False)
     monkeypatch.undo()
     assert len(list((db_dir / STAGING).glob("*.npz"))) == 1
     other = ColourEncoder("colour-v2")
     calls = []
     orig = ColourEncoder.forward
     monkeypatch.setattr(ColourEncoder, "forward", lambda s, x: calls.append(1) or orig(s, x))
-    build_from_source(db_dir, src, BackboneEmbedder(other), progress=False)
+    build_database(db_dir, src, BackboneEmbedder(other), progress=False)
     assert calls and Database.open(db_dir).manifest.model_version == BackboneEmbedder(other).version
 
 
@@ -402,5 +411,75 @@ def test_a_shard_that_kills_every_ray_worker_ends_with_one_error(shards, tmp_pat
     src = tar_source(str(shards / "shard-000.tar"))
     ray_ex = RayExecutor(always_dying_colour_embedder, workers=1, retries=0)
     with pytest.raises(InputError, match=r"its Ray worker died in each of 1 attempts"):
-        build_from_source(tmp_path / "db", src, _emb(), ray_ex, progress=False)
+        build_database(tmp_path / "db", src, _emb(), ray_ex, progress=False)
     assert list((tmp_path / "db" / STAGING).glob("*.npz")) == []
+
+
+def test_add_from_shards_and_from_a_table(shards, tmp_path):
+    db_dir = tmp_path / "db"
+    build_database(db_dir, tar_source(str(shards / "shard-000.tar")), _emb(), progress=False)
+    res = add_to_database(db_dir, tar_source(str(shards / "*.tar")), _emb(), progress=False)
+    assert res.added == 4 and len(Database.open(db_dir)) == 10  # shard 1's good ones
+    rep = {(r["stage"], r["id"], r["problem"]) for r in read_report(db_dir)}
+    assert ("add", "a/0000", "already in database") in rep
+    assert ("add", "b/corrupt", "unreadable") in rep and not (db_dir / STAGING).exists()
+    again = add_to_database(db_dir, tar_source(str(shards / "*.tar")), _emb(), progress=False)
+    assert again.added == 0 and "nothing new to add (10 photos in all)" in again.summary()
+    rel, _, pos = _table_photos(tmp_path, 5)
+    t = tmp_path / "more.csv"
+    pd.DataFrame({"image": rel, "lat": [p[0] for p in pos], "lon": [p[1] for p in pos]}).to_csv(
+        t, index=False
+    )
+    res = add_to_database(db_dir, table_source(t, shard_size=2), _emb(), progress=False)
+    db = Database.open(db_dir)
+    assert res.added == 5 and len(db) == 15 and "img/p4.jpg" in db
+    assert db.meta.set_index("id").loc["img/p4.jpg", "source"] == "table"
+
+
+def test_add_to_a_compressed_database_encodes_with_its_quantisers(tmp_path):
+    from geolocus.index import compressed as cp
+
+    emb = BackboneEmbedder(ColourEncoder(grid=4))  # 48-d
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1500, emb.dim)).astype(np.float32)
+    db = Database.create(tmp_path / "db", dim=emb.dim, model=emb.name,
+                         model_version=emb.version, auto_threshold=1000)  # fmt: skip
+    db.add(x, [f"r{i}" for i in range(len(x))], np.zeros((len(x), 2)))
+    db.save()
+    assert db.is_compressed
+    nlist = cp.nlist_of(Database.open(tmp_path / "db").index)
+    img = tmp_path / "photos"
+    for i in range(3):
+        photo(img / f"p{i}.jpg", COLOURS[i], seed=i)
+    (tmp_path / "l.csv").write_text(
+        "IMG_ID,LAT,LON\n" + "".join(f"p{i}.jpg,{COORDS[i][0]},{COORDS[i][1]}\n" for i in range(3))
+    )
+    res = add_to_database(tmp_path / "db", inputs_source(gather_inputs(img, tmp_path / "l.csv")),
+                          emb, progress=False)  # fmt: skip
+    again = Database.open(tmp_path / "db")
+    assert res.added == 3 and len(again) == 1503 and again.is_compressed
+    assert cp.nlist_of(again.index) == nlist and again.manifest.search["trained_at_count"] == 1500
+    v = again.vectors(np.arange(1500, 1503))
+    assert list(again.search(v, k=1).near_ids[:, 0]) == ["p0.jpg", "p1.jpg", "p2.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ([], "give one input"),
+        (["--shards", "x", "--table", "y"], "give one input"),
+        (["--images", "."], "give exactly one source of positions"),
+        (["--shards", "x", "--labels", "l.csv"], "go with --images"),
+        (["--shards", "x", "--workers", "0"], "--workers must be at least 1"),
+        (["--table", "x.csv", "--shard-size", "0"], "--shard-size must be at least 1"),
+        (["--shards", "nowhere/*.tar"], "no tar shards match"),
+    ],
+)
+def test_cli_add_input_errors_are_one_line(shards, tmp_path, capsys, monkeypatch, extra, match):
+    db_dir = tmp_path / "db"
+    build_database(db_dir, tar_source(str(shards / "shard-000.tar")), _emb(), progress=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["index", "add", "--db", str(db_dir), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("geolocus: error:") and match in err[0], err
+    assert len(Database.open(db_dir)) == 6 and not (db_dir / STAGING).exists()

@@ -7,20 +7,25 @@ from pathlib import Path
 
 import typer
 
-from geolocus.cli.options import batch_size_option, db_option
+from geolocus.cli.options import (
+    batch_size_option,
+    column_option,
+    db_option,
+    exif_option,
+    images_option,
+    labels_option,
+    ray_address_option,
+    ray_option,
+    shard_size_option,
+    shards_option,
+    table_option,
+    wait_option,
+    workers_option,
+)
 
 app = typer.Typer(
     help="Retrieval databases of geotagged photos: build, add, info.", no_args_is_help=True
 )
-
-_LABELS_HELP = "CSV IMG_ID,LAT,LON; IMG_ID is the file's path relative to --images."
-_WAIT_HELP = "If another process is writing the database, wait for it to finish instead of failing."
-
-
-def _inputs(images: Path, labels: Path | None, exif: bool):
-    from geolocus.index.build import gather_inputs
-
-    return gather_inputs(images, labels=labels, exif=exif)
 
 
 def _finish(result) -> None:
@@ -31,14 +36,32 @@ def _finish(result) -> None:
     typer.echo(result.summary())
 
 
-_SHARDS_HELP = (
-    "WebDataset tar shards, a glob (quote it): 'data/shard-*.tar'. Each sample is KEY.jpg "
-    "(or .jpeg, .png, .webp) with KEY.json holding lat and lon (or latitude, longitude)."
-)
-_TABLE_HELP = (
-    "A Parquet or CSV table: a column of image paths (relative to the table's folder) or "
-    "image bytes, and lat/lon columns."
-)
+def _check_inputs(
+    images: Path | None,
+    labels: Path | None,
+    exif: bool,
+    shards: str | None,
+    table: Path | None,
+    shard_size: int | None,
+    workers: int | None,
+    ray: bool,
+    ray_address: str | None,
+) -> None:
+    """The input and executor options make sense together: one line if not, before
+    anything is loaded or written."""
+    from geolocus.errors import InputError
+    from geolocus.index.executors import import_ray
+
+    if sum(x is not None for x in (images, shards, table)) != 1:
+        raise InputError("give one input: --images DIR, --shards GLOB or --table FILE")
+    if images is None and (labels is not None or exif):
+        raise InputError("--labels and --exif go with --images (shards and tables hold positions)")
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be at least 1, not {workers}")
+    if shard_size is not None and shard_size < 1:
+        raise InputError(f"--shard-size must be at least 1, not {shard_size}")
+    if ray or ray_address:
+        import_ray()
 
 
 def _source(
@@ -48,43 +71,31 @@ def _source(
     shards: str | None,
     table: Path | None,
     columns: dict[str, str | None],
-    shard_size: int,
+    shard_size: int | None,
 ):
-    """The one input given, as a sharded source."""
+    """The one input given, as a sharded source (a folder: its photos with positions)."""
     from geolocus.data.sources import table_source, tar_source
-    from geolocus.index.build import inputs_source
+    from geolocus.index.build import SHARD_SIZE, gather_inputs, inputs_source
 
     if shards is not None:
         return tar_source(shards)
     if table is not None:
-        return table_source(table, shard_size, **columns)
+        return table_source(table, shard_size or SHARD_SIZE, **columns)
     assert images is not None
-    return inputs_source(_inputs(images, labels, exif), shard_size)
+    return inputs_source(gather_inputs(images, labels=labels, exif=exif), shard_size)
 
 
 @app.command("build")
 def build(
-    images: Path | None = typer.Option(
-        None, "--images", help="Folder of photos (searched recursively)."
-    ),
-    labels: Path | None = typer.Option(None, "--labels", help=_LABELS_HELP),
-    exif: bool = typer.Option(
-        False, "--exif", help="Take each photo's position from its EXIF GPS."
-    ),
-    shards: str | None = typer.Option(None, "--shards", help=_SHARDS_HELP),
-    table: Path | None = typer.Option(None, "--table", help=_TABLE_HELP),
-    image_column: str | None = typer.Option(
-        None, "--image-column", help="The table's image column (default: image, path, ...)."
-    ),
-    lat_column: str | None = typer.Option(
-        None, "--lat-column", help="The table's latitude column (default: lat or latitude)."
-    ),
-    lon_column: str | None = typer.Option(
-        None, "--lon-column", help="The table's longitude column (default: lon or longitude)."
-    ),
-    id_column: str | None = typer.Option(
-        None, "--id-column", help="The table's id column (default: the image path, or the row)."
-    ),
+    images: Path | None = images_option(),
+    labels: Path | None = labels_option(),
+    exif: bool = exif_option(),
+    shards: str | None = shards_option(),
+    table: Path | None = table_option(),
+    image_column: str | None = column_option("image"),
+    lat_column: str | None = column_option("lat"),
+    lon_column: str | None = column_option("lon"),
+    id_column: str | None = column_option("id"),
     model: str | None = typer.Option(
         None,
         "--model",
@@ -101,59 +112,34 @@ def build(
         "(e.g. 'IVF256,Flat', 'HNSW32,Flat').",
     ),
     batch_size: int = batch_size_option(32),
-    shard_size: int | None = typer.Option(
-        None,
-        "--shard-size",
-        help="Photos per shard of a folder or table (default 1000); each finished shard "
-        "is kept, so an interrupted build redoes only the unfinished ones.",
-    ),
-    workers: int | None = typer.Option(
-        None, "--workers", help="Embed shards in a local pool of N processes."
-    ),
-    ray: bool = typer.Option(
-        False,
-        "--ray",
-        help="Embed shards on Ray actors (pip install 'geolocus[ray]'): a local Ray runtime, "
-        "or the cluster at --ray-address.",
-    ),
-    ray_address: str | None = typer.Option(
-        None, "--ray-address", help="An existing Ray cluster ('auto' or HOST:PORT)."
-    ),
+    shard_size: int | None = shard_size_option(),
+    workers: int | None = workers_option(),
+    ray: bool = ray_option(),
+    ray_address: str | None = ray_address_option(),
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
         help="Replace a database built from other photos or another model, or a damaged one.",
     ),
-    wait: bool = typer.Option(False, "--wait", help=_WAIT_HELP),
+    wait: bool = wait_option(),
 ) -> None:
     """Embed geotagged photos and store them with their positions.
 
     Input: a folder (--images, positions from --labels or each photo's --exif
     GPS), WebDataset tar shards (--shards), or a table (--table). Work is cut
-    into shards (a folder or table into --shard-size photos); with --workers N
-    or --ray they are embedded in parallel, and the same database comes out.
-    Unreadable photos and photos without a position are skipped and listed in
-    OUT/report.csv. Interrupted, the same command resumes where it stopped.
-    One process at a time writes a database: a second one fails at once,
-    naming the first, unless --wait.
+    into shards (a folder or table into --shard-size photos), each kept once
+    embedded; with --workers N or --ray they are embedded in parallel, and the
+    same database comes out. Unreadable photos and photos without a position are
+    skipped and listed in OUT/report.csv. Interrupted, the same command resumes
+    where it stopped. One process at a time writes a database: a second one
+    fails at once, naming the first, unless --wait.
     """
-    from geolocus.errors import InputError
-    from geolocus.index.build import build_database, build_from_source
-    from geolocus.index.executors import import_ray, make_executor
+    from geolocus.index.build import build_database
+    from geolocus.index.executors import make_executor
     from geolocus.index.lock import database_lock
     from geolocus.models.embedder import create_embedder
 
-    if sum(x is not None for x in (images, shards, table)) != 1:
-        raise InputError("give one input: --images DIR, --shards GLOB or --table FILE")
-    if images is None and (labels is not None or exif):
-        raise InputError("--labels and --exif go with --images (shards and tables hold positions)")
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers must be at least 1, not {workers}")
-    if shard_size is not None and shard_size < 1:
-        raise InputError(f"--shard-size must be at least 1, not {shard_size}")
-    if ray or ray_address:
-        import_ray()  # one line, before anything is loaded or written
-    sharded = images is None or shard_size is not None or workers is not None or ray
+    _check_inputs(images, labels, exif, shards, table, shard_size, workers, ray, ray_address)
     columns = {
         "image_column": image_column,
         "lat_column": lat_column,
@@ -161,64 +147,75 @@ def build(
         "id_column": id_column,
     }
     with database_lock(out, wait=wait):  # before the model loads: a second writer fails at once
-        if not sharded:
-            assert images is not None
-            inputs = _inputs(images, labels, exif)
-            embedder = create_embedder(model)
-            result = build_database(
-                out,
-                inputs,
-                embedder,
-                factory=factory,
-                batch_size=batch_size,
-                overwrite=overwrite,
-                wait=wait,
-            )
-        else:
-            source = _source(images, labels, exif, shards, table, columns, shard_size or 1000)
-            embedder = create_embedder(model)
-            executor = make_executor(
-                embedder,
-                model or embedder.name,
-                workers=workers,
-                ray=ray,
-                ray_address=ray_address,
-                batch_size=batch_size,
-            )
-            result = build_from_source(
-                out, source, embedder, executor, factory=factory, overwrite=overwrite, wait=wait
-            )
+        source = _source(images, labels, exif, shards, table, columns, shard_size)
+        embedder = create_embedder(model)
+        executor = make_executor(
+            embedder,
+            model or embedder.name,
+            workers=workers,
+            ray=ray,
+            ray_address=ray_address,
+            batch_size=batch_size,
+        )
+        result = build_database(
+            out, source, embedder, executor, factory=factory, overwrite=overwrite, wait=wait
+        )
     _finish(result)
 
 
 @app.command("add")
 def add(
     db: Path = db_option(),
-    images: Path = typer.Option(..., "--images", help="Folder of photos to add."),
-    labels: Path | None = typer.Option(None, "--labels", help=_LABELS_HELP),
-    exif: bool = typer.Option(
-        False, "--exif", help="Take each photo's position from its EXIF GPS."
-    ),
+    images: Path | None = images_option(),
+    labels: Path | None = labels_option(),
+    exif: bool = exif_option(),
+    shards: str | None = shards_option(),
+    table: Path | None = table_option(),
+    image_column: str | None = column_option("image"),
+    lat_column: str | None = column_option("lat"),
+    lon_column: str | None = column_option("lon"),
+    id_column: str | None = column_option("id"),
     batch_size: int = batch_size_option(32),
-    wait: bool = typer.Option(False, "--wait", help=_WAIT_HELP),
+    shard_size: int | None = shard_size_option(),
+    workers: int | None = workers_option(),
+    ray: bool = ray_option(),
+    ray_address: str | None = ray_address_option(),
+    wait: bool = wait_option(),
 ) -> None:
     """Add photos to a database, with the model it was built with.
 
-    Photos already in it (same id: path relative to --images) are skipped, so
-    the command can be run again after an interruption; run again when done,
-    it says there is nothing new.
+    The same inputs as 'index build' (a folder, tar shards or a table) and the same
+    executors. Photos already in it (same id: for a folder, the path relative to
+    --images) are skipped, so the command can be run again after an interruption;
+    run again when done, it says there is nothing new.
     """
     from geolocus.index import Database
     from geolocus.index.build import add_to_database, embedder_for
     from geolocus.index.database import read_manifest
+    from geolocus.index.executors import make_executor
     from geolocus.index.lock import database_lock
 
+    _check_inputs(images, labels, exif, shards, table, shard_size, workers, ray, ray_address)
     read_manifest(db)  # no database there: say so, creating nothing
+    columns = {
+        "image_column": image_column,
+        "lat_column": lat_column,
+        "lon_column": lon_column,
+        "id_column": id_column,
+    }
     with database_lock(db, wait=wait):
         database = Database.open(db)
-        embedder = embedder_for(database)
-        inputs = _inputs(images, labels, exif)
-        result = add_to_database(database, inputs, embedder, batch_size=batch_size, wait=wait)
+        source = _source(images, labels, exif, shards, table, columns, shard_size)
+        embedder = embedder_for(database)  # after the inputs: their errors come at once
+        executor = make_executor(
+            embedder,
+            database.manifest.model,
+            workers=workers,
+            ray=ray,
+            ray_address=ray_address,
+            batch_size=batch_size,
+        )
+        result = add_to_database(database, source, embedder, executor, wait=wait)
     _finish(result)
 
 

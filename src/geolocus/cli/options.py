@@ -123,3 +123,95 @@ def lmm_procedure(
         samples=samples,
         temperature=temperature,
     )
+
+
+# ------------------------------------------------ inputs of 'index build' and 'index add'
+
+LABELS_HELP = "CSV IMG_ID,LAT,LON; IMG_ID is the file's path relative to --images."
+SHARDS_HELP = (
+    "WebDataset tar shards, a glob (quote it): 'data/shard-*.tar'. Each sample is KEY.jpg "
+    "(or .jpeg, .png, .webp) with KEY.json holding lat and lon (or latitude, longitude)."
+)
+TABLE_HELP = (
+    "A Parquet or CSV table: a column of image paths (relative to the table's folder) or "
+    "image bytes, and lat/lon columns."
+)
+_COLUMN_HELP = {
+    "image": "The table's image column (default: image, path, ...).",
+    "lat": "The table's latitude column (default: lat or latitude).",
+    "lon": "The table's longitude column (default: lon or longitude).",
+    "id": "The table's id column (default: the image path, or the row).",
+}
+
+
+def images_option() -> Any:
+    """A folder of photos, ``--images`` (one of the inputs)."""
+    return typer.Option(None, "--images", help="Folder of photos (searched recursively).")
+
+
+def labels_option() -> Any:
+    """The positions of a folder's photos, ``--labels``."""
+    return typer.Option(None, "--labels", help=LABELS_HELP)
+
+
+def exif_option() -> Any:
+    """The positions of a folder's photos from their EXIF GPS, ``--exif``."""
+    return typer.Option(False, "--exif", help="Take each photo's position from its EXIF GPS.")
+
+
+def shards_option() -> Any:
+    """WebDataset tar shards, ``--shards GLOB`` (one of the inputs)."""
+    return typer.Option(None, "--shards", help=SHARDS_HELP)
+
+
+def table_option() -> Any:
+    """A Parquet or CSV table of photos, ``--table`` (one of the inputs)."""
+    return typer.Option(None, "--table", help=TABLE_HELP)
+
+
+def column_option(what: str) -> Any:
+    """A table's column, ``--{what}-column`` (image, lat, lon or id)."""
+    return typer.Option(None, f"--{what}-column", help=_COLUMN_HELP[what])
+
+
+def shard_size_option() -> Any:
+    """Photos per shard of a folder or table, ``--shard-size``."""
+    return typer.Option(
+        None,
+        "--shard-size",
+        help="Photos per shard of a folder or table (default 1000; a folder of fewer than "
+        "8,000 photos is cut into about 8 shards); each finished shard is kept, so an "
+        "interrupted run redoes only the unfinished ones.",
+    )
+
+
+def workers_option() -> Any:
+    """A local pool of embedding processes, ``--workers N``."""
+    return typer.Option(None, "--workers", help="Embed shards in a local pool of N processes.")
+
+
+def ray_option() -> Any:
+    """Embedding on Ray actors, ``--ray``."""
+    return typer.Option(
+        False,
+        "--ray",
+        help="Embed shards on Ray actors (pip install 'geolocus[ray]'): a local Ray runtime, "
+        "or the cluster at --ray-address.",
+    )
+
+
+def ray_address_option() -> Any:
+    """An existing Ray cluster, ``--ray-address``."""
+    return typer.Option(
+        None, "--ray-address", help="An existing Ray cluster ('auto' or HOST:PORT)."
+    )
+
+
+def wait_option() -> Any:
+    """Wait for another writer of the database, ``--wait``."""
+    return typer.Option(
+        False,
+        "--wait",
+        help="If another process is writing the database, wait for it to finish instead of "
+        "failing.",
+    )

@@ -60,6 +60,7 @@ class SourceProblem:
     key: str
     problem: str  # "corrupt member" | "corrupt shard" | "no position" | "invalid position" | ...
     detail: str = ""
+    path: str = ""  # the photo's file, where it has one (a folder's photo): reports name it
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,9 @@ class Source:
     kind: str  # the database's "source" column: "labels", "exif", "shards", "table"
     root: str
     problems: list[SourceProblem] = field(default_factory=list)
+    #: The input's own hash where it has one (a folder's listing: ids, paths, positions),
+    #: so that "up to date" does not depend on how the input is cut into shards.
+    content_key: str | None = None
 
     @property
     def photos(self) -> int | None:
@@ -101,7 +105,10 @@ class Source:
         return None if any(n is None for n in sizes) else sum(n or 0 for n in sizes)
 
     def key(self) -> str:
-        """Hash of every shard's key: "is this database built from exactly this input?"."""
+        """Hash of the input (``content_key``, else every shard's key): "is this database
+        built from exactly this input?"."""
+        if self.content_key is not None:
+            return self.content_key
         h = hashlib.sha256(self.kind.encode())
         for s in self.shards:
             h.update(f"{s.name}\t{s.key}\n".encode())

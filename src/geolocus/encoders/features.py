@@ -254,12 +254,11 @@ def extract_features(
     chunk_size: int = 512,
     loader_threads: int = 1,
     progress: bool = True,
-    note_failed: bool = True,
 ) -> FeatureStore:
     """Compute (or reuse) the features of ``paths`` with ``encoder`` in ``out_dir``.
 
     ``ids`` name the rows (default: the paths as given). Unreadable photos are
-    skipped and listed in ``failed.csv`` (``note_failed``: say so on stderr);
+    skipped and listed in ``failed.csv`` (and, with ``progress``, said on stderr);
     only if none can be read is it an error. ``loader_threads`` decode and
     preprocess photos while the encoder runs.
     """
@@ -409,7 +408,7 @@ def extract_features(
         tokens,
         tok_grid,
         {"load_s": t_load, "forward_s": t_fwd},
-        note_failed and progress,
+        progress,
     )
 
 

@@ -1,29 +1,24 @@
-"""Building a retrieval database from a folder of geotagged photos, resumably.
+"""Building and extending a retrieval database, shard by shard, resumably.
 
-:func:`gather_inputs` pairs every photo of a folder with its position (from a
-``IMG_ID,LAT,LON`` table whose ids are file names relative to the folder, or
-from each photo's own EXIF GPS) and lists what cannot be used: photos without
-a label, labels without a photo, unreadable files. :func:`build_database`
-and :func:`add_to_database` embed the usable ones and store them.
+Every input is a sharded :class:`geolocus.data.sources.Source`: WebDataset tar
+shards, a table, or a folder. For a folder, :func:`gather_inputs` pairs every
+photo with its position (from a ``IMG_ID,LAT,LON`` table whose ids are file
+names relative to the folder, or from each photo's own EXIF GPS) and lists what
+cannot be used (photos without a label, labels without a photo, unreadable
+files); :func:`inputs_source` cuts the usable ones into shards.
 
-The expensive part, the backbone's forward pass, goes through
-:func:`geolocus.encoders.features.extract_features` into ``DB/.features/``:
-resumable chunk by chunk, so an interrupted build picks up where it stopped
-when run again. The FAISS index is made from the finished features in one
-go and saved with :meth:`Database.save` (generational, atomic); the feature
-folder is removed afterwards, and also when a run fails on its input (nothing
-there is worth resuming), but not when it is interrupted (Ctrl-C, a kill, a
-crash): the same command then resumes. Every problem goes to ``DB/report.csv``
-(``stage,id,path,problem,detail``) and is never fatal unless nothing is left.
-A build or add holds the database's lock (:mod:`geolocus.index.lock`) until
-its database is saved (the CLI takes it before loading the model): one writer
-at a time.
-
-At scale, :func:`build_from_source` takes a sharded source instead
-(:mod:`geolocus.data.sources`: tar shards, a table, or a folder's inputs cut by
-:func:`inputs_source`), embeds it with an executor (:mod:`geolocus.index.executors`)
-shard by shard into ``DB/.staging`` and writes the database from there
-(:mod:`geolocus.index.shards`); same up-to-date, overwrite, report and lock rules.
+:func:`build_database` and :func:`add_to_database` embed the shards with an
+executor (:mod:`geolocus.index.executors`: this process, a local pool, or Ray)
+into ``DB/.staging``, one checksummed file per finished shard
+(:mod:`geolocus.index.shards`), then write the database from there
+(:meth:`Database.save`: generational, atomic) and remove the staging area. Run
+again after an interruption (Ctrl-C, a kill, a crash), the same command embeds
+only the shards not staged; a run that fails on its input (nothing usable)
+removes the staging area, as nothing there is worth resuming. Every problem
+goes to ``DB/report.csv`` (``stage,id,path,problem,detail``) and is never fatal
+unless nothing is left. A build or add holds the database's lock
+(:mod:`geolocus.index.lock`) until its database is saved (the CLI takes it
+before loading the model): one writer at a time.
 """
 
 from __future__ import annotations
@@ -35,7 +30,6 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,8 +39,7 @@ import numpy as np
 from geolocus.data.images import list_images, read_exif_gps
 from geolocus.data.sources import Record, ShardSpec, Source, SourceProblem, items_source
 from geolocus.data.tables import read_coords
-from geolocus.encoders.features import extract_features, read_failed
-from geolocus.errors import GeolocusError, ImageError, InputError
+from geolocus.errors import ImageError, InputError
 from geolocus.files import atomic_write
 from geolocus.index.database import Database, read_manifest
 from geolocus.index.executors import Executor, LocalExecutor, Progress
@@ -65,7 +58,10 @@ if TYPE_CHECKING:
     from geolocus.models.embedder import Embedder
 
 REPORT = "report.csv"
-FEATURES = ".features"
+#: The staging area of geolocus versions that built from a feature store: removed on sight.
+OLD_STAGING = ".features"
+#: Photos per shard of a folder or table (a small folder gets smaller shards).
+SHARD_SIZE = 1000
 REPORT_FIELDS = ("stage", "id", "path", "problem", "detail")
 
 
@@ -229,168 +225,6 @@ def read_report(db_path: str | os.PathLike[str]) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def embed_store(embedder: Embedder, store: Any, batch_size: int = 4096) -> np.ndarray:
-    """Retrieval vectors of every row of a feature store, in chunks (float32)."""
-    n = len(store)
-    out = np.empty((n, embedder.dim), dtype=np.float32)
-    for s in range(0, n, batch_size):
-        emb = np.asarray(store.embeddings[s : s + batch_size], dtype=np.float32)
-        tok = None
-        if store.tokens is not None and embedder.tokens:
-            tok = np.asarray(store.tokens[s : s + batch_size], dtype=np.float32)
-        out[s : s + len(emb)] = embedder.embed_features(emb, tok)
-    return out
-
-
-def _features(
-    embedder: Embedder,
-    inputs: Inputs,
-    folder: Path,
-    batch_size: int,
-    loader_threads: int,
-    progress: bool,
-    chunk_size: int = 512,
-) -> tuple[Any, list[Problem]]:
-    """Backbone features of the inputs (resumable), and the photos that could not be read."""
-
-    store = extract_features(
-        embedder.encoder,
-        inputs.paths,
-        folder,
-        ids=inputs.ids,
-        batch_size=batch_size,
-        tokens=embedder.tokens,
-        token_grid=embedder.token_grid,
-        loader_threads=loader_threads,
-        chunk_size=chunk_size,
-        progress=progress,
-        note_failed=False,  # listed in the database's report.csv instead
-    )
-    bad = [Problem(f["id"], f["path"], "unreadable", f["error"]) for f in store.failed]
-    return store, bad
-
-
-def _failed(folder: Path) -> list[Problem]:
-    """The unreadable photos an extraction listed, even when it ended in an error."""
-
-    return [Problem(r["id"], r["path"], "unreadable", r["error"]) for r in read_failed(folder)]
-
-
-def _store_rows(inputs: Inputs, store: Any) -> tuple[np.ndarray, list[str]]:
-    pos = {i: r for r, i in enumerate(inputs.ids)}
-    rows = np.array([pos[i] for i in store.ids], dtype=np.int64)
-    return rows, [inputs.paths[r] for r in rows]
-
-
-@contextlib.contextmanager
-def _staging(folder: Path) -> Iterator[Path]:
-    """The resumable feature folder of one build or add.
-
-    Kept when the run is interrupted (Ctrl-C, a kill, a crash), so that the same
-    command resumes there; removed when the run fails on its input (a
-    :class:`GeolocusError`: nothing there is worth resuming).
-    """
-    try:
-        yield folder
-    except GeolocusError:
-        shutil.rmtree(folder, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            folder.parent.rmdir()  # FEATURES, if nothing else is staged there
-        raise
-
-
-def build_database(
-    path: str | os.PathLike[str],
-    inputs: Inputs,
-    embedder: Embedder,
-    *,
-    factory: str = "auto",
-    batch_size: int = 32,
-    loader_threads: int = 1,
-    overwrite: bool = False,
-    progress: bool = True,
-    chunk_size: int = 512,
-    wait: bool = False,
-) -> BuildResult:
-    """Embed ``inputs`` and write a new database at ``path`` (see the module docstring).
-
-    Progress is saved every ``chunk_size`` photos. Run again after an
-    interruption, it resumes there; run again on a finished
-    database built from the same inputs and model, it does nothing. A database
-    built from anything else (or a damaged one) is kept unless ``overwrite``.
-    The database's lock is held throughout: another writer makes this fail at
-    once (:class:`DatabaseBusyError`), or, with ``wait``, waits for it.
-    """
-    t0 = time.perf_counter()
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise InputError(f"{path} is a file, not a database folder")
-    key = hashlib.sha256(
-        f"{inputs.key()}|{embedder.name}|{embedder.version}|{factory}".encode()
-    ).hexdigest()
-    # an empty, unsaved database: its factory is validated before anything is written
-    db = Database.create(
-        path,
-        dim=embedder.dim,
-        model=embedder.name,
-        model_version=embedder.version,
-        factory=factory,
-        overwrite=True,
-        extra={"build_key": key, "embedder": embedder.describe(), "images": inputs.root},
-    )
-    if not db.index.is_trained and 0 < len(inputs) < db._training_size():
-        raise InputError(
-            f"FAISS index {factory!r} must be trained on at least {db._training_size()} "
-            f"vectors, and there are {len(inputs)} photos; use 'Flat' for small databases"
-        )
-    with database_lock(path, wait=wait):
-        old: Database | None = None
-        if Database.exists(path):
-            try:
-                old = Database.open(path)
-                if old.manifest.extra.get("build_key") == key:
-                    old.check_vectors()  # rows of zeros are never "up to date"
-                    return BuildResult(old, 0, [], up_to_date=True)
-            except InputError as e:
-                if not overwrite:
-                    raise InputError(f"{e}; rebuild it with --overwrite") from None
-                old = None
-            if old is not None and not overwrite:
-                raise InputError(
-                    f"a database built from other photos or another model exists at {path}: "
-                    "add photos with 'geolocus index add', or rebuild it with --overwrite"
-                )
-            with contextlib.suppress(InputError):  # a save replaces the generation there
-                db.manifest.generation = read_manifest(path).generation
-        if len(inputs) == 0:
-            write_report(path, "build", inputs.problems, replace_stage=True)
-            raise InputError(
-                f"none of the photos has a position ({len(inputs.problems)} left out, "
-                f"see {path / REPORT})"
-            )
-        folder = path / FEATURES / "build"
-        with _staging(folder):
-            try:
-                store, bad = _features(
-                    embedder, inputs, folder, batch_size, loader_threads, progress, chunk_size
-                )
-            except InputError:  # nothing readable: report why, photo by photo
-                write_report(path, "build", inputs.problems + _failed(folder), replace_stage=True)
-                raise
-            problems = inputs.problems + bad
-            rows, paths = _store_rows(inputs, store)
-            vectors = embed_store(embedder, store)
-            if Database.exists(path):  # replaced (other inputs, or damaged): its rows go too
-                (path / REPORT).unlink(missing_ok=True)  # the old database's rows (add stages)
-                shutil.rmtree(path / "refiners", ignore_errors=True)
-            db.add(vectors, store.ids, inputs.latlon[rows], paths=paths, source=inputs.source)
-            db.save()
-            write_report(path, "build", problems, replace_stage=True)
-            timing = dict(store.meta.get("timing", {}))
-        shutil.rmtree(path / FEATURES, ignore_errors=True)
-    return BuildResult(db, len(db), problems, seconds=time.perf_counter() - t0, timing=timing)
-
-
 def check_embedder(db: Database, embedder: Embedder) -> None:
     """Refuse an embedder other than the one the database was built with."""
     man = db.manifest
@@ -426,79 +260,6 @@ def embedder_for(db: Database, model: str | None = None, **options: Any) -> Embe
     return emb
 
 
-def add_to_database(
-    path: str | os.PathLike[str] | Database,
-    inputs: Inputs,
-    embedder: Embedder | None = None,
-    *,
-    batch_size: int = 32,
-    loader_threads: int = 1,
-    progress: bool = True,
-    wait: bool = False,
-) -> BuildResult:
-    """Append ``inputs`` to an existing database, with the model it was built with.
-
-    Photos whose id is already in the database are left out (reported), so
-    running the same ``add`` twice, or again after an interruption, is safe: a
-    second run adds nothing and says so. The database's lock is held as in
-    :func:`build_database`; a :class:`Database` passed in that another process
-    saved since is read again.
-    """
-    t0 = time.perf_counter()
-    where = path.path if isinstance(path, Database) else Path(path)
-    read_manifest(where)  # no database there: say so before creating anything
-    with database_lock(where, wait=wait):
-        db = path if isinstance(path, Database) else None
-        if db is None or read_manifest(where).generation != db.manifest.generation:
-            db = Database.open(where)
-        embedder = embedder if embedder is not None else embedder_for(db)
-        check_embedder(db, embedder)
-        known = [i for i in inputs.ids if i in db]
-        problems = list(inputs.problems)
-        problems += [
-            Problem(i, p, "already in database", "")
-            for i, p in zip(inputs.ids, inputs.paths, strict=True)
-            if i in db
-        ]
-        if known:
-            keep = np.array([i not in db for i in inputs.ids], dtype=bool)
-            inputs = Inputs(
-                ids=[i for i, k in zip(inputs.ids, keep, strict=True) if k],
-                paths=[p for p, k in zip(inputs.paths, keep, strict=True) if k],
-                latlon=inputs.latlon[keep],
-                source=inputs.source,
-                problems=inputs.problems,
-                root=inputs.root,
-            )
-        added = 0
-        timing: dict[str, float] = {}
-        if len(inputs):
-            folder = db.path / FEATURES / "add"
-            with _staging(folder):
-                try:
-                    store, bad = _features(
-                        embedder, inputs, folder, batch_size, loader_threads, progress
-                    )
-                except InputError:
-                    bad = _failed(folder)
-                    write_report(db.path, "add", problems + bad, replace_stage=False)
-                    if not known or len(bad) < len(inputs):
-                        raise
-                    store = None  # a re-run: what could be read is in the database already
-                problems += bad
-                if store is not None:
-                    rows, paths = _store_rows(inputs, store)
-                    vectors = embed_store(embedder, store)
-                    added = db.add(
-                        vectors, store.ids, inputs.latlon[rows], paths=paths, source=inputs.source
-                    )
-                    db.save()
-                    timing = dict(store.meta.get("timing", {}))
-            shutil.rmtree(db.path / FEATURES, ignore_errors=True)
-        write_report(db.path, "add", problems, replace_stage=False)
-    return BuildResult(db, added, problems, seconds=time.perf_counter() - t0, timing=timing)
-
-
 def database_vectors(db: Database, rows: np.ndarray | None = None) -> np.ndarray:
     """The stored vectors of ``rows`` (all by default): see :meth:`Database.vectors`."""
     return db.vectors(rows)
@@ -514,26 +275,104 @@ def print_problems(problems: list[Problem], limit: int = 10, file: Any = None) -
         print(f"... and {len(problems) - limit} more", file=file)
 
 
-# ----------------------------------------------------------- sources at scale (shards)
+# ------------------------------------------------------------------ sources, shards
 
 
-def inputs_source(inputs: Inputs, shard_size: int = 1000) -> Source:
-    """A folder's inputs (labels or EXIF) as a source cut into shards of ``shard_size``
-    photos, in id order; what gathering left out stays reported."""
+def shard_size_for(photos: int) -> int:
+    """Photos per shard of a folder: :data:`SHARD_SIZE`, or fewer for a small folder so
+    that it still makes about eight shards (an interruption loses little, and ``--workers``
+    has shards to share), in multiples of 32 (whole forward batches)."""
+    per = -(-max(photos, 1) // 8)
+    return max(32, min(SHARD_SIZE, -(-per // 32) * 32))
+
+
+def inputs_source(inputs: Inputs, shard_size: int | None = None) -> Source:
+    """A folder's inputs (labels or EXIF) cut into shards of ``shard_size`` photos (default
+    :func:`shard_size_for`), in id order; what gathering left out stays reported. The
+    input's key is the listing's, so "up to date" does not depend on the shard size."""
     records = [
         Record(i, p, float(la), float(lo), p)
         for i, p, (la, lo) in zip(inputs.ids, inputs.paths, inputs.latlon, strict=True)
     ]
-    problems = [SourceProblem("", p.id, p.problem, p.detail) for p in inputs.problems]
-    src = items_source(records, inputs.source, inputs.root, shard_size, problems)
+    problems = [SourceProblem("", p.id, p.problem, p.detail, p.path) for p in inputs.problems]
+    size = shard_size if shard_size is not None else shard_size_for(len(records))
+    src = items_source(records, inputs.source, inputs.root, size, problems)
+    src.content_key = inputs.key()
     return src
 
 
 def _as_problem(p: SourceProblem) -> Problem:
-    return Problem(p.key, p.shard, p.problem, p.detail)
+    return Problem(p.key, p.path or p.shard, p.problem, p.detail)
 
 
-def build_from_source(
+def _drop_old_staging(path: Path) -> None:
+    """An older geolocus staged a build's features in ``DB/.features``: not resumable by
+    this version, so it goes (with one line saying so)."""
+    old = path / OLD_STAGING
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+        print(
+            f"geolocus: warning: removed {old}, the unfinished work of an older geolocus "
+            "(this version stages in .staging)",
+            file=sys.stderr,
+        )
+
+
+@dataclass
+class _Embedded:
+    """The staged shards of one build or add, in the source's order: their files, the
+    photos they hold and their problems (the vectors stay on disk until written)."""
+
+    files: list[Path]
+    usable: int
+    problems: list[Problem]
+    timing: dict[str, float]
+
+
+def _embed(
+    path: Path, source: Source, embedder: Embedder, executor: Executor, progress: bool
+) -> _Embedded:
+    """Embed the shards of ``source`` not staged yet under ``path`` (each staged as it
+    finishes), then read every staged shard back."""
+    staging = path / STAGING
+    files = [shard_file(staging, s, embedder.version) for s in source.shards]
+    where = dict(zip((s.name for s in source.shards), files, strict=True))
+    version, dim = embedder.version, embedder.dim
+    staged = {n for n, f in where.items() if load_shard(f, version, dim) is not None}
+    todo = [s for s in source.shards if s.name not in staged]
+    bar = Progress(len(source.shards), source.photos, done=len(staged), enabled=progress)
+    bar.skip(sum(s.size or 0 for s in source.shards if s.name in staged))
+    timing = {"embed_s": 0.0, "forward_s": 0.0}
+
+    def on_done(spec: ShardSpec, out: ShardOutput) -> None:
+        save_shard(where[spec.name], out, embedder.version)
+        timing["embed_s"] += out.seconds
+        timing["forward_s"] += out.forward_s
+
+    try:
+        executor.run(todo, on_done, bar)
+    finally:
+        bar.close()
+    usable, problems = 0, []
+    for f in files:  # one shard in memory at a time
+        out = load_shard(f, version, dim)
+        if out is None:
+            raise InputError(f"{staging}: a staged shard changed or vanished; run again")
+        usable += len(out)
+        problems += [_as_problem(p) for p in out.problems]
+    return _Embedded(files, usable, problems, timing)
+
+
+def _nothing_usable(path: Path, stage: str, problems: list[Problem], replace: bool) -> InputError:
+    """Report why nothing could be used; the staging area goes (nothing to resume)."""
+    write_report(path, stage, problems, replace_stage=replace)
+    shutil.rmtree(path / STAGING, ignore_errors=True)
+    return InputError(
+        f"none of the photos could be used ({len(problems)} left out, see {path / REPORT})"
+    )
+
+
+def build_database(
     path: str | os.PathLike[str],
     source: Source,
     embedder: Embedder,
@@ -544,14 +383,14 @@ def build_from_source(
     progress: bool = True,
     wait: bool = False,
 ) -> BuildResult:
-    """Embed a sharded ``source`` with ``executor`` (default: this process) and write a
-    new database at ``path``.
+    """Embed a sharded ``source`` (a folder: :func:`inputs_source`) with ``executor``
+    (default: this process) and write a new database at ``path``.
 
-    Each finished shard is staged in ``DB/.staging`` (:mod:`geolocus.index.shards`):
-    run again after an interruption, only the shards not staged are embedded. As
-    :func:`build_database`: the same input and model again does nothing; another
-    database there is kept unless ``overwrite``; the lock is held throughout.
-    Problems (``report.csv``) name the shard in the path column and the key as id.
+    Run again after an interruption, only the shards not staged are embedded; run
+    again on a finished database built from the same input and model, it does
+    nothing. A database built from anything else (or a damaged one) is kept unless
+    ``overwrite``. The database's lock is held throughout: another writer makes
+    this fail at once (:class:`DatabaseBusyError`), or, with ``wait``, waits for it.
     """
     t0 = time.perf_counter()
     path = Path(path)
@@ -576,12 +415,13 @@ def build_from_source(
             f"vectors, and there are {total} photos; use 'Flat' for small databases"
         )
     with database_lock(path, wait=wait):
+        _drop_old_staging(path)
         if Database.exists(path):
             old: Database | None = None
             try:
                 old = Database.open(path)
                 if old.manifest.extra.get("build_key") == key:
-                    old.check_vectors()
+                    old.check_vectors()  # rows of zeros are never "up to date"
                     return BuildResult(old, 0, [], up_to_date=True)
             except InputError as e:
                 if not overwrite:
@@ -592,57 +432,97 @@ def build_from_source(
                     f"a database built from other photos or another model exists at {path}: "
                     "add photos with 'geolocus index add', or rebuild it with --overwrite"
                 )
-        if not source.shards:
-            write_report(path, "build", [_as_problem(p) for p in source.problems], True)
-            raise InputError(
-                f"none of the photos has a position ({len(source.problems)} left out, "
-                f"see {path / REPORT})"
-            )
-        staging = path / STAGING
-        files = [shard_file(staging, s, embedder.version) for s in source.shards]
-        staged = {
-            s.name: out
-            for s, f in zip(source.shards, files, strict=True)
-            if (out := load_shard(f, embedder.version, embedder.dim)) is not None
-        }
-        todo = [s for s in source.shards if s.name not in staged]
-        bar = Progress(len(source.shards), total, done=len(staged), enabled=progress)
-        bar.skip(sum(s.size or 0 for s in source.shards if s.name in staged))
-        where = dict(zip((s.name for s in source.shards), files, strict=True))
         problems = [_as_problem(p) for p in source.problems]
-
-        def on_done(spec: ShardSpec, out: ShardOutput) -> None:
-            save_shard(where[spec.name], out, embedder.version)
-
-        try:
-            executor.run(todo, on_done, bar)
-        finally:
-            bar.close()
-        outputs = [load_shard(f, embedder.version, embedder.dim) for f in files]
-        if any(o is None for o in outputs):
-            raise InputError(f"{staging}: a staged shard changed or vanished; run again")
-        for o in outputs:
-            assert o is not None
-            problems += [_as_problem(p) for p in o.problems]
-        if not any(len(o) for o in outputs if o is not None):
+        if not source.shards:
             write_report(path, "build", problems, replace_stage=True)
-            shutil.rmtree(staging, ignore_errors=True)
             raise InputError(
-                f"none of the photos could be used ({len(problems)} left out, see {path / REPORT})"
+                f"none of the photos has a position ({len(problems)} left out, see {path / REPORT})"
             )
+        done = _embed(path, source, embedder, executor, progress)
+        problems += done.problems
+        if not done.usable:
+            raise _nothing_usable(path, "build", problems, replace=True)
+        db = Database.create(path, overwrite=True, **create)
+        try:
+            _, left_out = write_from_shards(
+                db, done.files, version=embedder.version, source=source.kind
+            )
+        except InputError:  # e.g. too few vectors to train the index: not worth resuming
+            shutil.rmtree(path / STAGING, ignore_errors=True)
+            raise
+        problems += [_as_problem(p) for p in left_out]
         if Database.exists(path):  # replaced (other inputs, or damaged): its rows go too
-            (path / REPORT).unlink(missing_ok=True)
+            (path / REPORT).unlink(missing_ok=True)  # the old database's rows (add stages)
             shutil.rmtree(path / "refiners", ignore_errors=True)
-        db, repeated = write_from_shards(
-            path,
-            files,
-            version=embedder.version,
-            create=create,
-            source=source.kind,
-            progress=progress,
-            encoder=executor.encoder(),
-        )
-        problems += [_as_problem(p) for p in repeated]
+        db.save(progress=progress, encoder=executor.encoder())
         write_report(path, "build", problems, replace_stage=True)
-        shutil.rmtree(staging, ignore_errors=True)
-    return BuildResult(db, len(db), problems, seconds=time.perf_counter() - t0)
+        shutil.rmtree(path / STAGING, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+    return BuildResult(db, len(db), problems, seconds=seconds, timing=done.timing)
+
+
+def _without_known(source: Source, db: Database) -> tuple[Source, list[Problem]]:
+    """A folder's source without the photos ``db`` holds already (reported), so that an add
+    run again never embeds them; other sources are filtered as their shards are read."""
+    if not source.shards or any(s.kind != "items" for s in source.shards):
+        return source, []
+    records = [r for s in source.shards for r in s.items]
+    known = [Problem(r.id, r.path, "already in database") for r in records if r.id in db]
+    if not known:
+        return source, []
+    size = max(len(s.items) for s in source.shards)
+    rest = items_source(
+        [r for r in records if r.id not in db], source.kind, source.root, size, source.problems
+    )
+    return rest, known
+
+
+def add_to_database(
+    path: str | os.PathLike[str] | Database,
+    source: Source,
+    embedder: Embedder | None = None,
+    executor: Executor | None = None,
+    *,
+    progress: bool = True,
+    wait: bool = False,
+) -> BuildResult:
+    """Append a sharded ``source`` to an existing database, with the model it was built
+    with (a compressed one encodes with its existing quantisers).
+
+    Photos whose id is already in the database are left out (reported), so running
+    the same ``add`` twice is safe: a second run adds nothing and says so; after an
+    interruption it embeds only the shards not staged. The database's lock is held as
+    in :func:`build_database`; a :class:`Database` passed in that another process saved
+    since is read again.
+    """
+    t0 = time.perf_counter()
+    where = path.path if isinstance(path, Database) else Path(path)
+    read_manifest(where)  # no database there: say so before creating anything
+    with database_lock(where, wait=wait):
+        _drop_old_staging(where)
+        db = path if isinstance(path, Database) else None
+        if db is None or read_manifest(where).generation != db.manifest.generation:
+            db = Database.open(where)
+        embedder = embedder if embedder is not None else embedder_for(db)
+        check_embedder(db, embedder)
+        executor = executor if executor is not None else LocalExecutor(embedder)
+        source, known = _without_known(source, db)
+        problems = [_as_problem(p) for p in source.problems] + known
+        added = 0
+        timing: dict[str, float] = {}
+        if source.shards:
+            done = _embed(db.path, source, embedder, executor, progress)
+            timing = done.timing
+            problems += done.problems
+            if not done.usable and not known:
+                raise _nothing_usable(db.path, "add", problems, replace=False)
+            added, left_out = write_from_shards(
+                db, done.files, version=embedder.version, source=source.kind
+            )
+            problems += [_as_problem(p) for p in left_out]
+            if added:
+                db.save(progress=progress, encoder=executor.encoder())
+            shutil.rmtree(db.path / STAGING, ignore_errors=True)
+        write_report(db.path, "add", problems, replace_stage=False)
+    seconds = time.perf_counter() - t0
+    return BuildResult(db, added, problems, seconds=seconds, timing=timing)

@@ -19,9 +19,10 @@ import numpy as np
 
 from geolocus.errors import InputError
 from geolocus.geo import validate_latlon
-from geolocus.index.build import REPORT, read_report
+from geolocus.index.build import OLD_STAGING, REPORT, read_report
 from geolocus.index.database import Database, damaged, list_some
 from geolocus.index.lock import busy_message, holder
+from geolocus.index.shards import STAGING
 
 
 def check_database(
@@ -63,8 +64,10 @@ def check_database(
     say("coordinates: all finite and within [-90, 90] x [-180, 180]")
     say(db.check_vectors(chunk))
     _check_report(p, say)
-    if (p / ".features").exists():
-        say("note: .features holds an unfinished build or add: run the same command to resume")
+    if (p / STAGING).exists():
+        say(f"note: {STAGING} holds an unfinished build or add: run the same command to resume")
+    if (p / OLD_STAGING).exists():
+        say(f"note: {OLD_STAGING} is left by an older geolocus: the next build or add removes it")
     say(f"database {p} is sound")
     return db
 

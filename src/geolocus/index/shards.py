@@ -11,9 +11,8 @@ file, if any, in place. The file name carries the shard's key and the
 embedder's version, so a shard changed since, or staged by another model, is
 never reused.
 
-The database is written from the staged shards by :func:`write_from_shards`
-alone: it is the one place that will change when :class:`Database` gets a
-streaming builder.
+A database, new or added to, is written from the staged shards by
+:func:`write_from_shards` alone, one shard at a time.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ from geolocus.data.images import load_image
 from geolocus.data.sources import Record, ShardSpec, SourceProblem, read_shard
 from geolocus.errors import ImageError, InputError
 from geolocus.files import atomic_path
-from geolocus.index.compressed import PartEncoder
 from geolocus.index.database import Database
 from geolocus.nn import eval_mode
 
@@ -56,7 +54,8 @@ class ShardOutput:
     latlon: np.ndarray  # (n, 2) float64
     vectors: np.ndarray  # (n, dim) float16
     problems: list[SourceProblem] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # reading, decoding and embedding (not staged: 0 once reloaded)
+    forward_s: float = 0.0  # of which the model's forward passes
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -93,8 +92,13 @@ def embed_shard(
     import torch
 
     t0 = time.perf_counter()
+    forward_s = 0.0
     problems: list[SourceProblem] = []
     prep = embedder.encoder.preprocessing
+
+    def bad(r: Record, why: str) -> SourceProblem:
+        where = r.image if isinstance(r.image, str) else ""  # a file: the report names it
+        return SourceProblem(spec.name, r.id, "unreadable", why, path=where)
 
     def decode(batch: list[Record]) -> list[tuple[Record, np.ndarray | None, str]]:
         out: list[tuple[Record, np.ndarray | None, str]] = []
@@ -126,19 +130,17 @@ def embed_shard(
             good = [(r, a) for r, a, _ in loaded if a is not None]
             for r, a, err in loaded:
                 if a is None:
-                    problems.append(SourceProblem(spec.name, r.id, "unreadable", err))
+                    problems.append(bad(r, err))
             if good:
                 x = torch.from_numpy(np.stack([a for _, a in good]))
+                t = time.perf_counter()
                 v = np.asarray(embedder.embed(embedder.encoder(x)), dtype=np.float32)
+                forward_s += time.perf_counter() - t
                 v16 = v.astype(np.float16)
                 ok = _usable(v16)
                 for (r, _), fine, row in zip(good, ok, v16, strict=True):
                     if not fine:
-                        problems.append(
-                            SourceProblem(
-                                spec.name, r.id, "unreadable", "all-zero or non-finite embedding"
-                            )
-                        )
+                        problems.append(bad(r, "all-zero or non-finite embedding"))
                         continue
                     ids.append(r.id)
                     paths.append(r.path)
@@ -156,6 +158,7 @@ def embed_shard(
         vectors=np.stack(vecs) if vecs else np.zeros((0, dim), np.float16),
         problems=problems,
         seconds=time.perf_counter() - t0,
+        forward_s=forward_s,
     )
 
 
@@ -241,32 +244,29 @@ def load_shard(path: Path, version: str, dim: int | None = None) -> ShardOutput 
 
 
 def write_from_shards(
-    path: Path,
+    db: Database,
     shard_files: Sequence[Path],
     *,
     version: str,
-    create: dict[str, Any],
     source: str,
-    progress: bool = False,
-    encoder: PartEncoder | None = None,
-) -> tuple[Database, list[SourceProblem]]:
-    """The database at ``path`` from the staged shards, in order (``create``: the keyword
-    arguments of :meth:`Database.create`), saved (``progress``: with bars for the save's
-    long steps; ``encoder``: who encodes a compressed index's parts); and the ids left
-    out because an earlier shard had them. One shard in memory at a time, except that
-    an index that must be trained first gets its training vectors (the first shards)
-    in one batch."""
-    db = Database.create(path, overwrite=True, **create)
-    need = 0 if db.index.is_trained else db._training_size()
+) -> tuple[int, list[SourceProblem]]:
+    """Add the staged shards to ``db`` (a new database, or an existing one being added
+    to), in order, without saving it; return how many photos were added and the ids left
+    out: already in ``db``, or in an earlier shard. One shard in memory at a time, except
+    that an index that must be trained first gets its training vectors (the first
+    shards) in one batch."""
+    trained = db.is_compressed or db.index is None or db.index.is_trained
+    need = 0 if trained else db._training_size()
     seen: set[str] = set()
-    repeated: list[SourceProblem] = []
+    left_out: list[SourceProblem] = []
     held: list[ShardOutput] = []
+    added = 0
 
-    def add(parts: list[ShardOutput]) -> None:
+    def add(parts: list[ShardOutput]) -> int:
         ids = [i for p in parts for i in p.ids]
         if not ids:
-            return
-        db.add(
+            return 0
+        return db.add(
             np.concatenate([p.vectors for p in parts]).astype(np.float32),
             ids,
             np.concatenate([p.latlon for p in parts]),
@@ -281,7 +281,9 @@ def write_from_shards(
         keep = []
         for j, i in enumerate(out.ids):
             if i in seen:
-                repeated.append(SourceProblem(out.name, i, "repeated key", "in an earlier shard"))
+                left_out.append(SourceProblem(out.name, i, "repeated key", "in an earlier shard"))
+            elif i in db:
+                left_out.append(SourceProblem(out.name, i, "already in database"))
             else:
                 seen.add(i)
                 keep.append(j)
@@ -297,15 +299,14 @@ def write_from_shards(
             )
         held.append(out)
         if sum(len(p) for p in held) >= need:
-            add(held)
+            added += add(held)
             held, need = [], 0
     if held:
         total = sum(len(p) for p in held)
-        if total and not db.index.is_trained and total < need:
+        if total and need and total < need:
             raise InputError(
-                f"FAISS index {create.get('factory')!r} must be trained on at least {need} "
+                f"FAISS index {db.manifest.factory!r} must be trained on at least {need} "
                 f"vectors, and there are {total} photos; use 'Flat' for small databases"
             )
-        add(held)
-    db.save(progress=progress, encoder=encoder)
-    return db, repeated
+        added += add(held)
+    return added, left_out

@@ -37,7 +37,8 @@ from geolocus.eval import published_results, results_table, score_errors
 from geolocus.eval.folds import grouped_folds
 from geolocus.geo import haversine_km
 from geolocus.index import Database
-from geolocus.index.build import Inputs, build_database, embed_store
+from geolocus.index.build import Inputs, build_database, inputs_source
+from geolocus.index.executors import LocalExecutor
 from geolocus.models.embedder import create_embedder
 from geolocus.pipeline.formats import write_map
 from geolocus.pipeline.geolocator import Geolocator, PlaceSettings, RetrievalSettings
@@ -101,6 +102,20 @@ def _labels(data: str | os.PathLike[str] | None):
     ids = lab["IMG_ID"].tolist()
     paths = [str(d / "images" / i) for i in ids]
     return d, ids, paths, lab[["LAT", "LON"]].to_numpy(dtype=float)
+
+
+def embed_store(embedder: Embedder, store: FeatureStore, batch_size: int = 4096) -> np.ndarray:
+    """Retrieval vectors of every row of a feature store, in chunks (float32): the cached
+    backbone features of the cross-validation, never the photos again."""
+    n = len(store)
+    out = np.empty((n, embedder.dim), dtype=np.float32)
+    for s in range(0, n, batch_size):
+        emb = np.asarray(store.embeddings[s : s + batch_size], dtype=np.float32)
+        tok = None
+        if store.tokens is not None and embedder.tokens:
+            tok = np.asarray(store.tokens[s : s + batch_size], dtype=np.float32)
+        out[s : s + len(emb)] = embedder.embed_features(emb, tok)
+    return out
 
 
 def cached_features(
@@ -250,7 +265,9 @@ def holdout(
         latlon=truth[train],
         source="labels",
     )
-    built = build_database(db_dir, inputs, embedder, batch_size=16, progress=progress)
+    built = build_database(
+        db_dir, inputs_source(inputs), embedder, LocalExecutor(embedder, 16), progress=progress
+    )
     t_build = time.perf_counter() - t0
     if progress:
         print(built.summary(), file=sys.stderr)

@@ -30,7 +30,7 @@ from geolocus.eval import results_table, score_errors
 from geolocus.eval.crossval import cross_val_predict
 from geolocus.files import atomic_write, check_output_path, write_text_atomic
 from geolocus.geo import haversine_km
-from geolocus.index.build import build_database, gather_inputs
+from geolocus.index.build import build_database, gather_inputs, inputs_source
 from geolocus.models.embedder import create_embedder
 from geolocus.pipeline.fitting import loo_neighbours
 from geolocus.pipeline.geolocator import Geolocator, PlaceSettings, RetrievalSettings
@@ -177,7 +177,9 @@ def geotag(
         )
     if embedder is None:
         embedder = create_embedder(model)
-    built = build_database(db_path, inputs, embedder, overwrite=True, progress=progress)
+    built = build_database(
+        db_path, inputs_source(inputs), embedder, overwrite=True, progress=progress
+    )
     log(built.summary())
     name = refine or ("best" if len(inputs) >= MIN_FOR_BEST else "nearest")
     geo = Geolocator.from_database(
