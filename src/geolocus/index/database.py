@@ -530,7 +530,8 @@ class Database:
         if self.manifest.search.get("choice") == "auto":
             factory = compressed.auto_factory(n, self.manifest.dim)
         key = hashlib.blake2b(
-            f"{factory}|{n}|{self.manifest.dim}|{digest.hexdigest()}".encode(), digest_size=10
+            f"parts2|{factory}|{n}|{self.manifest.dim}|{digest.hexdigest()}".encode(),
+            digest_size=10,
         ).hexdigest()
         parts = self.path / PARTS_DIR / key
         for old in (self.path / PARTS_DIR).glob("*"):
