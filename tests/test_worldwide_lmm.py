@@ -73,7 +73,7 @@ def _colour_photos(folder: Path, per_place: int = 3):
 def world(tmp_path_factory):
     """The colour world in a database built with a GeoCLIP head (a location head), and one
     built with the bare backbone (none)."""
-    from geolocus.index.build import Inputs, build_database
+    from geolocus.index.build import Inputs, build_database, inputs_source
     from geolocus.models.gallery import GPSGallery
 
     tmp = tmp_path_factory.mktemp("g3")
@@ -82,7 +82,7 @@ def world(tmp_path_factory):
     gal = GPSGallery.build(model.location_encoder, coords, cache=False, progress=False)
     emb = ModelEmbedder(model, ColourEncoder(), "geoclip-colour", "toy-1", gallery=gal)
     ids, paths, ll = _colour_photos(tmp / "photos")
-    inputs = Inputs(ids, paths, ll, "labels")
+    inputs = inputs_source(Inputs(ids, paths, ll, "labels"))
     db = build_database(tmp / "db", inputs, emb, progress=False).database
     bare = BackboneEmbedder(ColourEncoder())
     bare_db = build_database(tmp / "bare", inputs, bare, progress=False).database
@@ -446,7 +446,7 @@ def test_worldwide_g3_and_dualgeo_from_the_command_line(
     """``predict --lmm-procedure g3`` over a database built with a trained model file (a
     GeoCLIP head: its location head verifies), and dualgeo over a bare backbone; a
     location-less model is refused for g3 in one line."""
-    from geolocus.index.build import Inputs, build_database
+    from geolocus.index.build import Inputs, build_database, inputs_source
     from geolocus.models.embedder import create_embedder
 
     monkeypatch.setenv("GEOLOCUS_CACHE", str(tmp_path / "cache"))  # the encoded gallery
@@ -455,7 +455,10 @@ def test_worldwide_g3_and_dualgeo_from_the_command_line(
     ids, paths, ll = _colour_photos(tmp_path / "photos", per_place=2)
     db = tmp_path / "db"
     build_database(
-        db, Inputs(ids, paths, ll, "labels"), create_embedder(model_file), progress=False
+        db,
+        inputs_source(Inputs(ids, paths, ll, "labels")),
+        create_embedder(model_file),
+        progress=False,
     )
     q = str(world["query"])
     replies = [_json(48.85, 2.35), "hmm", "(48.86, 2.34)", _json(10.0, 10.0)]
