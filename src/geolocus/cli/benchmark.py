@@ -166,6 +166,11 @@ def collections(
         None, "--pred", help="Write IMG_ID,LAT,LON of every photo placed by the last method."
     ),
     markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
+    verify_top: int = typer.Option(
+        10, "--verify-top", min=1, help="Candidates verified per photo (methods +verify)."
+    ),
+    local: str = typer.Option("orb", "--local", help="Local features to verify with: orb, sift."),
+    local_features: int = typer.Option(500, "--local-features", min=10, help="Per photo."),
 ) -> None:
     """Place each photo of a photographer's collection from the others (leave-one-out).
 
@@ -188,7 +193,21 @@ def collections(
     if not names:
         raise InputError("--methods is empty")
     _, ids, paths, truth = labelled_photos(data)
-    res = benchmark_collections(ids, paths, truth, names, model=model, cache=cache, folds=folds)
+    res = benchmark_collections(
+        ids,
+        paths,
+        truth,
+        names,
+        model=model,
+        cache=cache,
+        folds=folds,
+        verify={
+            "top": verify_top,
+            "kind": local,
+            "features": local_features,
+            "cache": cache.parent / "local",
+        },
+    )
     typer.echo(
         f"\ncollections: {int(res.placed.sum())} photos in {res.n_collections} collections "
         f"of 2 or more, each placed from the others of its collection"

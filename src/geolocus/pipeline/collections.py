@@ -73,6 +73,10 @@ METHODS: dict[str, Method] = {
     "kde": Method("kde", fitted=False),
     "collection-prior": Method("collection", fitted=False),
     "collection": Method("collection", fitted=True),
+    "collection+verify": Method("collection", fitted=True, options=(("use_inliers", True),)),
+    "collection+verify-prior": Method(
+        "collection", fitted=False, options=(("use_inliers", True),)
+    ),
 }
 
 
@@ -227,8 +231,10 @@ def run_methods(
     embedder: Embedder,
     folds: int = 5,
     progress: bool = True,
+    verifier: Callable[[Neighbours], np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Predictions ``(n, 2)`` and confidences ``(n,)`` of each method (NaN: not placed)."""
+    """Predictions ``(n, 2)`` and confidences ``(n,)`` of each method (NaN: not placed);
+    ``verifier`` gives the inlier counts of the methods that verify."""
     fold = grouped_folds([c.name for c in collections], folds, group=str, salt="collections")
     preds = {m: np.full((n, 2), np.nan) for m in methods}
     conf = {m: np.full(n, np.nan) for m in methods}
@@ -237,6 +243,8 @@ def run_methods(
         t0 = time.perf_counter()
         for f in range(folds) if spec.fitted else [None]:
             refiner = spec.make()
+            if getattr(refiner, "use_inliers", False):
+                refiner.inliers = verifier  # type: ignore[attr-defined]
             if f is not None:
                 train = [c for c, g in zip(collections, fold, strict=True) if g != f]
                 nb = stack_neighbours([c.neighbours for c in train])
@@ -272,10 +280,12 @@ def benchmark_collections(
     tag: str = "im2gps3k",
     folds: int = 5,
     k: int = COLLECTION_K,
+    verify: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> CollectionResult:
     """The benchmark over photos ``paths`` (ids ``ids``, positions ``truth``): see the
-    module docstring. Backbone features are cached under ``cache``."""
+    module docstring. Backbone features are cached under ``cache``; ``verify``: settings
+    of the :class:`~geolocus.refine.verify.Verifier` of the methods that verify."""
     from geolocus.pipeline.benchmark import cached_features
 
     methods = list(methods or [DEFAULT_METHOD])
@@ -311,7 +321,13 @@ def benchmark_collections(
             ref_m[c.rows], ref_o[c.rows] = reference_points(truth[c.rows])
         t_db = time.perf_counter() - t1
         t2 = time.perf_counter()
-        preds, conf = run_methods(sub, len(ids), truth, methods, embedder, folds, progress)
+        from geolocus.refine.verify import Verifier
+
+        where = dict(zip(ids, paths, strict=True))
+        verifier = Verifier(where.get, **(verify or {}))
+        preds, conf = run_methods(
+            sub, len(ids), truth, methods, embedder, folds, progress, verifier=verifier
+        )
     scores = {"the collection's medoid (no pixels)": _scores(ref_m, truth, placed)}
     scores |= {m: _scores(preds[m], truth, placed) for m in methods}
     scores["best other photo (oracle)"] = _scores(ref_o, truth, placed)

@@ -44,8 +44,11 @@ SCALES_KM: tuple[float, ...] = (1, 25, 200, 750, 2500)
 TAUS: tuple[float, ...] = (0.02, 0.05)
 #: The prior's vote sharpness (one of :data:`TAUS`).
 PRIOR_TAU = 0.05
-#: Pseudo-time to position: candidates taken within this many hours of the query count fully.
+#: Capture times: a photo taken ``dt`` hours from the query votes ``exp(-dt / TIME_SCALE_H)``.
 TIME_SCALE_H = 1.0
+#: The prior's weight of a time vote at each scale (a photo taken minutes apart outweighs
+#: a look-alike: the similarity votes differ by a few units of log-weight).
+TIME_PRIOR = 2.0
 
 
 def feature_names(with_time: bool = False, with_inliers: bool = False) -> list[str]:
@@ -108,13 +111,16 @@ def collection_features(
 
 def prior_weights(names: list[str]) -> np.ndarray:
     """Hand-set weights: the multi-scale similarity-weighted vote at :data:`PRIOR_TAU`
-    (one unit per scored threshold), ties to the most similar photo."""
+    (one unit per scored threshold) plus the time votes (:data:`TIME_PRIOR` each), ties
+    to the most similar photo."""
     w = np.zeros(len(names))
     for i, nm in enumerate(names):
         if nm.startswith(f"vote_t{PRIOR_TAU:g}_"):
             w[i] = 1.0
         elif nm == "top":
             w[i] = 1e-3
+        elif nm.startswith("time_vote_"):
+            w[i] = TIME_PRIOR
     return w
 
 

@@ -71,6 +71,7 @@ class Verifier:
         self.resolve, self.top, self.kind, self.features = resolve, top, kind, features
         self.cache = None if cache is None else Path(cache) / kind
         self._mem: dict[str, Keypoints | None] = {}
+        self._pairs: dict[tuple[str, str], float] = {}
         self._detector: Any = None
         self._matcher: Any = None
 
@@ -165,7 +166,10 @@ class Verifier:
                 cid = str(nb.near_ids[i, j])
                 cp = self.resolve(cid) if cid else None
                 if cp is not None and np.isfinite(nb.near[i, j]).all():
-                    out[i, j] = self.inliers(kq, self.keypoints(cp))
+                    pair = (qp, cp)
+                    if pair not in self._pairs:
+                        self._pairs[pair] = self.inliers(kq, self.keypoints(cp))
+                    out[i, j] = self._pairs[pair]
         return out
 
 
