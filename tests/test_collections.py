@@ -27,7 +27,7 @@ LYON = (45.764, 4.8357)
 
 def _nb(near, scores, ids=None, near_ids=None) -> Neighbours:
     near = np.asarray(near, float)
-    n, k = near.shape[:2]
+    n = len(near)
     return Neighbours(
         ids=ids if ids is not None else [f"q{i}" for i in range(n)],
         near=near,

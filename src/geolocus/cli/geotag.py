@@ -18,13 +18,19 @@ def geotag(
         None, "--model", help="Backbone or model file (default: the offline default backbone)."
     ),
     refine: str | None = refiner_option(
-        default=None, note="Default: best from 50 geotagged photos, else nearest."
+        default=None,
+        note="Default: collection (similarity-weighted votes and capture times).",
     ),
     xmp: bool = typer.Option(
         False, "--xmp", help="Also write XMP sidecars (photo.jpg.xmp); existing ones are kept."
     ),
     check: bool = typer.Option(
         True, "--check/--no-check", help="Estimate accuracy by leave-one-out on geotagged photos."
+    ),
+    verify: bool = typer.Option(
+        False,
+        "--verify/--no-verify",
+        help="Also match local features (OpenCV, geolocus[verify]) with the most similar photos.",
     ),
     batch_size: int = batch_size_option(16),
 ) -> None:
@@ -44,6 +50,7 @@ def geotag(
         model=model,
         refine=refine,
         check=check,
+        verify=verify,
         batch_size=batch_size,
         log=lambda s: typer.echo(s, err=True),
     )

@@ -74,9 +74,7 @@ METHODS: dict[str, Method] = {
     "collection-prior": Method("collection", fitted=False),
     "collection": Method("collection", fitted=True),
     "collection+verify": Method("collection", fitted=True, options=(("use_inliers", True),)),
-    "collection+verify-prior": Method(
-        "collection", fitted=False, options=(("use_inliers", True),)
-    ),
+    "collection+verify-prior": Method("collection", fitted=False, options=(("use_inliers", True),)),
 }
 
 
@@ -99,21 +97,22 @@ def stack_neighbours(parts: list[Neighbours]) -> Neighbours:
     positions and scores (padding a refiner that learns across collections ignores)."""
     k = max(p.k for p in parts)
 
-    def pad(a: np.ndarray | None, fill: Any, dtype: Any) -> np.ndarray | None:
-        if a is None:
-            return None
+    def pad(a: np.ndarray, fill: Any, dtype: Any) -> np.ndarray:
         shape = (a.shape[0], k - a.shape[1], *a.shape[2:])
         return np.concatenate([np.asarray(a, dtype=dtype), np.full(shape, fill, dtype=dtype)], 1)
 
-    near = np.concatenate([pad(p.near, np.nan, float) for p in parts])  # type: ignore[misc]
-    scores = [pad(p.near_scores, np.nan, float) for p in parts]
-    ids = [pad(p.near_ids, "", object) for p in parts]
+    near = np.concatenate([pad(p.near, np.nan, float) for p in parts])
+    scores = ids = None
+    if all(p.near_scores is not None for p in parts):
+        scores = np.concatenate([pad(p.near_scores, np.nan, float) for p in parts])  # type: ignore[arg-type]
+    if all(p.near_ids is not None for p in parts):
+        ids = np.concatenate([pad(p.near_ids, "", object) for p in parts])  # type: ignore[arg-type]
     return Neighbours(
         ids=np.concatenate([p.ids for p in parts]),
         near=near,
         far=np.zeros((len(near), 0, 2)),
-        near_scores=None if any(s is None for s in scores) else np.concatenate(scores),
-        near_ids=None if any(i is None for i in ids) else np.concatenate(ids),
+        near_scores=scores,
+        near_ids=ids,
     )
 
 

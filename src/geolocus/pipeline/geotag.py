@@ -44,9 +44,6 @@ if TYPE_CHECKING:
 WORK = ".geolocus"
 PARTIAL = "geotag-partial.csv"
 FIELDS = ("IMG_ID", "LAT", "LON", "CONFIDENCE", "UNCERTAINTY_KM", "PLACE", "ERROR")
-#: From this many geotagged photos the learned refiner has enough to fit on; below it the
-#: nearest neighbour is used (cluster votes need far more photos than neighbours retrieved).
-MIN_FOR_BEST = 50
 #: The default stage 2 (docs/collections.md: what won on the collection benchmark).
 DEFAULT_REFINE = "collection"
 

@@ -73,11 +73,12 @@ def collection_features(
     ``dt_hours`` (N, K): hours between each candidate's capture and the query's (NaN:
     unknown); ``inliers`` (N, K): verified local-feature matches (NaN: not verified).
     """
-    if nb.near_scores is None:
-        raise InputError("refiner 'collection' needs the similarity scores of the neighbours")
     near = nb.near
-    mask = np.isfinite(near).all(axis=-1) & np.isfinite(nb.near_scores)
-    s = np.where(mask, nb.near_scores, -np.inf)
+    # without scores (e.g. published neighbour lists) every photo is equally similar: the
+    # votes become plain counts
+    scores = np.zeros(near.shape[:2]) if nb.near_scores is None else nb.near_scores
+    mask = np.isfinite(near).all(axis=-1) & np.isfinite(scores)
+    s = np.where(mask, scores, -np.inf)
     s_max = s.max(axis=1, keepdims=True)
     s_max = np.where(np.isfinite(s_max), s_max, 0.0)
     gap = np.where(mask, s - s_max, 0.0)

@@ -135,7 +135,7 @@ class Verifier:
         kps, desc = self._detector.detectAndCompute(np.asarray(im), None)
         if desc is None or len(kps) == 0:
             return np.zeros((0, 2), np.float32), np.zeros((0, 1), np.uint8)
-        return np.float32([k.pt for k in kps]), desc
+        return np.array([k.pt for k in kps], dtype=np.float32), desc
 
     def inliers(self, a: Keypoints | None, b: Keypoints | None) -> float:
         """Matches between two photos consistent with one homography (0: none)."""
