@@ -188,6 +188,10 @@ def test_benchmark_places_each_photo_from_its_own_collection_only(data, tmp_path
     # the fitted method is fitted once per fold, never on the collections it places
     assert len(fitted_on) == 3
     assert all(len(s) == 4 for s in fitted_on)  # 6 collections, 3 folds: 4 to fit on
+    # from confidence 0 every photo is placed; higher levels place fewer, never more
+    table = col.confidence_table(res, "collection", levels=(0.0, 0.5, 1.01)).splitlines()
+    shares = [float(line.split()[1]) for line in table[-3:]]
+    assert shares[0] == 100.0 and shares[0] >= shares[1] >= shares[2] == 0.0
     # the predictions file holds every placed photo, readable by `geolocus evaluate`
     out = tmp_path / "pred.csv"
     assert res.write_predictions("collection", out) == 30

@@ -184,7 +184,7 @@ def collections(
     from geolocus.errors import InputError
     from geolocus.files import atomic_write, check_output_path
     from geolocus.pipeline.benchmark import labelled_photos
-    from geolocus.pipeline.collections import benchmark_collections
+    from geolocus.pipeline.collections import benchmark_collections, confidence_table
 
     for path, what in ((json_out, "--json"), (pred, "--pred")):
         if path is not None:
@@ -213,6 +213,7 @@ def collections(
         f"of 2 or more, each placed from the others of its collection"
     )
     typer.echo(res.table(markdown=markdown))
+    typer.echo("\n" + confidence_table(res, names[-1]))
     typer.echo("timing: " + ", ".join(f"{k} {v:.1f} s" for k, v in res.seconds.items()), err=True)
     if json_out is not None:
         with atomic_write(json_out) as fh:

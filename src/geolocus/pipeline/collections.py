@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geolocus.data.im2gps3k import photographer
+from geolocus.data.im2gps3k import flickr_id, photographer
 from geolocus.data.neighbours import Neighbours
 from geolocus.errors import InputError
 from geolocus.eval import results_table, score_errors
 from geolocus.eval.folds import grouped_folds
 from geolocus.files import atomic_write
-from geolocus.geo import haversine_km, pairwise_km
+from geolocus.geo import THRESHOLDS_KM, haversine_km, pairwise_km
 from geolocus.index import Database
 from geolocus.index.build import embed_store
 from geolocus.models.embedder import create_embedder
@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 
 #: Photos of the collection retrieved per photo (all of them in most collections).
 COLLECTION_K = 50
+#: Minimum confidences shown by :func:`confidence_table`.
+CONFIDENCE_LEVELS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+THRESHOLD_NAMES = [f"{t:g} km" for t in THRESHOLDS_KM]
 #: ``geotag``'s default stage 2 for a collection.
 DEFAULT_METHOD = "collection"
 
@@ -73,6 +76,10 @@ METHODS: dict[str, Method] = {
     "kde": Method("kde", fitted=False),
     "collection-prior": Method("collection", fitted=False),
     "collection": Method("collection", fitted=True),
+    "collection-prior+flickr-order": Method(
+        "collection", fitted=False, options=(("use_time", True),)
+    ),
+    "collection+flickr-order": Method("collection", fitted=True, options=(("use_time", True),)),
     "collection+verify": Method("collection", fitted=True, options=(("use_inliers", True),)),
     "collection+verify-prior": Method("collection", fitted=False, options=(("use_inliers", True),)),
 }
@@ -125,6 +132,17 @@ class Collection:
     rows: np.ndarray
     database: Database
     neighbours: Neighbours
+
+
+def flickr_order(ids: list[str]) -> dict[str, float]:
+    """The order of upload of IM2GPS3k photos (their Flickr ids), the stand-in for capture
+    time of the ``+flickr-order`` methods: the benchmark's EXIF was stripped."""
+    out = {}
+    for i in ids:
+        f = flickr_id(i)
+        if f is not None:
+            out[i] = float(f)
+    return out
 
 
 def reference_points(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -231,9 +249,11 @@ def run_methods(
     folds: int = 5,
     progress: bool = True,
     verifier: Callable[[Neighbours], np.ndarray] | None = None,
+    times: dict[str, float] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Predictions ``(n, 2)`` and confidences ``(n,)`` of each method (NaN: not placed);
-    ``verifier`` gives the inlier counts of the methods that verify."""
+    ``verifier`` gives the inlier counts of the methods that verify, ``times`` the capture
+    times (or order) of the methods that use them."""
     fold = grouped_folds([c.name for c in collections], folds, group=str, salt="collections")
     preds = {m: np.full((n, 2), np.nan) for m in methods}
     conf = {m: np.full(n, np.nan) for m in methods}
@@ -244,6 +264,8 @@ def run_methods(
             refiner = spec.make()
             if getattr(refiner, "use_inliers", False):
                 refiner.inliers = verifier  # type: ignore[attr-defined]
+            if getattr(refiner, "use_time", False):
+                refiner.times = times  # type: ignore[attr-defined]
             if f is not None:
                 train = [c for c, g in zip(collections, fold, strict=True) if g != f]
                 nb = stack_neighbours([c.neighbours for c in train])
@@ -259,6 +281,27 @@ def run_methods(
         if progress:
             print(f"{m}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return preds, conf
+
+
+def confidence_table(
+    result: CollectionResult, method: str, levels: tuple[float, ...] = CONFIDENCE_LEVELS
+) -> str:
+    """For each minimum confidence: the share of photos placed (the others left untagged,
+    as ``geotag --min-confidence`` leaves them) and the accuracy of those placed."""
+    pred, conf = result.predictions[method], result.confidence[method]
+    ok = result.placed & np.isfinite(pred).all(axis=1)
+    d = np.full(len(pred), np.inf)
+    d[ok] = haversine_km(pred[ok, 0], pred[ok, 1], result.truth[ok, 0], result.truth[ok, 1])
+    c = np.where(np.isfinite(conf), conf, 0.0)
+    lines = [f"{method}: placed only from a minimum confidence on", ""]
+    head = "min confidence  placed %  " + "  ".join(f"{t:>7}" for t in THRESHOLD_NAMES)
+    lines += [head, "-" * len(head)]
+    for lv in levels:
+        keep = ok & (c >= lv)
+        share = 100.0 * keep.sum() / max(1, result.placed.sum())
+        acc = [100.0 * float(np.mean(d[keep] <= t)) if keep.any() else 0.0 for t in THRESHOLDS_KM]
+        lines.append(f"{lv:>14.2f}  {share:>8.1f}  " + "  ".join(f"{a:>7.1f}" for a in acc))
+    return "\n".join(lines)
 
 
 def _scores(pred: np.ndarray, truth: np.ndarray, placed: np.ndarray) -> Any:
@@ -324,9 +367,20 @@ def benchmark_collections(
 
         where = dict(zip(ids, paths, strict=True))
         verifier = Verifier(where.get, **(verify or {}))
-        preds, conf = run_methods(
-            sub, len(ids), truth, methods, embedder, folds, progress, verifier=verifier
-        )
+        try:
+            preds, conf = run_methods(
+                sub,
+                len(ids),
+                truth,
+                methods,
+                embedder,
+                folds,
+                progress,
+                verifier=verifier,
+                times=flickr_order(ids),
+            )
+        finally:
+            verifier.save_pairs()  # an interrupted run keeps the matches it computed
     scores = {"the collection's medoid (no pixels)": _scores(ref_m, truth, placed)}
     scores |= {m: _scores(preds[m], truth, placed) for m in methods}
     scores["best other photo (oracle)"] = _scores(ref_o, truth, placed)
@@ -349,6 +403,7 @@ __all__ = [
     "METHODS",
     "CollectionResult",
     "benchmark_collections",
+    "confidence_table",
     "geotag_geolocator",
     "reference_points",
     "stack_neighbours",

@@ -13,6 +13,8 @@ candidate (a retrieved photo of the collection) is scored from
   over one lucky match;
 - **density**: the share of the retrieved photos within ``r`` km (where the
   photographer takes photos at all, the medoid's evidence);
+- **capture order** (optional, ``use_time``): the photos taken just before and after
+  the query vote for their places (:data:`ORDER_SCALE`);
 - **verification** (optional): local-feature inlier counts against the query
   (:mod:`geolocus.refine.verify`), in ``Neighbours.near_inliers``-like form via
   :attr:`CollectionRefiner.inliers`.
@@ -44,8 +46,12 @@ SCALES_KM: tuple[float, ...] = (1, 25, 200, 750, 2500)
 TAUS: tuple[float, ...] = (0.02, 0.05)
 #: The prior's vote sharpness (one of :data:`TAUS`).
 PRIOR_TAU = 0.05
-#: Capture times: a photo taken ``dt`` hours from the query votes ``exp(-dt / TIME_SCALE_H)``.
-TIME_SCALE_H = 1.0
+#: Capture order: a photo ``g`` places from the query in the order of capture (1: the one
+#: just before or after) votes ``exp(-(g - 1) / ORDER_SCALE)``.
+ORDER_SCALE = 1.0
+#: ... times ``exp(-dt / TIME_SCALE_S)`` for ``dt`` seconds apart: the next photo in order
+#: may have been taken days later, elsewhere.
+TIME_SCALE_S = 6 * 3600.0
 #: The prior's weight of a time vote at each scale (a photo taken minutes apart outweighs
 #: a look-alike: the similarity votes differ by a few units of log-weight).
 TIME_PRIOR = 2.0
@@ -57,7 +63,9 @@ def feature_names(with_time: bool = False, with_inliers: bool = False) -> list[s
     names += [f"vote_t{t:g}_{r:g}km" for t in TAUS for r in SCALES_KM]
     names += [f"density_{r:g}km" for r in SCALES_KM]
     if with_time:
-        names += ["log_dt", *[f"time_vote_{r:g}km" for r in SCALES_KM]]
+        names += ["time_known", "log_order_gap", "log_hours_apart"]
+        names += [f"order_vote_{r:g}km" for r in SCALES_KM]
+        names += [f"time_vote_{r:g}km" for r in SCALES_KM]
     if with_inliers:
         names += ["log_inliers", "inliers_top"]
     return names
@@ -65,13 +73,15 @@ def feature_names(with_time: bool = False, with_inliers: bool = False) -> list[s
 
 def collection_features(
     nb: Neighbours,
-    dt_hours: np.ndarray | None = None,
+    order_gap: np.ndarray | None = None,
+    seconds_apart: np.ndarray | None = None,
     inliers: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(N, K, F)`` features of every candidate and the ``(N, K)`` mask of real ones.
 
-    ``dt_hours`` (N, K): hours between each candidate's capture and the query's (NaN:
-    unknown); ``inliers`` (N, K): verified local-feature matches (NaN: not verified).
+    ``order_gap`` (N, K): how many places apart each candidate and the query are in the
+    order of capture (NaN: unknown), ``seconds_apart`` how far apart in time; ``inliers``
+    (N, K): verified local-feature matches (NaN: not verified).
     """
     near = nb.near
     # without scores (e.g. published neighbour lists) every photo is equally similar: the
@@ -95,11 +105,15 @@ def collection_features(
             cols.append(np.log(np.maximum(np.einsum("nck,nk->nc", wr, w), 1e-12)))
     count = np.maximum(mask.sum(axis=1, keepdims=True), 1)
     cols += [wr.sum(axis=-1) / count for wr in within]
-    if dt_hours is not None:
-        known = np.isfinite(dt_hours) & mask
-        dt = np.where(known, np.abs(dt_hours), np.inf)
-        cols.append(np.where(known, np.log1p(np.where(known, dt, 0.0)), np.log1p(1e4)))
-        tw = np.where(known, np.exp(-dt / TIME_SCALE_H), 0.0)
+    if order_gap is not None:
+        known = np.isfinite(order_gap) & mask
+        g = np.where(known, np.abs(order_gap), 1.0)
+        sec = np.zeros_like(g) if seconds_apart is None else np.abs(seconds_apart)
+        sec = np.where(known, sec, 0.0)
+        cols += [known, np.where(known, np.log(g), 0.0), np.log1p(sec / 3600.0)]
+        ow = np.where(known, np.exp(-(g - 1.0) / ORDER_SCALE), 0.0)
+        cols += [np.einsum("nck,nk->nc", wr, ow) for wr in within]
+        tw = ow * np.exp(-sec / TIME_SCALE_S)
         cols += [np.einsum("nck,nk->nc", wr, tw) for wr in within]
     if inliers is not None:
         li = np.where(np.isfinite(inliers) & mask, inliers, 0.0)
@@ -132,8 +146,10 @@ class CollectionRefiner(Refiner):
     when not given.
 
     Per use (not learned, not saved): ``times`` maps photo ids to capture times (seconds,
-    e.g. EXIF DateTimeOriginal), which adds the time features when the refiner was fitted
-    with them; ``inliers`` is a callable giving verified matches ``(N, K)`` per
+    e.g. EXIF DateTimeOriginal), used with ``use_time``: the photos taken just before
+    and after the query vote for where they were, the more the closer in time
+    (interpolation in time, as photo managers place photos along a GPS track), weighed
+    against the pixels; ``inliers`` is a callable giving verified matches ``(N, K)`` per
     neighbours (:mod:`geolocus.refine.verify`).
     """
 
@@ -162,28 +178,35 @@ class CollectionRefiner(Refiner):
     def names(self) -> list[str]:
         return feature_names(self.use_time, self.use_inliers)
 
-    def _time_gaps(self, nb: Neighbours) -> np.ndarray | None:
+    def _order_gaps(self, nb: Neighbours) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Places apart in the order of capture, among the query and its candidates whose
+        times are known (ties share a place), and seconds apart."""
         if not self.use_time:
-            return None
-        dt = np.full(nb.near.shape[:2], np.nan)
-        if self.times is None or nb.near_ids is None:
-            return dt
+            return None, None
+        gap = np.full(nb.near.shape[:2], np.nan)
+        sec = np.full(nb.near.shape[:2], np.nan)
+        if not self.times or nb.near_ids is None:
+            return gap, sec
         for i, q in enumerate(nb.ids):
             tq = self.times.get(str(q))
             if tq is None:
                 continue
-            for j, c in enumerate(nb.near_ids[i]):
-                tc = self.times.get(str(c))
-                if tc is not None:
-                    dt[i, j] = (tc - tq) / 3600.0
-        return dt
+            tc = np.array([self.times.get(str(c), np.nan) for c in nb.near_ids[i]], float)
+            known = np.isfinite(tc)
+            if not known.any():
+                continue
+            order = np.unique(np.append(tc[known], tq))
+            pos = np.searchsorted(order, tc[known])
+            gap[i, known] = np.maximum(np.abs(pos - np.searchsorted(order, tq)), 1)
+            sec[i] = tc - tq
+        return gap, sec
 
     def features(self, nb: Neighbours) -> tuple[np.ndarray, np.ndarray]:
         """Candidate features and mask as this refiner uses them."""
         inl = None
         if self.use_inliers:
             inl = np.full(nb.near.shape[:2], np.nan) if self.inliers is None else self.inliers(nb)
-        return collection_features(nb, self._time_gaps(nb), inl)
+        return collection_features(nb, *self._order_gaps(nb), inliers=inl)
 
     def fit(self, neighbours: Neighbours, truth: np.ndarray) -> CollectionRefiner:
         truth = np.asarray(truth, dtype=float).reshape(-1, 2)

@@ -17,6 +17,7 @@ computed once per photo and kept in memory, and on disk under ``cache`` if given
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -72,8 +73,33 @@ class Verifier:
         self.cache = None if cache is None else Path(cache) / kind
         self._mem: dict[str, Keypoints | None] = {}
         self._pairs: dict[tuple[str, str], float] = {}
+        self._load_pairs()
         self._detector: Any = None
         self._matcher: Any = None
+
+    def _pairs_file(self) -> Path | None:
+        return None if self.cache is None else self.cache / f"pairs-{self.features}.json"
+
+    def _load_pairs(self) -> None:
+        f = self._pairs_file()
+        if f is None or not f.is_file():
+            return
+        try:
+            saved = json.loads(f.read_text())
+            self._pairs = {tuple(k.split("\t", 1)): float(v) for k, v in saved.items()}  # type: ignore[misc]
+        except (OSError, ValueError, AttributeError):
+            self._pairs = {}  # a damaged cache is recomputed
+
+    def save_pairs(self) -> None:
+        """Keep the inlier counts computed so far (under ``cache``) for the next run (pairs
+        are keyed by both photos' path, size and modification time)."""
+        f = self._pairs_file()
+        if f is None or not self._pairs:
+            return
+        from geolocus.files import write_text_atomic
+
+        f.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(f, json.dumps({f"{a}\t{b}": v for (a, b), v in self._pairs.items()}))
 
     def _setup(self) -> None:
         if self._detector is not None:
@@ -96,6 +122,10 @@ class Verifier:
             return None
         key = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{self.features}|{MAX_SIDE}"
         return self.cache / (hashlib.sha1(key.encode()).hexdigest() + ".npz")
+
+    def _key(self, path: str) -> str:
+        f = self._cache_file(path)
+        return path if f is None else f.stem
 
     def keypoints(self, path: str) -> Keypoints | None:
         """Positions and descriptors of one photo's local features (None: unreadable)."""
@@ -166,7 +196,7 @@ class Verifier:
                 cid = str(nb.near_ids[i, j])
                 cp = self.resolve(cid) if cid else None
                 if cp is not None and np.isfinite(nb.near[i, j]).all():
-                    pair = (qp, cp)
+                    pair = (self._key(qp), self._key(cp))
                     if pair not in self._pairs:
                         self._pairs[pair] = self.inliers(kq, self.keypoints(cp))
                     out[i, j] = self._pairs[pair]
