@@ -202,10 +202,12 @@ def test_benchmark_places_each_photo_from_its_own_collection_only(data, tmp_path
 
 def test_reference_points_leave_the_photo_out():
     coords = np.array([PARIS, PARIS, TOKYO])
-    medoid, oracle = col.reference_points(coords)
+    medoid, oracle, seq = col.reference_points(coords, np.array([3.0, 1.0, 2.0]))
     assert tuple(oracle[0]) == PARIS and tuple(oracle[2]) in (PARIS,)
     assert tuple(medoid[2]) == PARIS  # the others are both in Paris
     assert tuple(medoid[0]) in (PARIS, TOKYO)
+    assert tuple(seq[0]) == TOKYO and tuple(seq[1]) == TOKYO and tuple(seq[2]) in (PARIS,)
+    assert np.isnan(col.reference_points(coords)[2]).all()  # no order known
 
 
 @pytest.mark.slow
@@ -245,3 +247,36 @@ def test_cli_collections_bad_inputs(data, tmp_path, capsys, monkeypatch, case):
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
     assert err.strip().count("\n") == 0 and err.startswith("geolocus: error:")
+
+
+def test_geotag_leaves_unsure_photos_untagged(tmp_path):
+    """Two look-alike cities and no capture times: a red photo could be in either, so at a
+    high minimum confidence it is left untagged (no sidecar), its guess kept in the CSV."""
+    root = tmp_path / "trip"
+    red = PLACES["paris"][2]
+    for i in range(3):
+        photo(root / f"paris_{i}.jpg", red, seed=i, exif_gps=PARIS)
+        photo(root / f"lyon_{i}.jpg", red, seed=10 + i, exif_gps=LYON)
+        photo(root / f"tokyo_{i}.jpg", PLACES["tokyo"][2], seed=20 + i, exif_gps=TOKYO)
+    photo(root / "cam" / "red.jpg", red, seed=40)
+    photo(root / "cam" / "blue.jpg", PLACES["tokyo"][2], seed=41)
+    out = tmp_path / "geotags.csv"
+    emb = BackboneEmbedder(ColourEncoder())
+    res = gt.geotag(root, out, embedder=emb, check=False, progress=False, log=lambda s: None,
+                    min_confidence=0.75)  # fmt: skip
+    with open(out, newline="") as fh:
+        rows = {r["IMG_ID"]: r for r in csv.DictReader(fh)}
+    assert rows["cam/red.jpg"]["TAGGED"] == "no" and rows["cam/red.jpg"]["LAT"]
+    assert float(rows["cam/red.jpg"]["CONFIDENCE"]) < 0.75
+    assert rows["cam/blue.jpg"]["TAGGED"] == "yes"
+    assert float(rows["cam/blue.jpg"]["CONFIDENCE"]) >= 0.75
+    assert [r["IMG_ID"] for r in res.unsure] == ["cam/red.jpg"] and res.n_predicted == 1
+    n, _ = gt.write_sidecars(res.predicted, root)
+    assert n == 1 and (root / "cam" / "blue.jpg.xmp").exists()
+    assert not (root / "cam" / "red.jpg.xmp").exists()
+
+
+def test_cli_default_min_confidence_is_the_library_one():
+    from geolocus.cli import geotag as cli_geotag
+
+    assert cli_geotag.MIN_CONFIDENCE == gt.MIN_CONFIDENCE

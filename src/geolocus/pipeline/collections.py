@@ -48,8 +48,9 @@ from geolocus.refine import Refiner, create_refiner
 if TYPE_CHECKING:
     from geolocus.models.embedder import Embedder
 
-#: Photos of the collection retrieved per photo (all of them in most collections).
-COLLECTION_K = 50
+#: Photos of the collection retrieved per photo: all of them in all but the largest
+#: collections, so that the photos taken just before and after are among them.
+COLLECTION_K = 250
 #: Minimum confidences shown by :func:`confidence_table`.
 CONFIDENCE_LEVELS: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 THRESHOLD_NAMES = [f"{t:g} km" for t in THRESHOLDS_KM]
@@ -145,9 +146,12 @@ def flickr_order(ids: list[str]) -> dict[str, float]:
     return out
 
 
-def reference_points(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each photo of one collection: the medoid of the others and the other photo
-    nearest it (the oracle), both ``(n, 2)``."""
+def reference_points(
+    coords: np.ndarray, order: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each photo of one collection: the medoid of the others, the other photo nearest
+    it (the oracle) and the other photo nearest in ``order`` (e.g. of upload; NaN: none
+    known), all ``(n, 2)``."""
     d = pairwise_km(np.asarray(coords, float))
     n = len(d)
     total = d.sum(axis=1)
@@ -160,7 +164,14 @@ def reference_points(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         di = d[i].copy()
         di[i] = np.inf
         oracle[i] = int(np.argmin(di))
-    return coords[medoid], coords[oracle]
+    seq = np.full((n, 2), np.nan)
+    if order is not None and np.isfinite(order).sum() >= 2:
+        for i in np.flatnonzero(np.isfinite(order)):
+            gap = np.abs(order - order[i])
+            gap[i] = np.nan
+            if np.isfinite(gap).any():
+                seq[i] = coords[int(np.nanargmin(gap))]
+    return coords[medoid], coords[oracle], seq
 
 
 @dataclass
@@ -358,9 +369,12 @@ def benchmark_collections(
         placed = np.zeros(len(ids), dtype=bool)
         ref_m = np.full((len(ids), 2), np.nan)
         ref_o = np.full((len(ids), 2), np.nan)
+        ref_s = np.full((len(ids), 2), np.nan)
+        times = flickr_order(ids)
         for c in sub:
             placed[c.rows] = True
-            ref_m[c.rows], ref_o[c.rows] = reference_points(truth[c.rows])
+            order = np.array([times.get(ids[r], np.nan) for r in c.rows])
+            ref_m[c.rows], ref_o[c.rows], ref_s[c.rows] = reference_points(truth[c.rows], order)
         t_db = time.perf_counter() - t1
         t2 = time.perf_counter()
         from geolocus.refine.verify import Verifier
@@ -377,11 +391,13 @@ def benchmark_collections(
                 folds,
                 progress,
                 verifier=verifier,
-                times=flickr_order(ids),
+                times=times,
             )
         finally:
             verifier.save_pairs()  # an interrupted run keeps the matches it computed
     scores = {"the collection's medoid (no pixels)": _scores(ref_m, truth, placed)}
+    if any("flickr-order" in m for m in methods):
+        scores["nearest in upload order (no pixels)"] = _scores(ref_s, truth, placed)
     scores |= {m: _scores(preds[m], truth, placed) for m in methods}
     scores["best other photo (oracle)"] = _scores(ref_o, truth, placed)
     return CollectionResult(

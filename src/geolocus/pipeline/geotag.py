@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 WORK = ".geolocus"
 PARTIAL = "geotag-partial.csv"
 FIELDS = ("IMG_ID", "LAT", "LON", "CONFIDENCE", "UNCERTAINTY_KM", "PLACE", "ERROR")
+#: Photos placed with less confidence are left untagged (docs/collections.md: the share
+#: placed and its accuracy at each level).
+MIN_CONFIDENCE = 0.3
 #: The default stage 2 (docs/collections.md: what won on the collection benchmark).
 DEFAULT_REFINE = "collection"
 
@@ -53,8 +56,9 @@ class GeotagResult:
     """What a geotagging run did."""
 
     geotagged: int  # photos that already had a position (the database)
-    predicted: list[dict[str, Any]] = field(default_factory=list)  # rows of FIELDS
+    predicted: list[dict[str, Any]] = field(default_factory=list)  # rows of FIELDS, tagged
     failed: list[dict[str, Any]] = field(default_factory=list)
+    unsure: list[dict[str, Any]] = field(default_factory=list)  # below min_confidence
     check: Any | None = None  # geolocus.eval.Scores of the leave-one-out check
     refiner: str = ""
 
@@ -76,6 +80,15 @@ def _row(pred: Any, rid: str) -> dict[str, Any]:
         "PLACE": g.label,
         "ERROR": "",
     }
+
+
+def _tagged(row: dict[str, Any], min_confidence: float) -> str:
+    """``yes``: placed; ``no``: a guess below ``min_confidence``, left untagged; empty: no
+    answer (the photo could not be read)."""
+    if row.get("ERROR") or not row.get("LAT"):
+        return ""
+    conf = row.get("CONFIDENCE") or ""
+    return "no" if conf and float(conf) < min_confidence else "yes"
 
 
 def _read_partial(path: Path) -> dict[str, dict[str, Any]]:
@@ -190,6 +203,7 @@ def geotag(
     db: str | os.PathLike[str] | None = None,
     check: bool = True,
     verify: bool = False,
+    min_confidence: float = MIN_CONFIDENCE,
     batch_size: int = 16,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -200,6 +214,8 @@ def geotag(
     made). ``refine`` defaults to :data:`DEFAULT_REFINE` (``collection``: similarity-weighted
     votes of the collection's photos and their capture times, see
     :mod:`geolocus.refine.collection`); ``verify`` adds local-feature verification.
+    A photo whose answer has a confidence below ``min_confidence`` is left untagged: its
+    guess is in the CSV (``TAGGED`` no) but it gets no sidecar.
     """
     root = Path(collection).expanduser().resolve()
     if not root.is_dir():
@@ -263,11 +279,16 @@ def geotag(
 
         if todo:
             geo.predict(todo, progress=progress, on_result=keep)
-    rows = [done[p.id] for p in targets if p.id in done]
-    result.predicted = [r for r in rows if not r.get("ERROR")]
+    rows = [
+        done[p.id] | {"TAGGED": _tagged(done[p.id], min_confidence)}
+        for p in targets
+        if p.id in done
+    ]
+    result.predicted = [r for r in rows if r["TAGGED"] == "yes"]
+    result.unsure = [r for r in rows if r["TAGGED"] == "no"]
     result.failed += [r for r in rows if r.get("ERROR")]
     with atomic_write(out, newline="", encoding="utf-8") as out_fh:
-        w = csv.DictWriter(out_fh, fieldnames=FIELDS)
+        w = csv.DictWriter(out_fh, fieldnames=(*FIELDS, "TAGGED"))
         w.writeheader()
         w.writerows(rows)
     partial.unlink(missing_ok=True)

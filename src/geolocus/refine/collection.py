@@ -44,6 +44,7 @@ from geolocus.refine.learned import DEFAULT_GRID, fit_temperature, fit_weights, 
 SCALES_KM: tuple[float, ...] = (1, 25, 200, 750, 2500)
 #: Sharpness of the similarity weights (cosine-similarity units).
 TAUS: tuple[float, ...] = (0.02, 0.05)
+_CHUNK = 64  # queries per block of features
 #: The prior's vote sharpness (one of :data:`TAUS`).
 PRIOR_TAU = 0.05
 #: Capture order: a photo ``g`` places from the query in the order of capture (1: the one
@@ -83,6 +84,17 @@ def collection_features(
     order of capture (NaN: unknown), ``seconds_apart`` how far apart in time; ``inliers``
     (N, K): verified local-feature matches (NaN: not verified).
     """
+    if len(nb) > _CHUNK:  # bound the (chunk, K, K) distance arrays
+        parts = [
+            collection_features(
+                nb.subset(slice(a, a + _CHUNK)),
+                None if order_gap is None else order_gap[a : a + _CHUNK],
+                None if seconds_apart is None else seconds_apart[a : a + _CHUNK],
+                None if inliers is None else inliers[a : a + _CHUNK],
+            )
+            for a in range(0, len(nb), _CHUNK)
+        ]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     near = nb.near
     # without scores (e.g. published neighbour lists) every photo is equally similar: the
     # votes become plain counts
