@@ -166,7 +166,7 @@ def reference_points(
         oracle[i] = int(np.argmin(di))
     seq = np.full((n, 2), np.nan)
     if order is not None and np.isfinite(order).sum() >= 2:
-        for i in np.flatnonzero(np.isfinite(order)):
+        for i in map(int, np.flatnonzero(np.isfinite(order))):
             gap = np.abs(order - order[i])
             gap[i] = np.nan
             if np.isfinite(gap).any():

@@ -86,7 +86,11 @@ class Verifier:
             return
         try:
             saved = json.loads(f.read_text())
-            self._pairs = {tuple(k.split("\t", 1)): float(v) for k, v in saved.items()}  # type: ignore[misc]
+            pairs = {}
+            for k, v in saved.items():
+                a, b = k.split("\t", 1)
+                pairs[(a, b)] = float(v)
+            self._pairs = pairs
         except (OSError, ValueError, AttributeError):
             self._pairs = {}  # a damaged cache is recomputed
 
