@@ -110,7 +110,9 @@ def leave_one_out_check(geolocator: Geolocator, folds: int = 5) -> Any:
     refiner = geolocator.refiner
     if geolocator.database is None or refiner is None:
         raise InputError("the leave-one-out check needs a database of geotagged photos")
-    nb, truth = loo_neighbours(geolocator.database, r.k, r.k_far)
+    # each photo has one other photo fewer than the database: never pad with repeats
+    k = max(1, min(r.k, len(geolocator.database) - 1))
+    nb, truth = loo_neighbours(geolocator.database, k, min(r.k_far, k))
     if refiner.learns and refiner.is_fitted() and len(nb) >= 2 * folds:
         fold = np.random.default_rng(0).permutation(len(nb)) % folds
         top = cross_val_predict(lambda: create_refiner(refiner.name), nb, truth, fold)
