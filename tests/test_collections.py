@@ -280,3 +280,46 @@ def test_cli_default_min_confidence_is_the_library_one():
     from geolocus.cli import geotag as cli_geotag
 
     assert cli_geotag.MIN_CONFIDENCE == gt.MIN_CONFIDENCE
+
+
+def test_flickr_id_is_the_upload_order():
+    from geolocus.data.im2gps3k import flickr_id
+
+    assert flickr_id("1000269685_e60e9cdfb4_1125_78841376@N00.jpg") == 1000269685
+    assert flickr_id("holiday/DSC_0001.jpg") is None
+    order = col.flickr_order(["20_a_1_x@N00.jpg", "DSC.jpg", "3_b_1_x@N00.jpg"])
+    assert order == {"20_a_1_x@N00.jpg": 20.0, "3_b_1_x@N00.jpg": 3.0}
+
+
+def test_spatial_verification_finds_the_same_scene(tmp_path):
+    pytest.importorskip("cv2")
+    from PIL import Image
+
+    from geolocus.refine.verify import Verifier
+
+    rng = np.random.default_rng(0)
+    scene = (rng.random((60, 80)) > 0.5).astype(np.uint8) * 255
+    scene = np.kron(scene, np.ones((5, 5), np.uint8))  # 300 x 400 blocks: many corners
+    Image.fromarray(scene).save(tmp_path / "a.png")
+    Image.fromarray(np.roll(scene, (12, 20), axis=(0, 1))).save(tmp_path / "b.png")  # moved
+    other = np.kron((rng.random((60, 80)) > 0.5).astype(np.uint8) * 255, np.ones((5, 5), np.uint8))
+    Image.fromarray(other).save(tmp_path / "c.png")
+    (tmp_path / "d.png").write_bytes(b"not an image")
+    nb = Neighbours(
+        ids=["a"],
+        near=np.array([[PARIS, TOKYO, LYON, PARIS]]),
+        far=np.zeros((1, 0, 2)),
+        near_scores=np.array([[0.9, 0.8, 0.7, 0.6]]),
+        near_ids=np.array([["b", "c", "d", "zz"]], dtype=object),
+    )
+    files = {x: str(tmp_path / f"{x}.png") for x in "abcd"}
+    for kind in ("orb", "sift"):
+        v = Verifier(files.get, top=3, kind=kind, cache=tmp_path / "cache")
+        inl = v(nb)[0]
+        assert inl[0] >= 30 and inl[0] > 4 * inl[1], (kind, inl)  # the same scene; another
+        assert inl[2] == 0 and np.isnan(inl[3])  # unreadable: no match; not verified (top 3)
+        v.save_pairs()
+        again = Verifier(files.get, top=3, kind=kind, cache=tmp_path / "cache")
+        assert np.array_equal(again(nb)[0][:3], inl[:3])  # from the caches
+    with pytest.raises(Exception, match="unknown local features"):
+        Verifier(files.get, kind="surf")
