@@ -19,10 +19,9 @@ import time
 import numpy as np
 
 from geolocus.geo import haversine_km
-from geolocus.index.build import embed_store
 from geolocus.models.embedder import create_embedder
 from geolocus.pipeline import collections as col
-from geolocus.pipeline.benchmark import cached_features, labelled_photos
+from geolocus.pipeline.benchmark import cached_features, embed_store, labelled_photos
 from geolocus.refine.verify import Verifier
 
 

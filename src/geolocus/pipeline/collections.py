@@ -39,7 +39,6 @@ from geolocus.eval.folds import grouped_folds
 from geolocus.files import atomic_write
 from geolocus.geo import THRESHOLDS_KM, haversine_km, pairwise_km
 from geolocus.index import Database
-from geolocus.index.build import embed_store
 from geolocus.models.embedder import create_embedder
 from geolocus.pipeline.fitting import loo_neighbours
 from geolocus.pipeline.geolocator import Geolocator, PlaceSettings, RetrievalSettings
@@ -339,7 +338,7 @@ def benchmark_collections(
     """The benchmark over photos ``paths`` (ids ``ids``, positions ``truth``): see the
     module docstring. Backbone features are cached under ``cache``; ``verify``: settings
     of the :class:`~geolocus.refine.verify.Verifier` of the methods that verify."""
-    from geolocus.pipeline.benchmark import cached_features
+    from geolocus.pipeline.benchmark import cached_features, embed_store
 
     methods = list(methods or [DEFAULT_METHOD])
     unknown = [m for m in methods if m not in METHODS]

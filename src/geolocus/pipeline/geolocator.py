@@ -523,7 +523,15 @@ class Geolocator:
                 vectors, k=r.k, k_far=r.k_far, query_ids=list(ids), nprobe=r.nprobe
             )
             self._tick("search", t)
-        return self.place(nb, ids, gps=gps, images=images, exif=exif, heatmaps=heatmaps)
+        return self.place(
+            nb,
+            ids,
+            gps=gps,
+            images=images,
+            exif=exif,
+            heatmaps=heatmaps,
+            location_queries=location_queries,
+        )
 
     def place(
         self,
@@ -533,6 +541,7 @@ class Geolocator:
         images: Sequence[Any] | None = None,
         exif: Sequence[Any] | None = None,
         heatmaps: Sequence[Heatmap] | None = None,
+        location_queries: np.ndarray | None = None,
     ) -> list[Prediction]:
         """Stage 2 for photos whose neighbours are retrieved already (``nb``; None: gallery
         candidates alone): what :meth:`locate` does after the search, so that a benchmark
