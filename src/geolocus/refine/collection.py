@@ -14,10 +14,10 @@ candidate (a retrieved photo of the collection) is scored from
 - **density**: the share of the retrieved photos within ``r`` km (where the
   photographer takes photos at all, the medoid's evidence);
 - **capture order** (optional, ``use_time``): the photos taken just before and after
-  the query vote for their places (:data:`ORDER_SCALE`);
-- **verification** (optional): local-feature inlier counts against the query
-  (:mod:`geolocus.refine.verify`), in ``Neighbours.near_inliers``-like form via
-  :attr:`CollectionRefiner.inliers`.
+  the query vote for their places (:data:`ORDER_SCALE`, :data:`TIME_SCALE_S`);
+- **verification** (optional, ``use_inliers``): local-feature inlier counts against
+  the query (:mod:`geolocus.refine.verify`), from the callable set as
+  ``CollectionRefiner.inliers``.
 
 The weights are learned as ``best``'s are (:func:`~geolocus.refine.learned.fit_weights`,
 the expected number of thresholds met, pulled towards a hand-set prior), so the
