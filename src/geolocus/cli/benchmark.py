@@ -145,7 +145,10 @@ def collections(
     methods: str = typer.Option(
         "nearest,collection-prior,collection",
         "--methods",
-        help="Comma-separated: nearest, kde, collection-prior (unfitted), collection (fitted).",
+        help="Comma-separated: nearest, kde, collection-prior (hand-set), collection (fitted), "
+        "collection-prior+flickr-order, collection+flickr-order (+ upload order as capture "
+        "time), collection+verify-prior, collection+verify (+ local features; "
+        "docs/collections.md).",
     ),
     data: Path | None = typer.Option(
         None,
