@@ -221,8 +221,10 @@ def test_cli_collections_with_lite0(data, tmp_path, capsys):
     js = json.loads(out.read_text())
     assert js["n_photos"] == 30 and set(js["scores"]) >= {"nearest", "collection-prior"}
     assert len(pred.read_text().splitlines()) == 31
-    again = main([*argv])  # the features are cached: no second extraction
-    assert again == 0
+    cache = {p: p.stat().st_mtime_ns for p in (tmp_path / "c").rglob("*") if p.is_file()}
+    assert main([*argv]) == 0
+    # the features are cached: the second run rewrites none of them
+    assert cache == {p: p.stat().st_mtime_ns for p in (tmp_path / "c").rglob("*") if p.is_file()}
 
 
 @pytest.mark.parametrize("case", ["no labels", "empty labels", "json is a folder", "bad method"])
