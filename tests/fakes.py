@@ -88,15 +88,21 @@ class TinyEncoder(ImageEncoder):
         return ImageFeatures(embedding=tokens.mean(1), tokens=tokens, grid=(4, 4))
 
 
-def photo(path: Path, colour, seed: int = 0, size=(40, 32), exif_gps=None) -> Path:
-    """A JPEG of one colour with a little noise (and optionally an EXIF GPS block)."""
+def photo(
+    path: Path, colour, seed: int = 0, size=(40, 32), exif_gps=None, taken: str | None = None
+) -> Path:
+    """A JPEG of one colour with a little noise (and optionally an EXIF GPS block, and the
+    capture time ``taken`` as EXIF writes it, ``YYYY:MM:DD HH:MM:SS``)."""
     rng = np.random.default_rng(seed)
     a = np.clip(np.array(colour)[None, None, :] + rng.normal(0, 12, (size[1], size[0], 3)), 0, 255)
     im = Image.fromarray(a.astype(np.uint8))
     kw = {}
+    exif = Image.Exif()
+    if taken is not None:
+        exif.get_ifd(0x8769)[0x9003] = taken
+        kw["exif"] = exif
     if exif_gps is not None:
         lat, lon = exif_gps
-        exif = Image.Exif()
         exif.get_ifd(0x8825).update(
             {
                 1: "N" if lat >= 0 else "S",

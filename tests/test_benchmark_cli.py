@@ -72,7 +72,7 @@ def test_cached_features_reuse_a_store_with_tokens(data, tmp_path, monkeypatch):
     from geolocus.encoders.features import cache_dir, extract_features
 
     emb = _emb()
-    _, ids, paths, _ = bm._labels(data)
+    _, ids, paths, _ = bm.labelled_photos(data)
     extract_features(
         emb.encoder, paths, cache_dir(tmp_path, emb.encoder, "im2gps3k"), ids=ids,
         tokens="full", progress=False,

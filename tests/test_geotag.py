@@ -43,7 +43,7 @@ def test_geotag_places_untagged_photos_with_their_look_alikes(tmp_path):
         progress=False,
         log=lambda s: None,
     )
-    assert res.geotagged == 12 and res.n_predicted == 4 and res.refiner == "nearest"
+    assert res.geotagged == 12 and res.n_predicted == 4 and res.refiner == "collection"
     rows = _read(out)
     assert set(rows) == set(untagged)
     for rid, name in untagged.items():

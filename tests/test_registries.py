@@ -151,5 +151,6 @@ def test_an_unknown_name_on_the_command_line_is_one_line(tmp_path, capsys) -> No
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert err.strip().splitlines() == [
-        "geolocus: error: unknown refine method 'nope'; choose one of: nearest, dualgeo, kde, best"
+        "geolocus: error: unknown refine method 'nope'; "
+        "choose one of: nearest, dualgeo, kde, best, collection"
     ]

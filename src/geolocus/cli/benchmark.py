@@ -138,3 +138,89 @@ def im2gps3k(
     if json_out is not None:
         with atomic_write(json_out) as fh:
             json.dump(res.to_json(), fh, indent=1)
+
+
+@app.command("collections")
+def collections(
+    methods: str = typer.Option(
+        "nearest,collection-prior,collection",
+        "--methods",
+        help="Comma-separated: nearest, kde, collection-prior (hand-set), collection (fitted), "
+        "collection-prior+flickr-order, collection+flickr-order (+ upload order as capture "
+        "time), collection+verify-prior, collection+verify (+ local features; "
+        "docs/collections.md).",
+    ),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="Folder with labels.csv (IMG_ID,LAT,LON) and images/; default: ../shared/data.",
+    ),
+    cache: Path = typer.Option(
+        Path("cache/features"), "--cache", help="Where backbone features are cached."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="Backbone name or model file (default: the offline default)."
+    ),
+    folds: int = typer.Option(
+        5, "--folds", min=2, help="Photographer-grouped folds for what is learned."
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the scores as JSON."),
+    pred: Path | None = typer.Option(
+        None, "--pred", help="Write IMG_ID,LAT,LON of every photo placed by the last method."
+    ),
+    markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
+    verify_top: int = typer.Option(
+        10, "--verify-top", min=1, help="Candidates verified per photo (methods +verify)."
+    ),
+    local: str = typer.Option("orb", "--local", help="Local features to verify with: orb, sift."),
+    local_features: int = typer.Option(500, "--local-features", min=10, help="Per photo."),
+) -> None:
+    """Place each photo of a photographer's collection from the others (leave-one-out).
+
+    Every photographer (the owner id ending each IM2GPS3k file name) with 2 or more
+    photos is a collection; each photo is placed as 'geolocus geotag' places it, from
+    a database of the other photos of its collection. What is learned is fitted on
+    other photographers' collections only (photographer-grouped folds).
+    """
+    import json
+
+    from geolocus.errors import InputError
+    from geolocus.files import atomic_write, check_output_path
+    from geolocus.pipeline.benchmark import labelled_photos
+    from geolocus.pipeline.collections import benchmark_collections, confidence_table
+
+    for path, what in ((json_out, "--json"), (pred, "--pred")):
+        if path is not None:
+            check_output_path(path, what)
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names:
+        raise InputError("--methods is empty")
+    _, ids, paths, truth = labelled_photos(data)
+    res = benchmark_collections(
+        ids,
+        paths,
+        truth,
+        names,
+        model=model,
+        cache=cache,
+        folds=folds,
+        verify={
+            "top": verify_top,
+            "kind": local,
+            "features": local_features,
+            "cache": cache.parent / "local",
+        },
+    )
+    typer.echo(
+        f"\ncollections: {int(res.placed.sum())} photos in {res.n_collections} collections "
+        f"of 2 or more, each placed from the others of its collection"
+    )
+    typer.echo(res.table(markdown=markdown))
+    typer.echo("\n" + confidence_table(res, names[-1]))
+    typer.echo("timing: " + ", ".join(f"{k} {v:.1f} s" for k, v in res.seconds.items()), err=True)
+    if json_out is not None:
+        with atomic_write(json_out) as fh:
+            json.dump(res.to_json(), fh, indent=1)
+    if pred is not None:
+        n = res.write_predictions(names[-1], pred)
+        typer.echo(f"{n} predictions of {names[-1]} in {pred}", err=True)

@@ -8,6 +8,9 @@ import typer
 
 from geolocus.cli.options import batch_size_option, refiner_option
 
+#: geolocus.pipeline.geotag.MIN_CONFIDENCE, repeated here so that --help imports no pipeline
+MIN_CONFIDENCE = 0.3
+
 
 def geotag(
     collection: Path = typer.Argument(..., help="Folder of photos, some with EXIF GPS."),
@@ -18,13 +21,26 @@ def geotag(
         None, "--model", help="Backbone or model file (default: the offline default backbone)."
     ),
     refine: str | None = refiner_option(
-        default=None, note="Default: best from 50 geotagged photos, else nearest."
+        default=None,
+        note="Default: collection (similarity-weighted votes and capture times).",
     ),
     xmp: bool = typer.Option(
         False, "--xmp", help="Also write XMP sidecars (photo.jpg.xmp); existing ones are kept."
     ),
     check: bool = typer.Option(
         True, "--check/--no-check", help="Estimate accuracy by leave-one-out on geotagged photos."
+    ),
+    verify: bool = typer.Option(
+        False,
+        "--verify/--no-verify",
+        help="Also match local features (OpenCV, geolocus[verify]) with the most similar photos.",
+    ),
+    min_confidence: float = typer.Option(
+        MIN_CONFIDENCE,
+        "--min-confidence",
+        min=0.0,
+        max=1.0,
+        help="Leave a photo untagged (no sidecar; TAGGED no in the CSV) below this confidence.",
     ),
     batch_size: int = batch_size_option(16),
 ) -> None:
@@ -44,6 +60,8 @@ def geotag(
         model=model,
         refine=refine,
         check=check,
+        verify=verify,
+        min_confidence=min_confidence,
         batch_size=batch_size,
         log=lambda s: typer.echo(s, err=True),
     )
@@ -53,6 +71,11 @@ def geotag(
         f"{res.n_predicted} photos geotagged from {res.geotagged} with GPS "
         f"(stage 2: {res.refiner}); answers in {out}"
     )
+    if res.unsure:
+        typer.echo(
+            f"{len(res.unsure)} photos left untagged: confidence below {min_confidence:g} "
+            "(their best guess is in the CSV, TAGGED no)"
+        )
     if res.failed:
         typer.echo(f"{len(res.failed)} photos could not be read:", err=True)
         for r in res.failed[:10]:

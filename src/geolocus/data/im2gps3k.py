@@ -50,3 +50,14 @@ def photographer(img_id: str) -> str:
     the whole stem when the name has no such field."""
     stem = Path(str(img_id)).stem
     return stem.rsplit("_", 1)[-1] if "_" in stem else stem
+
+
+def flickr_id(img_id: str) -> int | None:
+    """The Flickr photo id starting an IM2GPS3k file name (``1000269685_e60e…``), or None.
+
+    Flickr numbers photos as they are uploaded, so within one photographer's photos the
+    ids follow the order of upload: a stand-in for the capture order that the stripped
+    EXIF no longer gives (photos uploaded one after the other were mostly taken on the
+    same trip)."""
+    head = Path(str(img_id)).name.split("_", 1)[0]
+    return int(head) if head.isdigit() else None

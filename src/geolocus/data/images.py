@@ -313,6 +313,28 @@ def read_exif_gps(
     return _exif_gps(_open(data, name, max_pixels=2**62))  # pixels are never decoded here
 
 
+def read_exif_time(source: Source, *, max_bytes: int = DEFAULT_MAX_BYTES) -> float | None:
+    """When the photo was taken, from EXIF (DateTimeOriginal, else DateTime), as seconds
+    of a naive clock (the camera's local time: only differences between photos of one
+    camera mean anything), or None. Unreadable files raise :class:`ImageError`."""
+    import datetime
+
+    data, name = _read_bytes(source, max_bytes)
+    im = _open(data, name, max_pixels=2**62)
+    try:
+        exif = im.getexif()
+        raw = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
+    except Exception:  # a malformed EXIF block is "no time", not an unreadable photo
+        return None
+    if not isinstance(raw, str):
+        return None
+    try:
+        t = datetime.datetime.strptime(raw.strip().rstrip("\x00"), "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None  # "0000:00:00 00:00:00" and other placeholders
+    return (t - datetime.datetime(1970, 1, 1)).total_seconds()
+
+
 def read_image_size(
     source: Source,
     *,

@@ -95,8 +95,10 @@ class BenchmarkResult:
         }
 
 
-def _labels(data: str | os.PathLike[str] | None):
-
+def labelled_photos(
+    data: str | os.PathLike[str] | None,
+) -> tuple[Path, list[str], list[str], np.ndarray]:
+    """The benchmark folder, photo ids, photo paths (``images/ID``) and true positions."""
     d = im2gps3k_dir(data).resolve()
     lab = read_coords(d / "labels.csv", "labels")
     ids = lab["IMG_ID"].tolist()
@@ -165,7 +167,7 @@ def cross_validate(
     for r in refiners:
         create_refiner(r)  # fail early on an unknown name
     t0 = time.perf_counter()
-    _, ids, paths, truth = _labels(data)
+    _, ids, paths, truth = labelled_photos(data)
     embedder = embedder if embedder is not None else create_embedder(model)
     store = cached_features(embedder, paths, ids, cache, progress=progress)
     t_feat = time.perf_counter() - t0
@@ -250,7 +252,7 @@ def holdout(
 ) -> tuple[BenchmarkResult, list[Any], np.ndarray]:
     """The ``holdout`` protocol: returns the result, the predictions and their truth."""
     t0 = time.perf_counter()
-    _, ids, paths, truth = _labels(data)
+    _, ids, paths, truth = labelled_photos(data)
     fold = grouped_folds(ids, folds, group=photographer)
     if not 0 <= test_fold < folds:
         raise InputError(f"--test-fold must be between 0 and {folds - 1}")

@@ -70,11 +70,12 @@ def loo_neighbours(
     max_queries: int = MAX_FIT_QUERIES,
     seed: int = 0,
     nprobe: int | None = None,
+    min_photos: int = 3,
 ) -> tuple[Neighbours, np.ndarray]:
     """Neighbours of (a sample of) the database's own photos, each left out of its own
-    search, and their true positions."""
+    search, and their true positions (``min_photos``: fewer is an error; a fit needs 3)."""
     n = len(db)
-    if n < 3:
+    if n < min_photos:
         raise InputError(f"fitting a refiner on the database needs at least 3 photos, it has {n}")
     rows = np.arange(n)
     if n > max_queries:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geolocus.data.images import list_images, load_photo, to_rgb
+from geolocus.data.neighbours import Neighbours
 from geolocus.errors import ImageError, InputError, ServiceError
 from geolocus.geo import haversine_km
 from geolocus.index.build import check_embedder, embedder_for
@@ -517,13 +518,38 @@ class Geolocator:
         t = time.perf_counter()
         r = self.retrieval
         nb = None
-        no_ranking = (np.zeros((0, 2)), np.zeros(0))
-        ranked = [no_ranking] * len(ids)
         if self.database is not None and self.refiner is not None:
             nb = self.database.search(
                 vectors, k=r.k, k_far=r.k_far, query_ids=list(ids), nprobe=r.nprobe
             )
-            t = self._tick("search", t)
+            self._tick("search", t)
+        return self.place(
+            nb,
+            ids,
+            gps=gps,
+            images=images,
+            exif=exif,
+            heatmaps=heatmaps,
+            location_queries=location_queries,
+        )
+
+    def place(
+        self,
+        nb: Neighbours | None,
+        ids: Sequence[str],
+        gps: tuple[np.ndarray, np.ndarray] | None = None,
+        images: Sequence[Any] | None = None,
+        exif: Sequence[Any] | None = None,
+        heatmaps: Sequence[Heatmap] | None = None,
+        location_queries: np.ndarray | None = None,
+    ) -> list[Prediction]:
+        """Stage 2 for photos whose neighbours are retrieved already (``nb``; None: gallery
+        candidates alone): what :meth:`locate` does after the search, so that a benchmark
+        retrieving by leave-one-out places photos exactly as they are placed for users."""
+        t = time.perf_counter()
+        no_ranking = (np.zeros((0, 2)), np.zeros(0))
+        ranked = [no_ranking] * len(ids)
+        if nb is not None and self.refiner is not None:
             ranking = self.refiner.rank(nb)
             ranked = [(ranking.candidates[i], ranking.scores[i]) for i in range(len(nb))]
         top_k = self.places.top_k

@@ -25,16 +25,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geolocus.errors import InputError
+from geolocus.data.images import read_exif_time
+from geolocus.errors import ImageError, InputError
 from geolocus.eval import results_table, score_errors
 from geolocus.eval.crossval import cross_val_predict
 from geolocus.files import atomic_write, check_output_path, write_text_atomic
 from geolocus.geo import haversine_km
-from geolocus.index.build import build_database, gather_inputs, inputs_source
+from geolocus.index.build import Inputs, build_database, gather_inputs, inputs_source
 from geolocus.models.embedder import create_embedder
+from geolocus.pipeline.collections import COLLECTION_K
 from geolocus.pipeline.fitting import loo_neighbours
 from geolocus.pipeline.geolocator import Geolocator, PlaceSettings, RetrievalSettings
-from geolocus.refine import create_refiner
+from geolocus.refine import Refiner, create_refiner
 
 if TYPE_CHECKING:
     from geolocus.models.embedder import Embedder
@@ -42,9 +44,11 @@ if TYPE_CHECKING:
 WORK = ".geolocus"
 PARTIAL = "geotag-partial.csv"
 FIELDS = ("IMG_ID", "LAT", "LON", "CONFIDENCE", "UNCERTAINTY_KM", "PLACE", "ERROR")
-#: From this many geotagged photos the learned refiner has enough to fit on; below it the
-#: nearest neighbour is used (cluster votes need far more photos than neighbours retrieved).
-MIN_FOR_BEST = 50
+#: Photos placed with less confidence are left untagged (docs/collections.md: the share
+#: placed and its accuracy at each level).
+MIN_CONFIDENCE = 0.3
+#: The default stage 2 (docs/collections.md: what won on the collection benchmark).
+DEFAULT_REFINE = "collection"
 
 
 @dataclass
@@ -52,8 +56,9 @@ class GeotagResult:
     """What a geotagging run did."""
 
     geotagged: int  # photos that already had a position (the database)
-    predicted: list[dict[str, Any]] = field(default_factory=list)  # rows of FIELDS
+    predicted: list[dict[str, Any]] = field(default_factory=list)  # rows of FIELDS, tagged
     failed: list[dict[str, Any]] = field(default_factory=list)
+    unsure: list[dict[str, Any]] = field(default_factory=list)  # below min_confidence
     check: Any | None = None  # geolocus.eval.Scores of the leave-one-out check
     refiner: str = ""
 
@@ -77,6 +82,15 @@ def _row(pred: Any, rid: str) -> dict[str, Any]:
     }
 
 
+def _tagged(row: dict[str, Any], min_confidence: float) -> str:
+    """``yes``: placed; ``no``: a guess below ``min_confidence``, left untagged; empty: no
+    answer (the photo could not be read)."""
+    if row.get("ERROR") or not row.get("LAT"):
+        return ""
+    conf = row.get("CONFIDENCE") or ""
+    return "no" if conf and float(conf) < min_confidence else "yes"
+
+
 def _read_partial(path: Path) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         return {}
@@ -88,15 +102,18 @@ def leave_one_out_check(geolocator: Geolocator, folds: int = 5) -> Any:
     """Accuracy on the database's own photos, each searched without itself: an estimate
     of how well the photos without a position are placed.
 
-    A refiner that learns is cross-validated (fitted on the other folds' photos), so
-    the estimate is not scored on what it was fitted on.
+    A refiner fitted on the database is cross-validated (fitted on the other folds'
+    photos), so the estimate is not scored on what it was fitted on; one used unfitted
+    (``collection``'s prior) is scored as it is.
     """
     r = geolocator.retrieval
     refiner = geolocator.refiner
     if geolocator.database is None or refiner is None:
         raise InputError("the leave-one-out check needs a database of geotagged photos")
-    nb, truth = loo_neighbours(geolocator.database, r.k, r.k_far)
-    if refiner.learns and len(nb) >= 2 * folds:
+    # each photo has one other photo fewer than the database: never pad with repeats
+    k = max(1, min(r.k, len(geolocator.database) - 1))
+    nb, truth = loo_neighbours(geolocator.database, k, min(r.k_far, k))
+    if refiner.learns and refiner.is_fitted() and len(nb) >= 2 * folds:
         fold = np.random.default_rng(0).permutation(len(nb)) % folds
         top = cross_val_predict(lambda: create_refiner(refiner.name), nb, truth, fold)
     else:
@@ -141,6 +158,43 @@ def write_sidecars(rows: list[dict[str, Any]], root: Path) -> tuple[int, list[st
     return written, skipped
 
 
+def capture_times(photos: list[tuple[str, str]]) -> dict[str, float]:
+    """EXIF capture times (seconds) of ``(id, path)`` pairs, keyed by both the id and the
+    path (the geolocator names a photo it reads by its path); photos without one are left
+    out."""
+    times: dict[str, float] = {}
+    for pid, path in photos:
+        try:
+            t = read_exif_time(path)
+        except (ImageError, OSError):
+            continue
+        if t is not None:
+            times[pid] = times[str(path)] = t
+    return times
+
+
+def collection_refiner(
+    inputs: Inputs, targets: list[Any], work: Path, verify: bool = False
+) -> Refiner:
+    """The default stage 2 (``collection``, its hand-set prior: nothing to fit on a small
+    collection) with the photos' capture times and, with ``verify``, local-feature
+    verification of the most similar photos (keypoints cached in ``work``)."""
+    from geolocus.refine.collection import CollectionRefiner
+
+    r = CollectionRefiner(use_time=True, use_inliers=verify)
+    photos = list(zip(inputs.ids, inputs.paths, strict=True))
+    photos += [(p.id, str(p.path)) for p in targets]
+    r.times = capture_times(photos)
+    if verify:
+        from geolocus.refine.verify import Verifier
+
+        where = {pid: str(path) for pid, path in photos} | {
+            str(p.path): str(p.path) for p in targets
+        }
+        r.inliers = Verifier(where.get, cache=work / "local")
+    return r
+
+
 def geotag(
     collection: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -150,6 +204,8 @@ def geotag(
     refine: str | None = None,
     db: str | os.PathLike[str] | None = None,
     check: bool = True,
+    verify: bool = False,
+    min_confidence: float = MIN_CONFIDENCE,
     batch_size: int = 16,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -157,8 +213,11 @@ def geotag(
     """Geolocate the photos of ``collection`` that have no EXIF GPS from those that have.
 
     ``model`` names the backbone or model file (``embedder`` passes one already
-    made). ``refine`` defaults to ``best`` (fitted on the collection by leave-one-out)
-    when at least :data:`MIN_FOR_BEST` photos are geotagged, else ``nearest``.
+    made). ``refine`` defaults to :data:`DEFAULT_REFINE` (``collection``: similarity-weighted
+    votes of the collection's photos and their capture times, see
+    :mod:`geolocus.refine.collection`); ``verify`` adds local-feature verification.
+    A photo whose answer has a confidence below ``min_confidence`` is left untagged: its
+    guess is in the CSV (``TAGGED`` no) but it gets no sidecar.
     """
     root = Path(collection).expanduser().resolve()
     if not root.is_dir():
@@ -181,12 +240,17 @@ def geotag(
         db_path, inputs_source(inputs), embedder, overwrite=True, progress=progress
     )
     log(built.summary())
-    name = refine or ("best" if len(inputs) >= MIN_FOR_BEST else "nearest")
+    name = refine or DEFAULT_REFINE
+    stage2: Refiner | str = name
+    retrieval = RetrievalSettings(batch_size=batch_size)
+    if name == DEFAULT_REFINE:
+        stage2 = collection_refiner(inputs, targets, work, verify=verify)
+        retrieval = RetrievalSettings(k=COLLECTION_K, k_far=0, batch_size=batch_size)
     geo = Geolocator.from_database(
         built.database,
-        name,
+        stage2,
         embedder=embedder,
-        retrieval=RetrievalSettings(batch_size=batch_size),
+        retrieval=retrieval,
         places=PlaceSettings(top_k=1),
     )
     result = GeotagResult(geotagged=len(inputs), refiner=name)
@@ -217,11 +281,16 @@ def geotag(
 
         if todo:
             geo.predict(todo, progress=progress, on_result=keep)
-    rows = [done[p.id] for p in targets if p.id in done]
-    result.predicted = [r for r in rows if not r.get("ERROR")]
+    rows = [
+        done[p.id] | {"TAGGED": _tagged(done[p.id], min_confidence)}
+        for p in targets
+        if p.id in done
+    ]
+    result.predicted = [r for r in rows if r["TAGGED"] == "yes"]
+    result.unsure = [r for r in rows if r["TAGGED"] == "no"]
     result.failed += [r for r in rows if r.get("ERROR")]
     with atomic_write(out, newline="", encoding="utf-8") as out_fh:
-        w = csv.DictWriter(out_fh, fieldnames=FIELDS)
+        w = csv.DictWriter(out_fh, fieldnames=(*FIELDS, "TAGGED"))
         w.writeheader()
         w.writerows(rows)
     partial.unlink(missing_ok=True)

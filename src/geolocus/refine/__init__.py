@@ -15,6 +15,7 @@ from geolocus.registry import Registry
 
 if TYPE_CHECKING:
     from geolocus.refine.base import Ranking, Refiner
+    from geolocus.refine.collection import CollectionRefiner
     from geolocus.refine.learned import BestRefiner
     from geolocus.refine.rules import DualGeoRefiner, KDERefiner, NearestRefiner
 
@@ -24,6 +25,7 @@ REFINERS.register("nearest", "geolocus.refine.rules:NearestRefiner")
 REFINERS.register("dualgeo", "geolocus.refine.rules:DualGeoRefiner")
 REFINERS.register("kde", "geolocus.refine.rules:KDERefiner")
 REFINERS.register("best", "geolocus.refine.learned:BestRefiner")
+REFINERS.register("collection", "geolocus.refine.collection:CollectionRefiner")
 
 #: Refiner used when none is named.
 DEFAULT_REFINER = "dualgeo"
@@ -32,6 +34,7 @@ _LAZY = {
     "Ranking": "geolocus.refine.base",
     "Refiner": "geolocus.refine.base",
     "BestRefiner": "geolocus.refine.learned",
+    "CollectionRefiner": "geolocus.refine.collection",
     "DualGeoRefiner": "geolocus.refine.rules",
     "KDERefiner": "geolocus.refine.rules",
     "NearestRefiner": "geolocus.refine.rules",
@@ -58,6 +61,7 @@ __all__ = [
     "DEFAULT_REFINER",
     "REFINERS",
     "BestRefiner",
+    "CollectionRefiner",
     "DualGeoRefiner",
     "KDERefiner",
     "NearestRefiner",

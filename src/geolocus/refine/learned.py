@@ -70,9 +70,12 @@ def fit_weights(
     sharpness: float,
     l2: float,
     offset: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Weights maximising the expected gain of a softmax choice, L2-pulled towards ``w0``.
 
+    ``mask`` (N, C): which candidates exist (queries with fewer candidates than others,
+    padded); the others get no probability.
     ``offset`` (N, C): fixed scores that ``x @ w`` is added to (a second stage of
     features on top of a fitted model). Optimised over the features divided by
     their spread (same optimum, far fewer L-BFGS steps); queries whose candidates
@@ -87,6 +90,9 @@ def fit_weights(
         useful &= (x.max(axis=1) > x.min(axis=1)).any(axis=1)
     x, gains = x[useful], gains[useful]
     off = None if offset is None else np.asarray(offset, float)[useful]
+    if mask is not None:
+        pad = np.where(np.asarray(mask, bool)[useful], 0.0, -1e9)
+        off = pad if off is None else off + pad
     n, c, f = x.shape
     if n == 0:
         return w0.astype(float)
