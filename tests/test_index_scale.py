@@ -291,3 +291,30 @@ def test_ray_encodes_the_parts_of_a_compressed_index_as_this_process_does(tmp_pa
         sb, rb = cp.reranked_search(ray_db.index, ray_db._columns.exact, side, 10, 8, 100)
         assert (ra == rb).all()
         np.testing.assert_array_equal(sa, sb)
+
+
+def test_index_tune_chooses_new_settings_without_rebuilding(tmp_path, capsys):
+    from geolocus.cli.main import main
+
+    _compressed_db(tmp_path / "db")
+    before = Database.open(tmp_path / "db").manifest
+    assert main(["index", "tune", str(tmp_path / "db"), "--target-recall", "0.5"]) == 0
+    out = capsys.readouterr().out
+    after = Database.open(tmp_path / "db").manifest
+    assert after.search["target_recall_at_20"] == 0.5 and "target 0.5" in out
+    assert after.search["recall_at_20"] >= 0.5
+    assert after.files == before.files and after.generation == before.generation
+    assert main(["index", "info", str(tmp_path / "db"), "--check"]) == 0
+    capsys.readouterr()
+    # an exact database has nothing to tune; a target outside (0, 1] is refused
+    x, ids, ll = _corpus(300)
+    flat = Database.create(tmp_path / "flat", dim=DIM, model="t")
+    flat.add(x, ids, ll)
+    flat.save()
+    for argv in (
+        ["index", "tune", str(tmp_path / "flat")],
+        ["index", "tune", str(tmp_path / "db"), "--target-recall", "1.5"],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("geolocus: error: ") and err.count("\n") == 1, err

@@ -277,3 +277,28 @@ def info(
         f"{'skipped photos':17s} {len(report)}"
         + (f" (see {Path(db) / 'report.csv'})" if report else "")
     )
+
+
+@app.command("tune")
+def tune(
+    db: Path = typer.Argument(..., help="Database folder (a compressed one)."),
+    target: float | None = typer.Option(
+        None,
+        "--target-recall",
+        help="Recall@20 against exact search to reach (default: the one recorded, 0.99 for "
+        "new databases); lower is faster.",
+    ),
+    wait: bool = wait_option(),
+) -> None:
+    """Choose a compressed database's search settings again, without rebuilding it: the
+    cheapest lists probed and candidates re-ranked that reach the target recall@20 on
+    held-out database vectors (as a build does)."""
+    from geolocus.index import Database
+
+    search = Database.open(db).retune(target, wait=wait, progress=True)
+    typer.echo(
+        f"search: nprobe {search['nprobe']}, re-rank {search['rerank']}: recall@20 "
+        f"{search['recall_at_20']} (target {search['target_recall_at_20']}, "
+        f"{search['ms_per_query']} ms a query); far: nprobe {search['far_nprobe']}, re-rank "
+        f"{search['far_rerank']}: recall@20 {search['far_recall_at_20']}"
+    )

@@ -37,7 +37,7 @@ TARGET_RECALL = 0.99
 RECALL_K = 20
 #: Lists probed and candidates re-ranked that tuning tries, cheapest first.
 NPROBES = (4, 8, 16, 32, 64, 128, 256)
-RERANKS = (50, 100, 200, 400, 800)
+RERANKS = (50, 100, 200, 400, 800, 1600, 3200)
 #: k-means iterations of the coarse quantiser (FAISS's default, 25, costs 2.5x for little).
 KMEANS_ITER = 10
 #: Vectors read at a time when adding to the index or scanning exactly (bounded memory).

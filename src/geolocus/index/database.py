@@ -389,6 +389,46 @@ class Database:
                     f"cannot write the database {self.path}: {where}{e.strerror or e}"
                 ) from None
 
+    def retune(
+        self, target: float | None = None, wait: bool = False, progress: bool = False
+    ) -> dict[str, Any]:
+        """Choose a compressed database's search settings again on its saved vectors, for
+        recall@20 ``target`` (default: the one recorded), without rebuilding: to trade
+        speed for recall, or after the settings tried have changed. Returns the new
+        ``search`` of the manifest, which is switched atomically under the lock."""
+        if not self.is_compressed or self._columns is None or self.index is None:
+            raise InputError(
+                f"the database at {self.path} searches exactly ({self.manifest.factory}): "
+                "it has no search settings to tune"
+            )
+        self._require_saved("tune it")
+        t = float(
+            target
+            if target is not None
+            else self.manifest.search.get("target_recall_at_20", compressed.TARGET_RECALL)
+        )
+        if not 0.0 < t <= 1.0:
+            raise InputError(f"a target recall is between 0 and 1, not {t}")
+        with database_lock(self.path, wait=wait):
+            on_disk = read_manifest(self.path).generation
+            if on_disk != self.manifest.generation:
+                raise InputError(
+                    f"the database at {self.path} was changed by another process since it was "
+                    "opened: open it again and tune it then"
+                )
+            exact = self._columns.exact
+            with _bar(2, "tuning search (near, far)", progress) as bar:
+                near = compressed.tune(self.index, exact, target=t)
+                bar.update(1)
+                far = compressed.tune(self.index, exact, target=t, far=True)
+                bar.update(1)
+            search = dict(self.manifest.search)
+            search.update(near.as_dict())
+            search.update(far.as_dict("far_"))
+            self._commit(self.manifest.generation, self.manifest.count, self.manifest.files,
+                         search=search)  # fmt: skip
+        return search
+
     def _write(self) -> None:
         faiss = _faiss()
         new = self.manifest.generation + 1
