@@ -283,6 +283,11 @@ def main() -> None:
     )
     ap.add_argument("--db-name", default="", help="database folder name (default db-N)")
     ap.add_argument("--stage", choices=["all", "build", "search"], default="all")
+    ap.add_argument(
+        "--skip-build",
+        action="store_true",
+        help="search the database already in the workdir (build figures are then NaN)",
+    )
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.stage == "build":
@@ -290,9 +295,16 @@ def main() -> None:
     if args.stage == "search":
         return child_search(args)
     corpus = make_corpus(args)
-    _log("build ...")
-    built, rss_build = _child(args, "build")
-    _log(f"built in {built['build_s']:.1f} s: {built['factory']} {built['search']}")
+    if args.skip_build:  # measure search again on the database as it is (e.g. re-tuned)
+        from geolocus.index.database import read_manifest
+
+        man = read_manifest(_db_dir(args))
+        built, rss_build = {"build_s": float("nan"), "factory": man.factory,
+                            "search": man.search}, float("nan")  # fmt: skip
+    else:
+        _log("build ...")
+        built, rss_build = _child(args, "build")
+        _log(f"built in {built['build_s']:.1f} s: {built['factory']} {built['search']}")
     searched, rss_search = _child(args, "search")
     db_dir = _db_dir(args)
     disk = sum(f.stat().st_size for f in db_dir.iterdir() if f.is_file())
