@@ -318,3 +318,16 @@ def test_index_tune_chooses_new_settings_without_rebuilding(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("geolocus: error: ") and err.count("\n") == 1, err
+
+
+def test_read_rows_reads_a_memory_mapped_file_row_by_row_as_indexing_does(tmp_path):
+    from geolocus.index.columns import read_rows
+
+    a = np.random.default_rng(0).normal(size=(500, 24)).astype(np.float16)
+    np.save(tmp_path / "v.npy", a)
+    m = np.load(tmp_path / "v.npy", mmap_mode="r")
+    rows = np.array([0, 3, 4, 250, 499])
+    got = read_rows(m, rows)
+    assert got.dtype == np.float32 and got.shape == (5, 24)
+    np.testing.assert_array_equal(got, a[rows].astype(np.float32))
+    np.testing.assert_array_equal(read_rows(a, rows), got)  # an array in memory too

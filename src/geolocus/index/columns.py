@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -47,6 +48,32 @@ def release(a: np.ndarray) -> None:
     if isinstance(m, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
         with contextlib.suppress(OSError, ValueError):
             m.madvise(mmap.MADV_DONTNEED)
+
+
+def read_rows(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows of ``a`` as float32 (``rows`` sorted, so the file is read in order).
+
+    From a memory-mapped ``.npy`` each row is read with ``pread`` rather than through
+    the map: with the kernel's fault-around of large page-cache folios, touching 4,096
+    random 1 KB rows of a 10 GB map mapped 1.4 GB into the process, and reading 12,800
+    rows took 150-1,100 ms through the map against 38-90 ms with ``pread``."""
+    rows = np.asarray(rows, dtype=np.int64)
+    name = getattr(a, "filename", None)
+    if not isinstance(a, np.memmap) or not name or a.ndim != 2 or not a.flags.c_contiguous:
+        return np.asarray(a[rows], dtype=np.float32)
+    width = a.shape[1] * a.itemsize
+    buf = bytearray(len(rows) * width)
+    view = memoryview(buf)
+    base = int(a.offset)
+    fd = os.open(name, os.O_RDONLY)
+    try:
+        for i, r in enumerate(rows.tolist()):
+            got = os.preadv(fd, [view[i * width : (i + 1) * width]], base + r * width)
+            if got != width:
+                raise OSError(f"{name}: short read at row {r}")
+    finally:
+        os.close(fd)
+    return np.frombuffer(buf, dtype=a.dtype).reshape(len(rows), a.shape[1]).astype(np.float32)
 
 
 class NpyWriter:

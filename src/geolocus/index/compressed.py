@@ -23,7 +23,7 @@ import numpy as np
 
 from geolocus.errors import InputError
 from geolocus.files import atomic_path
-from geolocus.index.columns import release
+from geolocus.index.columns import read_rows, release
 
 #: Above this many vectors ``auto`` chooses a compressed index; at or below, exact ``Flat``.
 AUTO_THRESHOLD = 200_000
@@ -42,8 +42,7 @@ RERANKS = (50, 100, 200, 400, 800, 1600, 3200)
 KMEANS_ITER = 10
 #: Vectors read at a time when adding to the index or scanning exactly (bounded memory).
 CHUNK = 65536
-#: Candidate rows re-ranked at a time, their pages released after: each row read maps up to
-#: 64 KB of the file (the kernel maps neighbouring cached pages too), so 4096 rows ≤ 256 MB.
+#: Candidate rows re-ranked at a time (x dim x 4 bytes: 8 MB at 512-d).
 RERANK_ROWS = 4096
 
 
@@ -95,8 +94,7 @@ def gather(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
     order = np.argsort(rows, kind="stable")
     out = np.empty((len(rows), vectors.shape[1]), dtype=np.float32)
     for r in chunks(len(rows)):
-        out[order[r.start : r.stop]] = vectors[rows[order[r.start : r.stop]]]
-        release(vectors)
+        out[order[r.start : r.stop]] = read_rows(vectors, rows[order[r.start : r.stop]])
     return out
 
 
@@ -173,7 +171,7 @@ def reranked_search(
     """Top-``k`` by exact inner product among the ``rerank`` best candidates of the
     compressed index (``nprobe`` lists visited). Rows it cannot fill are -1.
 
-    Candidates are read a block of queries at a time and the pages released after,
+    Candidates are read a block of queries at a time, row by row (:func:`read_rows`),
     so re-ranking a thousand queries at depth 800 costs tens of MB, not gigabytes."""
     faiss = _faiss()
     depth = max(k, rerank)
@@ -186,8 +184,7 @@ def reranked_search(
         c = cand[b : b + block]
         ok = c >= 0
         uniq, inverse = np.unique(c[ok], return_inverse=True)
-        rows_v = np.asarray(vectors[uniq], dtype=np.float32)  # sorted: read in file order
-        release(vectors)
+        rows_v = read_rows(vectors, uniq)  # sorted: read in file order
         pos = np.full(c.shape, -1, dtype=np.int64)
         pos[ok] = inverse
         for i in range(len(c)):
