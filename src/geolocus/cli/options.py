@@ -33,6 +33,31 @@ def refiner_option(
     )
 
 
+def objective_option(several: bool = False) -> Any:
+    """What a refiner with a choice of training objectives (``best``) is fitted to,
+    ``--objective``; ``several``: a comma-separated list, one row each."""
+    what = "comma-separated, one row each: " if several else ""
+    return typer.Option(
+        None,
+        "--objective",
+        help=f"What method best is fitted to ({what}softmax, the default: the expected "
+        "number of accuracy thresholds met; georanker: GeoRanker's distance-aware "
+        "multi-order ranking loss). docs/refine.md.",
+    )
+
+
+def objective_names(text: str | None) -> list[str] | None:
+    """The names of a comma-separated ``--objective`` value (``None`` if not given)."""
+    if text is None:
+        return None
+    names = [o.strip() for o in text.split(",") if o.strip()]
+    if not names:
+        from geolocus.errors import InputError
+
+        raise InputError("--objective needs a name: softmax or georanker")
+    return names
+
+
 def db_option(default: Path | None = None, help: str = DB_HELP) -> Any:
     """The database folder, ``--db`` (required unless a ``default`` is given)."""
     return typer.Option(... if default is None else default, "--db", help=help)
