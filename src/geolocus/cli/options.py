@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from geolocus.errors import InputError
 from geolocus.refine import DEFAULT_REFINER, REFINERS, list_refiners
 
 DB_HELP = "Database folder (from 'geolocus index build')."
@@ -52,8 +53,6 @@ def objective_names(text: str | None) -> list[str] | None:
         return None
     names = [o.strip() for o in text.split(",") if o.strip()]
     if not names:
-        from geolocus.errors import InputError
-
         raise InputError("--objective needs a name: softmax or georanker")
     return names
 
@@ -126,7 +125,6 @@ def lmm_procedure(
 ) -> Any:
     """The :class:`~geolocus.refine.procedures.Procedure` the ``--lmm-…`` options ask for
     (a one-line error when they do not fit together)."""
-    from geolocus.errors import InputError
     from geolocus.refine.procedures import CHOOSE, Procedure, parse_prompts
 
     tuned = [
