@@ -6,7 +6,13 @@ from pathlib import Path
 
 import typer
 
-from geolocus.cli.options import db_option, refiner_names, refiner_option
+from geolocus.cli.options import (
+    db_option,
+    objective_names,
+    objective_option,
+    refiner_names,
+    refiner_option,
+)
 from geolocus.refine import list_refiners
 
 app = typer.Typer(help="Reproducible experiments: cross-validated tables.", no_args_is_help=True)
@@ -17,6 +23,7 @@ def refine_cv(
     neighbours: Path = typer.Option(..., "--neighbours", help="Neighbours CSV (dev queries)."),
     labels: Path = typer.Option(..., "--labels", help="IMG_ID,LAT,LON of those queries."),
     methods: str = refiner_option("--methods", default=",".join(list_refiners()), several=True),
+    objective: str | None = objective_option(several=True),
     folds: int = typer.Option(
         5, "--folds", min=2, help="Photographer-grouped cross-validation folds."
     ),
@@ -34,16 +41,20 @@ def refine_cv(
 
     Queries are split into folds by photographer (the owner id ending each
     IM2GPS3k file name); each fold is predicted by a refiner fitted on the others.
+    --objective softmax,georanker gives best one row per training objective.
     """
     from geolocus.eval import results_table
     from geolocus.pipeline.refining import (
         OCRSettings,
         cross_validate_refiners,
         labelled_neighbours,
+        refiner_runs,
         with_photo_text,
     )
 
     names = refiner_names(methods)
+    objectives = objective_names(objective)
+    refiner_runs(names, objectives)  # checked before reading anything
     nb, truth, n_missing = labelled_neighbours(neighbours, labels, drop_unlabelled=True)
     if n_missing:
         typer.echo(f"note: {n_missing} queries without labels are left out", err=True)
@@ -57,6 +68,7 @@ def refine_cv(
         oracle=oracle,
         compare=compare,
         progress=lambda m: typer.echo(f"{m}: done", err=True),
+        objectives=objectives,
     )
     typer.echo(results_table(rows, markdown=markdown))
     if not markdown:

@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from geolocus.errors import InputError
 from geolocus.refine import DEFAULT_REFINER, REFINERS, list_refiners
 
 DB_HELP = "Database folder (from 'geolocus index build')."
@@ -31,6 +32,29 @@ def refiner_option(
     return typer.Option(
         default, *(flags or ("--refine",)), help=f"{what}: {refiner_choices()}.{extra}"
     )
+
+
+def objective_option(several: bool = False) -> Any:
+    """What a refiner with a choice of training objectives (``best``) is fitted to,
+    ``--objective``; ``several``: a comma-separated list, one row each."""
+    what = "comma-separated, one row each: " if several else ""
+    return typer.Option(
+        None,
+        "--objective",
+        help=f"What method best is fitted to ({what}softmax, the default: the expected "
+        "number of accuracy thresholds met; georanker: GeoRanker's distance-aware "
+        "multi-order ranking loss). docs/refine.md.",
+    )
+
+
+def objective_names(text: str | None) -> list[str] | None:
+    """The names of a comma-separated ``--objective`` value (``None`` if not given)."""
+    if text is None:
+        return None
+    names = [o.strip() for o in text.split(",") if o.strip()]
+    if not names:
+        raise InputError("--objective needs a name: softmax or georanker")
+    return names
 
 
 def db_option(default: Path | None = None, help: str = DB_HELP) -> Any:
@@ -101,7 +125,6 @@ def lmm_procedure(
 ) -> Any:
     """The :class:`~geolocus.refine.procedures.Procedure` the ``--lmm-…`` options ask for
     (a one-line error when they do not fit together)."""
-    from geolocus.errors import InputError
     from geolocus.refine.procedures import CHOOSE, Procedure, parse_prompts
 
     tuned = [

@@ -12,6 +12,7 @@ from geolocus.cli.options import (
     lmm_prompts_option,
     lmm_samples_option,
     lmm_temperature_option,
+    objective_option,
     refiner_option,
 )
 
@@ -21,6 +22,7 @@ def refine(
         ..., "--neighbours", help="Neighbours CSV: IMG_ID, near_<i>_lat/lon, far_<i>_lat/lon."
     ),
     method: str = refiner_option("--method", "-m"),
+    objective: str | None = objective_option(),
     out: Path = typer.Option(..., "--out", help="Where to write IMG_ID,LAT,LON predictions."),
     fit: Path | None = typer.Option(
         None, "--fit", help="Neighbours CSV of queries with known positions, to fit the refiner."
@@ -85,7 +87,8 @@ def refine(
 
     Methods: nearest (the first neighbour), dualgeo (DualGeo's cluster
     re-ranking), kde (kernel-density mode; --fit tunes its bandwidth), best
-    (a learned re-ranker; needs --fit and --labels, or --refiner-file). With
+    (a learned re-ranker; needs --fit and --labels, or --refiner-file; --objective
+    georanker fits it to GeoRanker's ranking loss instead). With
     --images, best also weighs what the text in each photo says (script,
     language, place names; docs/ocr.md): the first run reads every photo (about
     a second each), later runs reuse the cache.
@@ -96,8 +99,9 @@ def refine(
     from geolocus.data import write_coords
     from geolocus.errors import InputError
     from geolocus.files import check_output_path
-    from geolocus.pipeline.refining import OCRSettings, get_refiner, refine_table
+    from geolocus.pipeline.refining import OCRSettings, check_objective, get_refiner, refine_table
 
+    check_objective(method, objective)
     if save_refiner is not None and fit is None:
         raise InputError("--save-refiner saves what --fit learned: give --fit and --labels")
     if lmm is not None and not lmm_model:
@@ -143,6 +147,7 @@ def refine(
         refiner_file=refiner_file,
         fit_images=fit_images or text_images,
         ocr=ocr,
+        objective=objective,
     )
     if save_refiner is not None:
         refiner.save(save_refiner)

@@ -72,6 +72,41 @@ def labelled_neighbours(
     return nb, lab.loc[list(nb.ids), ["LAT", "LON"]].to_numpy(), n_missing
 
 
+def objectives_of(method: str) -> tuple[str, ...]:
+    """The training objectives refiner ``method`` can be fitted to (its default first;
+    empty where there is no choice)."""
+    return tuple(getattr(REFINERS.get(method), "objectives", ()))
+
+
+def check_objective(method: str, objective: str | None) -> None:
+    """Fail in one line unless ``method`` can be fitted to ``objective`` (``None``: its
+    default, always fine)."""
+    if objective is None:
+        return
+    choices = objectives_of(method)
+    if not choices:
+        having = [m for m in REFINERS.names() if objectives_of(m)]
+        raise InputError(
+            f"method {method!r} has no training objective to choose: --objective is for "
+            + ", ".join(having)
+        )
+    if objective not in choices:
+        raise InputError(
+            f"unknown objective {objective!r} for method {method!r}; choose one of: "
+            + ", ".join(choices)
+        )
+
+
+def new_refiner(method: str, objective: str | None = None) -> Refiner:
+    """A new refiner ``method``, fitted to ``objective`` where it has a choice of training
+    objectives (``None``: its default); a method or objective that does not exist, or an
+    objective for a method without any, is a one-line error."""
+    check_objective(method, objective)
+    return (
+        create_refiner(method) if objective is None else create_refiner(method, objective=objective)
+    )
+
+
 def get_refiner(
     method: str,
     *,
@@ -80,11 +115,14 @@ def get_refiner(
     refiner_file: PathLike | None = None,
     fit_images: PathLike | None = None,
     ocr: OCRSettings | None = None,
+    objective: str | None = None,
 ) -> Refiner:
     """The refiner ``method``: read from ``refiner_file`` (saved by :meth:`Refiner.save`),
     fitted on the ``fit`` neighbours CSV with their ``labels`` (and the text of their
-    photos in ``fit_images``), or as constructed when it needs no fitting."""
-    refiner = create_refiner(method)
+    photos in ``fit_images``), or as constructed when it needs no fitting. ``objective``:
+    what a method with a choice of training objectives (``best``) is fitted to; with a
+    ``refiner_file`` it must be the one the file was fitted with."""
+    refiner = new_refiner(method, objective)
     if fit_images is not None and not refiner.can_read_text:
         raise InputError(f"method {method!r} reads no photo text: --images is not used by it")
     if (fit is None) != (labels is None):
@@ -94,7 +132,14 @@ def get_refiner(
     if refiner_file is not None:
         if not refiner.learns:
             raise InputError(f"method {method!r} learns nothing: it has no refiner file")
-        return type(refiner).load(refiner_file)
+        loaded = type(refiner).load(refiner_file)
+        saved = getattr(loaded, "objective", None)
+        if objective is not None and saved != objective:
+            raise InputError(
+                f"refiner file {refiner_file} was fitted with objective {saved!r}, "
+                f"not {objective!r}: fit again with --fit/--labels"
+            )
+        return loaded
     if fit is not None and labels is not None:
         fit_nb, truth, _ = labelled_neighbours(fit, labels)
         if fit_images is not None:
@@ -291,26 +336,53 @@ def cross_validate_refiners(
     oracle: bool = True,
     compare: bool = True,
     progress: Any | None = None,
+    objectives: Sequence[str] | None = None,
 ) -> list[tuple[str, Any]]:
     """Rows of :func:`geolocus.eval.results_table`: each refiner's photographer-grouped
     ``folds``-fold cross-validated scores, then the oracle (best of the K neighbours) and
-    the published systems on IM2GPS3k. ``progress(method)`` is called as each finishes."""
-    for m in methods:
-        REFINERS.get(m)  # fail early on an unknown name
+    the published systems on IM2GPS3k. ``progress(label)`` is called as each finishes.
+
+    ``objectives``: the methods that have a choice of training objectives (``best``) get
+    one row per objective named here (labelled ``best (georanker objective)`` but for the
+    default one); the others one row as usual. Naming objectives when no method has any
+    is an error."""
+    runs = refiner_runs(methods, objectives)
     if len(nb) < folds:
         raise InputError(f"need at least {folds} labelled queries for {folds}-fold CV")
     fold = grouped_folds(nb.ids, folds, group=photographer)
     rows: list[tuple[str, Any]] = []
-    for m in methods:
-        pred = cross_val_predict(partial(create_refiner, m), nb, truth, fold)
+    for m, objective in runs:
+        pred = cross_val_predict(partial(new_refiner, m, objective), nb, truth, fold)
         d = haversine_km(pred[:, 0], pred[:, 1], truth[:, 0], truth[:, 1])
         label = f"{m} + photo text" if nb.evidence is not None and m == "best" else m
+        if objective is not None and objective != objectives_of(m)[0]:
+            label += f" ({objective} objective)"
         rows.append((label, score_errors(d)))
         if progress is not None:
-            progress(m)
+            progress(label)
     if oracle:
         d = haversine_km(nb.near[..., 0], nb.near[..., 1], truth[:, None, 0], truth[:, None, 1])
         rows.append((f"oracle (best of {nb.k})", score_errors(d.min(axis=1))))
     if compare:
         rows += [(r.system, r) for r in published_results("im2gps3k")]
     return rows
+
+
+def refiner_runs(
+    methods: Sequence[str], objectives: Sequence[str] | None
+) -> list[tuple[str, str | None]]:
+    """``(method, objective)`` for each row of :func:`cross_validate_refiners`, all checked
+    before any fitting."""
+    for m in methods:
+        REFINERS.get(m)  # fail early on an unknown name
+    if not objectives:
+        return [(m, None) for m in methods]
+    having = [m for m in methods if objectives_of(m)]
+    if methods and not having:
+        check_objective(methods[0], objectives[0])  # the one-line error: none has any
+    runs: list[tuple[str, str | None]] = []
+    for m in methods:
+        for o in objectives if m in having else [None]:
+            check_objective(m, o)
+            runs.append((m, o))
+    return runs

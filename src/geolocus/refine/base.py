@@ -58,6 +58,9 @@ class Refiner:
     learns: ClassVar[bool] = False
     #: Whether it can weigh the text read in the query photos (``Neighbours.evidence``).
     can_read_text: ClassVar[bool] = False
+    #: The training objectives ``fit`` can be told to use (its ``objective`` setting, the
+    #: first the default); empty where there is no choice.
+    objectives: ClassVar[tuple[str, ...]] = ()
 
     # -- settings and learned state --------------------------------------------------------
 

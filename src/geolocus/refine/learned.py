@@ -15,6 +15,11 @@ queries whose candidates are all equally good or bad carry no weight. L-BFGS
 from ``w0`` makes the fit deterministic. ``beta`` and ``l2`` are chosen by
 photographer-grouped cross-validation inside the fitted data unless given.
 
+That is the ``softmax`` objective (the default). The ``georanker`` objective fits the
+same model to GeoRanker's distance-aware multi-order ranking loss instead
+(:mod:`geolocus.refine.georanker`: Plackett–Luce over the candidates sorted by their
+distance to the truth, and over pairs sorted by their distance gaps), the same way.
+
 The ranking's scores are ``softmax(s / temperature)``, the temperature fitted
 by maximum likelihood of the candidate closest to the truth: read them as the
 probability that a candidate is the one closest to the truth. Agreeing
@@ -35,7 +40,14 @@ from geolocus.eval.folds import grouped_folds
 from geolocus.geo import THRESHOLDS_KM, distance_km
 from geolocus.refine.base import Ranking, Refiner, order_rows
 from geolocus.refine.features import FeatureSpec, candidate_features, prior_weights
+from geolocus.refine.georanker import ORDER_WEIGHTS, MultiOrderLoss
 from geolocus.refine.text import text_features
+
+#: Training objectives of ``best``: the expected number of thresholds met by a softmax
+#: choice, or GeoRanker's distance-aware multi-order ranking loss.
+OBJECTIVES: tuple[str, ...] = ("softmax", "georanker")
+#: The objective used when none is named.
+DEFAULT_OBJECTIVE = "softmax"
 
 #: Candidate L2 weights of the text features (second stage) for the inner cross-validation.
 TEXT_L2_GRID: tuple[float, ...] = (1e-5, 1e-4, 1e-3)
@@ -71,6 +83,7 @@ def fit_weights(
     l2: float,
     offset: np.ndarray | None = None,
     mask: np.ndarray | None = None,
+    loss: MultiOrderLoss | None = None,
 ) -> np.ndarray:
     """Weights maximising the expected gain of a softmax choice, L2-pulled towards ``w0``.
 
@@ -81,14 +94,24 @@ def fit_weights(
     their spread (same optimum, far fewer L-BFGS steps); queries whose candidates
     are all equally good, or whose features are all equal, are left out, since
     they contribute nothing.
+    ``loss``: minimise GeoRanker's multi-order ranking loss of ``sharpness * scores``
+    instead (per query, as the expected gain; its missing candidates are those at a
+    non-finite distance); ``gains`` are then unused.
     """
     from scipy.optimize import minimize
     from threadpoolctl import threadpool_limits
 
-    useful = gains.max(axis=1) > gains.min(axis=1)
+    if loss is None:
+        useful = gains.max(axis=1) > gains.min(axis=1)
+    else:
+        if mask is not None:  # padded candidates are missing ones to the loss too
+            d = np.where(np.asarray(mask, bool), loss.distances, np.inf)
+            loss = MultiOrderLoss(d, loss.weights, loss.top)
+        useful = loss.useful()
     if offset is not None:
         useful &= (x.max(axis=1) > x.min(axis=1)).any(axis=1)
     x, gains = x[useful], gains[useful]
+    ranking = None if loss is None else loss.subset(useful)
     off = None if offset is None else np.asarray(offset, float)[useful]
     if mask is not None:
         pad = np.where(np.asarray(mask, bool)[useful], 0.0, -1e9)
@@ -104,14 +127,19 @@ def fit_weights(
 
     def objective(u: np.ndarray) -> tuple[float, np.ndarray]:
         s = (xf @ u.astype(np.float32)).reshape(n, c).astype(float)
-        p = _softmax(sharpness * (s if off is None else s + off))
-        reward = (p * gains).sum(axis=1, keepdims=True)
-        # d reward / d s_c = beta * p_c * (gain_c - reward)
-        ds = (sharpness * p * (gains - reward)).reshape(n * c).astype(np.float32)
+        z = sharpness * (s if off is None else s + off)
+        if ranking is None:
+            p = _softmax(z)
+            reward = (p * gains).sum(axis=1, keepdims=True)
+            # d reward / d s_c = beta * p_c * (gain_c - reward)
+            value, dz = -float(reward.sum()), -p * (gains - reward)
+        else:
+            value, dz = ranking(z)
+        ds = (sharpness * dz).reshape(n * c).astype(np.float32)
         diff = (u - u0) / scale
-        loss = -float(reward.sum()) / n_all + l2 * float(diff @ diff)
-        grad = -(xf.T @ ds).astype(float) / n_all + 2.0 * l2 * diff / scale
-        return loss, grad
+        total = value / n_all + l2 * float(diff @ diff)
+        grad = (xf.T @ ds).astype(float) / n_all + 2.0 * l2 * diff / scale
+        return total, grad
 
     # Many small matrix-vector products: BLAS threads only contend (tens of times slower
     # on a busy machine), so run them on one.
@@ -172,12 +200,19 @@ class BestRefiner(Refiner):
     ``text_l2`` (chosen from ``text_l2_grid`` by the same inner CV when ``None``),
     so a query without text is ranked exactly as by ``best`` without text; a model
     fitted with text ranks queries without evidence as photos without text.
+
+    ``objective``: what the weights are fitted to, ``"softmax"`` (the expected number of
+    thresholds met) or ``"georanker"`` (GeoRanker's multi-order ranking loss, its two
+    orders weighted by ``order_weights``, over the first ``top`` positions or all when
+    ``None``; :mod:`geolocus.refine.georanker`). Either way ``sharpness`` and ``l2``
+    are chosen by the inner CV's accuracy, and the scores' temperature as above.
     """
 
     name = "best"
     requires_fit = True
     learns = True
     can_read_text = True
+    objectives = OBJECTIVES
 
     def __init__(
         self,
@@ -190,7 +225,13 @@ class BestRefiner(Refiner):
         text: bool | None = None,
         text_l2: float | None = None,
         text_l2_grid: tuple[float, ...] = TEXT_L2_GRID,
+        objective: str = DEFAULT_OBJECTIVE,
+        order_weights: tuple[float, float] = ORDER_WEIGHTS,
+        top: int | None = None,
     ) -> None:
+        self.objective = objective
+        self.order_weights = order_weights
+        self.top = top
         self.text = text
         self.text_l2 = text_l2
         self.text_l2_grid = tuple(text_l2_grid)
@@ -214,15 +255,16 @@ class BestRefiner(Refiner):
             raise InputError(
                 "refiner 'best' with text needs the query photos' evidence (give the images)"
             )
+        loss = self._loss(neighbours.near, truth)
         spec = replace(self.spec or FeatureSpec(), text=False)
         x = candidate_features(neighbours, spec)
         gains = threshold_gains(neighbours.near, truth, self.thresholds_km)
         w0 = prior_weights(spec, self.thresholds_km, neighbours.k)
         if self.sharpness is None or self.l2 is None:
-            self.sharpness_, self.l2_ = self._select(neighbours.ids, x, gains, w0)
+            self.sharpness_, self.l2_ = self._select(neighbours.ids, x, gains, w0, loss)
         else:
             self.sharpness_, self.l2_ = float(self.sharpness), float(self.l2)
-        self.coef_ = fit_weights(x, gains, w0, self.sharpness_, self.l2_)
+        self.coef_ = fit_weights(x, gains, w0, self.sharpness_, self.l2_, loss=loss)
         scores = x @ self.coef_
         if use_text:
             # Second stage: the text weights on top of the fixed neighbour model, so that
@@ -230,11 +272,12 @@ class BestRefiner(Refiner):
 
             xt = text_features(neighbours.near, neighbours.evidence)
             if self.text_l2 is None:
-                self.text_l2_ = self._select_text(neighbours.ids, xt, gains, scores)
+                self.text_l2_ = self._select_text(neighbours.ids, xt, gains, scores, loss)
             else:
                 self.text_l2_ = float(self.text_l2)
+            zero = np.zeros(xt.shape[-1])
             wt = fit_weights(
-                xt, gains, np.zeros(xt.shape[-1]), self.sharpness_, self.text_l2_, offset=scores
+                xt, gains, zero, self.sharpness_, self.text_l2_, offset=scores, loss=loss
             )
             spec = replace(spec, text=True)
             self.coef_ = np.concatenate([self.coef_, wt])
@@ -244,8 +287,26 @@ class BestRefiner(Refiner):
         self.k_near_, self.k_far_ = neighbours.k, neighbours.far.shape[1]
         return self
 
+    def _loss(self, near: np.ndarray, truth: np.ndarray) -> MultiOrderLoss | None:
+        """GeoRanker's loss on these candidates (``None`` for the softmax objective); an
+        unknown objective is a user error."""
+        if self.objective not in OBJECTIVES:
+            raise InputError(
+                f"unknown objective {self.objective!r} for refiner 'best'; choose one of: "
+                + ", ".join(OBJECTIVES)
+            )
+        if self.objective == DEFAULT_OBJECTIVE:
+            return None
+        d = distance_km(near, np.asarray(truth, float)[:, None, :])
+        return MultiOrderLoss(d, self.order_weights, self.top)
+
     def _select_text(
-        self, ids: np.ndarray, xt: np.ndarray, gains: np.ndarray, offset: np.ndarray
+        self,
+        ids: np.ndarray,
+        xt: np.ndarray,
+        gains: np.ndarray,
+        offset: np.ndarray,
+        loss: MultiOrderLoss | None = None,
     ) -> float:
         """The text L2 weight with the best inner cross-validated mean accuracy."""
         grid = self.text_l2_grid
@@ -259,7 +320,10 @@ class BestRefiner(Refiner):
             pick = np.empty(len(ids), dtype=int)
             for f in np.unique(folds):
                 te = folds == f
-                w = fit_weights(xt[~te], gains[~te], zero, self.sharpness_, l2, offset[~te])
+                sub = None if loss is None else loss.subset(~te)
+                w = fit_weights(
+                    xt[~te], gains[~te], zero, self.sharpness_, l2, offset[~te], loss=sub
+                )
                 pick[te] = np.argmax(offset[te] + xt[te] @ w, axis=1)
             g = float(gains[rows, pick].mean())
             if g > best_gain + 1e-12:
@@ -267,7 +331,12 @@ class BestRefiner(Refiner):
         return best
 
     def _select(
-        self, ids: np.ndarray, x: np.ndarray, gains: np.ndarray, w0: np.ndarray
+        self,
+        ids: np.ndarray,
+        x: np.ndarray,
+        gains: np.ndarray,
+        w0: np.ndarray,
+        loss: MultiOrderLoss | None = None,
     ) -> tuple[float, float]:
         """The grid point with the best inner cross-validated mean accuracy (first on ties)."""
         folds = grouped_folds(ids, self.inner_folds, group=photographer, salt="best-inner")
@@ -275,11 +344,12 @@ class BestRefiner(Refiner):
             return self.grid[0]
         best, best_gain = self.grid[0], -np.inf
         rows = np.arange(len(ids))
+        subsets = {f: None if loss is None else loss.subset(folds != f) for f in np.unique(folds)}
         for beta, l2 in self.grid:
             pick = np.empty(len(ids), dtype=int)
             for f in np.unique(folds):
                 te = folds == f
-                w = fit_weights(x[~te], gains[~te], w0, beta, l2)
+                w = fit_weights(x[~te], gains[~te], w0, beta, l2, loss=subsets[f])
                 pick[te] = np.argmax(x[te] @ w, axis=1)
             g = float(gains[rows, pick].mean())
             if g > best_gain + 1e-12:
