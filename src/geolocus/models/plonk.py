@@ -76,13 +76,14 @@ class PlonkConfig(ModelConfig):
     steps: int = 32  # Euler steps of sampling and of the likelihood ODE (paper: 250)
     samples: int = 64  # samples drawn per photo; the most likely is the answer
     merge_km: float = 100.0  # samples within this of a better one belong to its place
-    grid_points: int = 2000  # Fibonacci grid of gps_distribution (the --map heat layer)
+    grid_points: int = 1000  # Fibonacci grid of gps_distribution (the --map heat layer)
+    grid_steps: int = 8  # Euler steps of the grid's densities (a picture: coarser, cheaper)
     seed: int = 0  # seed of the starting points: the same photo gets the same answer
     retrieval: str = "head"  # retrieval vector: head (projected condition) | head+raw | raw
 
     def __post_init__(self) -> None:
         positive = ("embed_dim", "hidden", "depth", "expansion", "time_dim", "steps", "samples")
-        for name in (*positive, "grid_points"):
+        for name in (*positive, "grid_points", "grid_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise InputError(f"plonk: {name} must be a positive integer, got {v!r}")
@@ -437,9 +438,10 @@ class Plonk(GeoModel):
         self, embedding: Any, tokens: Any | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The density at every point of an equal-area Fibonacci grid, normalised over the
-        grid: ``coords (N, 2)``, ``probs (B, N)`` (each row sums to 1; the heat layer)."""
+        grid: ``coords (N, 2)``, ``probs (B, N)`` (each row sums to 1; the heat layer). The
+        ODE takes ``grid_steps`` steps here: N points cost N/``samples`` answers."""
         coords = self.grid()
-        logp = self.log_density(embedding, coords).double()
+        logp = self.log_density(embedding, coords, steps=self.config.grid_steps).double()
         return coords, torch.softmax(logp, dim=-1).cpu().numpy()
 
     # -- retrieval ------------------------------------------------------------------------------
