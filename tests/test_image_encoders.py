@@ -227,7 +227,7 @@ def test_models_command(capsys) -> None:
     for n in ["efficientnet-lite0", "vit-s14-focus", "clip-vit-l14", "dinov2-large"]:
         assert n in out
     assert "present on this machine" in out
-    assert "trainable stage-1 models" in out and "dualgeo, transgeoclip" in out
+    assert "trainable models" in out and "dualgeo, transgeoclip" in out
     assert main(["models", "--kind", "image-encoder", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["kind"] for r in rows} == {"image-encoder"}

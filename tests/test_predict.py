@@ -251,3 +251,44 @@ def test_dualgeo_and_transgeoclip_files_serve_a_database(
     # the photo itself is in the database: its own vector is its nearest neighbour
     near = json.loads(out)[0]["neighbours"]["near"]
     assert near[0]["id"] == "tokyo.jpg" and near[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_model_file_answers_alone_without_a_database(queries, tmp_path, capsys, monkeypatch):
+    """``predict PHOTO --model FILE`` without --db: a head with a location output answers
+    from its own places (here GeoCLIP's gallery), with the heat layer of its distribution."""
+    import torch
+
+    from geolocus.models.geoclip import GeoCLIP, GeoCLIPConfig
+
+    monkeypatch.setenv("GEOLOCUS_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model_file = tmp_path / "geoclip-lite0.safetensors"
+    GeoCLIP(GeoCLIPConfig(**SMALL_LITE0)).save(model_file)
+    argv = ["predict", str(queries["paris"]), "--model", str(model_file), "-f", "json"]
+    rc, out, err = _run(capsys, [*argv, "--heatmap", "--top-k", "3"])
+    assert rc == 0, err
+    answer = json.loads(out)[0]
+    assert len(answer["guesses"]) == 3 and all("gallery" in g["source"] for g in answer["guesses"])
+    probs = [g["confidence"] for g in answer["guesses"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    assert len(answer["heatmap"]["probability"]) == 100_000  # every gallery location
+    # the same answer from the Python API
+    from geolocus.pipeline import Geolocator
+
+    geo = Geolocator.from_model(model_file, warmup=False)
+    top = geo.predict([queries["paris"]])[0].top
+    assert (top.lat, top.lon) == pytest.approx(
+        (answer["guesses"][0]["lat"], answer["guesses"][0]["lon"]), abs=1e-6
+    )
+
+
+def test_model_file_alone_bad_inputs(queries, tmp_path, capsys):
+    """A model without a location output, a missing file, and --world beside --model."""
+    photo_ = str(queries["paris"])
+    rc, _, err = _run(capsys, ["predict", photo_, "--model", str(tmp_path / "none.safetensors")])
+    assert rc == 2 and "model file not found" in err and "Traceback" not in err
+    rc, _, err = _run(capsys, ["predict", photo_, "--model", "efficientnet-lite0"])
+    assert rc == 2 and "no location output" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = _run(capsys, ["predict", photo_, "--model", "x.safetensors", "--world", "geoclip"])
+    assert rc == 2 and "give one" in err

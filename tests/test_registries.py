@@ -67,6 +67,7 @@ _MODEL_TOYS = {
     },
     "dualgeo": DUALGEO_SMALL,
     "transgeoclip": TRANSGEOCLIP_SMALL,
+    "plonk": {"embed_dim": 16, "hidden": 16, "depth": 1},
 }  # fmt: skip
 
 

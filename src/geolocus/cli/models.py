@@ -64,6 +64,6 @@ def models(
         from geolocus.models import list_models
 
         typer.echo(
-            f"trainable stage-1 models (no shipped weights; `geolocus train`, docs/stage1.md): "
-            f"{', '.join(list_models())}"
+            "trainable models (no shipped weights; `geolocus train configs/NAME.toml`, "
+            f"docs/stage1.md and docs/heads.md): {', '.join(list_models())}"
         )

@@ -55,7 +55,11 @@ def predict(
     ),
     refine: str = refiner_option(note="One that learns is fitted on the database."),
     model: str | None = typer.Option(
-        None, "--model", help="Check that the database was built with this model."
+        None,
+        "--model",
+        help="With --db: check that the database was built with this model. Without --db: "
+        "a trained model file that answers alone (a head with a location output, e.g. one "
+        "from 'geolocus train configs/planet.toml').",
     ),
     k: int = typer.Option(20, "--k", min=1, help="Near neighbours retrieved per photo."),
     k_far: int = typer.Option(20, "--k-far", min=0, help="Far neighbours retrieved per photo."),
@@ -80,7 +84,8 @@ def predict(
     Answers are the top-k distinct places, each with a confidence, an
     uncertainty radius (km) and the nearest named place: from a worldwide model
     (--world geoclip, the default, or streetclip; their weights come once from
-    'geolocus download'), or from a database built by 'geolocus index build' (--db).
+    'geolocus download'), from a trained model file alone (--model FILE), or from a
+    database built by 'geolocus index build' (--db).
 
     The database's own model embeds the photos. A photo's EXIF GPS position is
     never used as input; where present it is shown beside the answer. Unreadable
@@ -115,8 +120,8 @@ def predict(
         raise InputError(f"unknown --world {world!r}; choose one of: {', '.join(WORLD_MODELS)}")
     if db is not None and world not in (None, "geoclip"):
         raise InputError(f"--world {world} answers alone: give it without --db")
-    if db is not None and world is not None and model not in (None, world):
-        raise InputError(f"--world {world} and --model {model} disagree")
+    if world is not None and model not in (None, world):
+        raise InputError(f"--world {world} and --model {model} disagree: give one")
     create_refiner(refine)  # an unknown name fails before the model is loaded
     # outputs that could not be written are refused before any photo is geolocated
     if out is not None:
@@ -139,9 +144,17 @@ def predict(
         else LMMSettings.from_url(lmm, lmm_model or "default", lmm_fallback, procedure)
     )
     retrieval = RetrievalSettings(k=k, k_far=k_far, batch_size=batch_size)
-    if db is None:
+    if db is None and model is not None and model not in WORLD_MODELS:
+        geo = Geolocator.from_model(
+            model,
+            retrieval=retrieval,
+            places=PlaceSettings(top_k=top_k),
+            gallery=GallerySettings(k=WORLD_GALLERY.k, heatmap=heat),
+            lmm=chooser,
+        )
+    elif db is None:
         geo = Geolocator.worldwide(
-            world or "geoclip",
+            world or model or "geoclip",
             retrieval=retrieval,
             places=PlaceSettings(top_k=top_k),
             gallery=GallerySettings(k=WORLD_GALLERY.k, heatmap=heat),

@@ -27,6 +27,7 @@ MODELS: Registry[GeoModel] = Registry("model type")
 MODELS.register("geoclip", "geolocus.models.geoclip:GeoCLIP")
 MODELS.register("dualgeo", "geolocus.models.dualgeo:DualGeo")
 MODELS.register("transgeoclip", "geolocus.models.transgeoclip:TransGeoCLIP")
+MODELS.register("plonk", "geolocus.models.plonk:Plonk")
 
 
 def list_models() -> list[str]:

@@ -299,9 +299,15 @@ class ModelEmbedder(BaseEmbedder):
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
         """Every gallery location ``(N, 2)`` and each photo's probability of it ``(B, N)``
         (the heatmap of an answer; its top k are :meth:`gps_candidates`), or None."""
-        if not self.has_gps or not callable(getattr(self.model, "gallery_probabilities", None)):
+        if not self.has_gps:
             return None
         emb, tok = _as_tensor(embedding), _as_tensor(tokens)
+        own = getattr(self.model, "gps_distribution", None)
+        if callable(own) and self.gallery is None:  # cells, samples: the model's own places
+            coords, probs = own(emb, tok)
+            return np.asarray(as_numpy(coords), float), np.asarray(as_numpy(probs), float)
+        if not callable(getattr(self.model, "gallery_probabilities", None)):
+            return None
         gallery, probs = self.model.gallery_probabilities(emb, tok, self.gallery)
         return np.asarray(gallery.coords, float), np.asarray(probs, float)
 

@@ -329,6 +329,27 @@ class Geolocator:
             geo.warmup()
         return geo
 
+    @classmethod
+    def from_model(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        pretrained: bool = True,
+        **settings: Any,
+    ) -> Geolocator:
+        """A geolocator where a trained model file answers alone, without a database: any
+        head with a location output (GeoCLIP's gallery, PlaNet's or PIGEON's cells, PLONK's
+        samples; :mod:`geolocus.models`). ``settings`` are :meth:`worldwide`'s."""
+        from geolocus.models.embedder import create_embedder
+
+        embedder = create_embedder(path, pretrained=pretrained)
+        if not embedder.has_gps:
+            raise InputError(
+                f"{path}: this model has no location output, so it cannot answer alone; "
+                "build a database with it ('geolocus index build --model') and give --db"
+            )
+        return cls.worldwide(str(path), embedder=embedder, **settings)
+
     def warmup(self) -> None:
         """One blank photo through every stage, so that one-time costs (lazy imports,
         kernel selection, k-d trees) are paid when the geolocator is made, not per photo;
