@@ -215,11 +215,12 @@ class Pigeon(CellHead):
         cfg = self.config
         x = F.normalize(self._as_input(embedding).float(), dim=-1).cpu().numpy()
         slots = top[..., None] * cfg.prototypes + np.arange(cfg.prototypes)  # (B, K, P)
-        emb = self.proto_emb.cpu().numpy()[slots]  # (B, K, P, D)
+        idx = torch.from_numpy(slots).to(self.proto_emb.device)
+        emb = self.proto_emb[idx].float().cpu().numpy()  # (B, K, P, D)
         sims = np.einsum("bd,bkpd->bkp", x, emb)
-        valid = self.proto_count.cpu().numpy()[slots] > 0
+        valid = self.proto_count[idx].cpu().numpy() > 0
         sims = np.where(valid, sims, -np.inf)
-        pg = self.proto_gps.cpu().numpy()[slots]  # (B, K, P, 2)
+        pg = self.proto_gps[idx].cpu().numpy()  # (B, K, P, 2)
         b = np.arange(len(top))[:, None]
         kk = np.arange(top.shape[1])[None, :]
         # each cell's own best prototype, kept when within max_refine_km of its centroid

@@ -42,6 +42,20 @@ __all__ = ["CellHead", "Hybrid", "HybridConfig", "PlaNet", "PlaNetConfig"]
 MIN_CELL_SCALE_KM = 1.0
 
 
+def top_k(probs: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest entries of each row, largest first (``k`` capped at the
+    row length); a partial sort, so ten thousand cells cost little."""
+    n = probs.shape[1]
+    k = max(1, min(int(k), n))
+    part = (
+        np.argpartition(-probs, k - 1, axis=1)[:, :k]
+        if k < n
+        else np.tile(np.arange(n), (len(probs), 1))
+    )
+    order = np.argsort(-np.take_along_axis(probs, part, 1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1)
+
+
 @dataclass
 class PlaNetConfig(ModelConfig):
     """A PlaNet head (stored with its weights; ``n_cells`` is set by ``prepare``)."""
@@ -160,8 +174,7 @@ class CellHead(GeoModel):
         """Top-k cells per image, best first: ``cells (B, k)``, ``probs (B, k)`` and all
         probabilities ``(B, n_cells)`` (k is capped at the number of cells)."""
         probs = self.cell_probabilities(embedding)
-        k = max(1, min(int(k), probs.shape[1]))
-        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        top = top_k(probs, k)
         return top, np.take_along_axis(probs, top, 1), probs
 
     def gps_candidates(
@@ -304,8 +317,7 @@ class Hybrid(PlaNet):
             h = self.features(self._as_input(embedding))
             probs = torch.softmax(self.classifier(h).float(), -1).cpu().numpy()
             off = self.offsets(h).view(len(h), -1, 2).double().cpu().numpy()
-        k = max(1, min(int(k), probs.shape[1]))
-        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        top = top_k(probs, k)
         o = np.take_along_axis(off, top[..., None], 1)  # (B, k, 2) in cell sizes
         scale = self.cell_scale_km.cpu().numpy()[top]
         c = self.cell_centroids()[top]
