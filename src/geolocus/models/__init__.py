@@ -27,6 +27,9 @@ MODELS: Registry[GeoModel] = Registry("model type")
 MODELS.register("geoclip", "geolocus.models.geoclip:GeoCLIP")
 MODELS.register("dualgeo", "geolocus.models.dualgeo:DualGeo")
 MODELS.register("transgeoclip", "geolocus.models.transgeoclip:TransGeoCLIP")
+MODELS.register("planet", "geolocus.models.planet:PlaNet")
+MODELS.register("hybrid", "geolocus.models.planet:Hybrid")
+MODELS.register("pigeon", "geolocus.models.pigeon:Pigeon")
 MODELS.register("plonk", "geolocus.models.plonk:Plonk")
 
 
