@@ -9,7 +9,10 @@ For each fold f of ``grouped_folds(ids, 3, group=photographer)`` (bench/stage1_c
 text view, as in the simulation — for the same number of epochs over the ~2,000 training
 photos, each head's learning rate from its config; nothing is tuned, so no test fold is
 looked at before scoring. Baselines: ``prior`` (the most frequent equal-area cell of the
-training folds) and ``nearest`` (the backbone's cosine nearest neighbour among them).
+training folds) and ``nearest`` (the backbone's cosine nearest neighbour among them). Each
+head takes the ``[model]`` fields of its ``configs/<type>.toml`` (sized for ~2,000 photos:
+e.g. the cell heads' 5–40 photos a cell), where the simulated world keeps the model's
+defaults (sized for millions: 50–1,000).
 
     .venv/bin/python bench/heads_im2gps.py --json bench/results/heads-im2gps3k.json
 
@@ -79,8 +82,10 @@ def run_head_cv(name: str, d, budget: sw.Budget, args) -> dict:
             sw.config_train_settings(sw.HEADS[name][0]),
         )
         key += f"-every{args.slow_every}" if name in sw.SLOW_HEADS else ""
+        fields = sw.config_model_fields(sw.HEADS[name][0])
+        key += f"-cfg{sw.row_key(fields)}" if fields else ""
 
-        def one(train=train, test=test, f=f) -> dict:
+        def one(train=train, test=test, f=f, fields=fields) -> dict:
             p, lik, t, n, rec = sw.fit_predict(
                 name,
                 training_set(d, train),
@@ -89,6 +94,7 @@ def run_head_cv(name: str, d, budget: sw.Budget, args) -> dict:
                 budget,
                 d.tokens[test],
                 progress=not args.no_progress,
+                config=fields,
             )
             return {
                 "pred": p.tolist(),

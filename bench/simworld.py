@@ -50,7 +50,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -521,10 +521,34 @@ def tokens_of(model, emb: np.ndarray, tokens: np.ndarray | None) -> np.ndarray |
     return tokens if tokens is not None else emb[:, None, :]
 
 
-def train_head(name: str, ts, budget: Budget, progress: bool = True):
-    """Create head ``name`` by its model type, ``prepare`` it on ``ts``, train it with
-    :func:`geolocus.train.fit` under ``budget``; returns (model in eval mode, seconds,
-    training record)."""
+def config_model_fields(model_type: str) -> dict[str, Any]:
+    """The ``[model]`` fields of ``configs/<type>.toml`` that differ from the model's
+    defaults (what sizes it for ~2,000 photos), without type, backbone and dimensions."""
+    from dataclasses import fields
+
+    from geolocus.models import model_class
+
+    p = ROOT / "configs" / f"{model_type}.toml"
+    if not p.exists():
+        return {}
+    given = tomllib.loads(p.read_text()).get("model", {})
+    defaults = {f.name: f for f in fields(model_class(model_type).config_class)}
+    skip = {"type", "backbone", "embed_dim", "token_dim"}
+    out = {}
+    for k, v in given.items():
+        f = defaults.get(k)
+        if k in skip or f is None:
+            continue
+        if f.default is not MISSING and f.default == v:
+            continue
+        out[k] = v
+    return out
+
+
+def train_head(name: str, ts, budget: Budget, progress: bool = True, config: dict | None = None):
+    """Create head ``name`` by its model type (with ``config``'s fields, then
+    :data:`HEADS`'), ``prepare`` it on ``ts``, train it with :func:`geolocus.train.fit`
+    under ``budget``; returns (model in eval mode, seconds, training record)."""
     from dataclasses import fields, replace
 
     from geolocus.models import create_model, model_class
@@ -535,7 +559,7 @@ def train_head(name: str, ts, budget: Budget, progress: bool = True):
     if cls.needs_tokens and ts.tokens is None:  # no patches here: each feature a 1x1 grid
         ts = replace(ts, tokens=ts.embeddings[:, None, :])
     names = {f.name for f in fields(cls.config_class)}
-    cfg: dict[str, Any] = {"backbone": ts.backbone, **extra}
+    cfg: dict[str, Any] = {"backbone": ts.backbone, **(config or {}), **extra}
     if "embed_dim" in names:
         cfg["embed_dim"] = int(ts.embeddings.shape[1])
     if "token_dim" in names and ts.tokens is not None:
@@ -611,11 +635,19 @@ def log_likelihoods(model, emb: np.ndarray, gps: np.ndarray, batch: int = 256):
 
 
 def fit_predict(
-    name: str, ts, test_emb, test_gps, budget: Budget, test_tokens=None, progress: bool = True
+    name: str,
+    ts,
+    test_emb,
+    test_gps,
+    budget: Budget,
+    test_tokens=None,
+    progress: bool = True,
+    config: dict | None = None,
 ):
-    """Train head ``name`` on ``ts``; its top answer and (if it has one) log-likelihood for
-    each test row, its training seconds, trainable parameters and training record."""
-    model, train_s, record = train_head(name, ts, budget, progress)
+    """Train head ``name`` on ``ts`` (``config``: model fields, see :func:`train_head`); its
+    top answer and (if it has one) log-likelihood for each test row, its training seconds,
+    trainable parameters and training record."""
+    model, train_s, record = train_head(name, ts, budget, progress, config)
     t0 = time.perf_counter()
     pred = predict_top1(model, test_emb, test_tokens)
     record["predict_s"] = round(time.perf_counter() - t0, 1)
