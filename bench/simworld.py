@@ -18,10 +18,12 @@ IM2GPS3k gives ~2,000 training photos of weak offline features; the papers train
   within 25 km for ``--target-25km`` % of them (default 35, the middle of GeoCLIP's
   published 30–40 %), found by bisection on log σ, every level tried recorded;
 - **heads**: every registered model type of :data:`HEADS` is created by name
-  (:func:`geolocus.models.create_model`), fitted (``prepare(TrainingSet)``), trained
-  by :func:`geolocus.train.fit` with the same budget (the same number of training
-  samples, in the same number of epochs, the same batch size; each head's learning rate
-  and weight decay from its ``configs/<type>.toml``) and answers through
+  (:func:`geolocus.models.create_model`, its config's defaults — sized for millions of
+  photos — plus the few fields of :data:`HEADS`), fitted (``prepare(TrainingSet)``),
+  trained by :func:`geolocus.train.fit` with the same budget (by default the same number
+  of training samples, ``--samples`` in ``--epochs`` epochs of fresh random rows, batch
+  ``--batch-size``; or ``--budget-s`` seconds of wall-clock; each head's learning rate and
+  weight decay from its ``configs/<type>.toml``) and answers through
   ``gps_candidates(features, k=1)``; baselines ``prior`` (always the most frequent cell's
   mean position: an equal-area grid of ``--prior-cell-km`` cells) and ``nearest``
   (FAISS exact cosine nearest neighbour in the training set).
