@@ -198,6 +198,16 @@ def test_guidance(fitted):
         model.sample(ONE_HOT, guidance=-1.0)
 
 
+def test_bad_calls(fitted):
+    model, _ = fitted
+    with pytest.raises(InputError, match="invalid positions"):
+        model.nll(ONE_HOT[:1], [[95.0, 0.0]])
+    with pytest.raises(InputError, match="k must be"):
+        model.gps_candidates(ONE_HOT, k=0)
+    with pytest.raises(InputError, match=r"must be \(B, 3\)"):
+        model.gps_candidates(np.ones((2, 5), np.float32))
+
+
 @pytest.mark.parametrize(
     ("field", "value", "msg"),
     [

@@ -35,7 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from geolocus.errors import InputError
-from geolocus.geo.sphere import EARTH_RADIUS_KM, fibonacci_sphere, from_unit, to_unit
+from geolocus.geo.sphere import (
+    EARTH_RADIUS_KM,
+    fibonacci_sphere,
+    from_unit,
+    to_unit,
+    validate_latlon,
+)
 from geolocus.models.base import (
     RETRIEVAL_MODES,
     GeoModel,
@@ -375,6 +381,7 @@ class Plonk(GeoModel):
             g = g.unsqueeze(0).expand(b, -1, -1)
         if g.ndim != 3 or g.shape[0] != b or g.shape[2] != 2:
             raise InputError(f"gps must be (P, 2) or ({b}, P, 2), got {tuple(g.shape)}")
+        validate_latlon(g[..., 0], g[..., 1], "positions")
         p = g.shape[1]
         dev, dt = self._device_dtype()
         x1 = to_unit(g[..., 0], g[..., 1]).reshape(-1, 3).to(dev, dt)
@@ -403,6 +410,8 @@ class Plonk(GeoModel):
         the samples it took (a Monte Carlo estimate of the mass around it; the shares of
         all places sum to 1). With fewer places than k, the next most likely samples fill
         in with probability 0."""
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}")
         xs, logp = self.sample(embedding)
         lat, lon = from_unit(xs.double().cpu().numpy())
         logp_np = logp.double().cpu().numpy()
