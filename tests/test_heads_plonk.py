@@ -15,6 +15,7 @@ from geolocus.cli.main import main
 from geolocus.errors import InputError
 from geolocus.geo.sphere import distance_km, to_unit
 from geolocus.models import create_model, load_model
+from geolocus.models import plonk as plonk_module
 from geolocus.models.plonk import (
     LOG_UNIFORM,
     Plonk,
@@ -165,13 +166,19 @@ def _latlon(xs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return from_unit(xs.double().numpy())
 
 
-def test_deterministic_and_save_load_round_trip(fitted, tmp_path):
+def test_deterministic_and_save_load_round_trip(fitted, tmp_path, monkeypatch):
     model, _ = fitted
     c1, p1 = model.gps_candidates(ONE_HOT, k=3)
     c2, p2 = model.gps_candidates(ONE_HOT, k=3)
     assert np.array_equal(c1, c2) and np.array_equal(p1, p2)
     c_one, _ = model.gps_candidates(ONE_HOT[1:2], k=3)  # an answer does not depend on its batch
     assert np.allclose(c_one[0], c1[1])
+    nll = model.nll(ONE_HOT, PLACES)
+    monkeypatch.setattr(plonk_module, "MAX_ROWS", 40)  # one photo at a time
+    c4, p4 = model.gps_candidates(ONE_HOT, k=3)
+    assert np.allclose(c4, c1, atol=1e-4) and np.array_equal(p4, p1)
+    assert np.allclose(model.nll(ONE_HOT, PLACES), nll, atol=1e-4)
+    monkeypatch.undo()
     path = tmp_path / "plonk.safetensors"
     model.save(path)
     back = load_model(path)
@@ -196,6 +203,16 @@ def test_guidance(fitted):
         assert np.array_equal(km.argmin(1), [0, 1, 2]) and np.all(km.min(1) < 1000), (w, km)
     with pytest.raises(InputError, match="guidance"):
         model.sample(ONE_HOT, guidance=-1.0)
+
+
+def test_bad_calls(fitted):
+    model, _ = fitted
+    with pytest.raises(InputError, match="invalid positions"):
+        model.nll(ONE_HOT[:1], [[95.0, 0.0]])
+    with pytest.raises(InputError, match="k must be"):
+        model.gps_candidates(ONE_HOT, k=0)
+    with pytest.raises(InputError, match=r"must be \(B, 3\)"):
+        model.gps_candidates(np.ones((2, 5), np.float32))
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """Trainable geo-localization models over frozen backbone features: GeoCLIP, DualGeo,
-TransGeoCLIP, all saved in one file format (:mod:`geolocus.modelfile`).
+TransGeoCLIP and the cell classifiers PlaNet, OSV-5M's hybrid and PIGEON, all saved in
+one file format (:mod:`geolocus.modelfile`).
 
 >>> model = load_model("runs/dualgeo.safetensors")      # any geolocus model file, eval mode
 >>> model.backbone                                     # e.g. "efficientnet-lite0"

@@ -35,7 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from geolocus.errors import InputError
-from geolocus.geo.sphere import EARTH_RADIUS_KM, fibonacci_sphere, from_unit, to_unit
+from geolocus.geo.sphere import (
+    EARTH_RADIUS_KM,
+    fibonacci_sphere,
+    from_unit,
+    to_unit,
+    validate_latlon,
+)
 from geolocus.models.base import (
     RETRIEVAL_MODES,
     GeoModel,
@@ -58,6 +64,9 @@ __all__ = [
 
 #: log density of the uniform distribution on the unit sphere (per steradian).
 LOG_UNIFORM = -math.log(4.0 * math.pi)
+#: Points integrated at once (photos × samples or grid points): bounds the memory the
+#: divergence's backward passes hold.
+MAX_ROWS = 8192
 
 
 @dataclass
@@ -350,13 +359,14 @@ class Plonk(GeoModel):
         ``(B, n)`` (nats per steradian) under the (guided, discretised) flow."""
         n = int(n or self.config.samples)
         cond = self._conditions(embedding)
-        b = len(cond)
-        x0 = self.starts(n).repeat(b, 1)
+        w, k = self._guidance(guidance), int(steps or self.config.steps)
+        xs, logps = [], []
         with eval_mode(self):
-            x1, div = self._flow(
-                x0, cond, False, self._guidance(guidance), int(steps or self.config.steps), on_step
-            )
-        return x1.reshape(b, n, 3), (LOG_UNIFORM - div).reshape(b, n)
+            for c in cond.split(max(1, MAX_ROWS // n)):  # bounded memory for the backward
+                x1, div = self._flow(self.starts(n).repeat(len(c), 1), c, False, w, k, on_step)
+                xs.append(x1.reshape(len(c), n, 3))
+                logps.append((LOG_UNIFORM - div).reshape(len(c), n))
+        return torch.cat(xs), torch.cat(logps)
 
     def log_density(
         self,
@@ -375,14 +385,17 @@ class Plonk(GeoModel):
             g = g.unsqueeze(0).expand(b, -1, -1)
         if g.ndim != 3 or g.shape[0] != b or g.shape[2] != 2:
             raise InputError(f"gps must be (P, 2) or ({b}, P, 2), got {tuple(g.shape)}")
+        validate_latlon(g[..., 0], g[..., 1], "positions")
         p = g.shape[1]
         dev, dt = self._device_dtype()
-        x1 = to_unit(g[..., 0], g[..., 1]).reshape(-1, 3).to(dev, dt)
+        x1 = to_unit(g[..., 0], g[..., 1]).to(dev, dt)  # (B, P, 3)
+        w, k = self._guidance(guidance), int(steps or self.config.steps)
+        out = []
         with eval_mode(self):
-            _, div = self._flow(
-                x1, cond, True, self._guidance(guidance), int(steps or self.config.steps)
-            )
-        return (LOG_UNIFORM - div).reshape(b, p)
+            for rows in torch.arange(b).split(max(1, MAX_ROWS // max(p, 1))):
+                _, div = self._flow(x1[rows].reshape(-1, 3), cond[rows], True, w, k)
+                out.append((LOG_UNIFORM - div).reshape(len(rows), p))
+        return torch.cat(out)
 
     def nll(self, embedding: Any, gps: Any, guidance: float | None = None) -> np.ndarray:
         """−log p(true position | photo) ``(B,)`` in nats per steradian of the unit sphere
@@ -403,6 +416,8 @@ class Plonk(GeoModel):
         the samples it took (a Monte Carlo estimate of the mass around it; the shares of
         all places sum to 1). With fewer places than k, the next most likely samples fill
         in with probability 0."""
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}")
         xs, logp = self.sample(embedding)
         lat, lon = from_unit(xs.double().cpu().numpy())
         logp_np = logp.double().cpu().numpy()
