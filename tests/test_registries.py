@@ -67,6 +67,10 @@ _MODEL_TOYS = {
     },
     "dualgeo": DUALGEO_SMALL,
     "transgeoclip": TRANSGEOCLIP_SMALL,
+    "planet": {"embed_dim": 32, "hidden_dim": 16},
+    "hybrid": {"embed_dim": 32, "hidden_dim": 16},
+    "pigeon": {"embed_dim": 32, "hidden_dim": 16},
+    "plonk": {"embed_dim": 16, "hidden": 16, "depth": 1},
 }  # fmt: skip
 
 

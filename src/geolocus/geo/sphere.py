@@ -133,3 +133,34 @@ def fibonacci_sphere(n: int) -> np.ndarray:
     golden = np.pi * (3.0 - np.sqrt(5.0))  # the golden angle, radians
     lon = np.remainder(np.degrees(i * golden) + 180.0, 360.0) - 180.0
     return np.column_stack((lat, lon))
+
+
+def local_offset_km(lat0: Any, lon0: Any, lat: Any, lon: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(east, north) offset in km of a point from an origin, in the origin's tangent plane.
+
+    The azimuthal equidistant projection centred on the origin: the offset's length is the
+    great-circle distance and its direction the initial bearing, so it is exact in distance
+    at any range and :func:`offset_position` inverts it.
+    """
+    p0, p = np.radians(lat0), np.radians(lat)
+    dl = np.radians(np.subtract(lon, lon0))
+    y = np.sin(dl) * np.cos(p)
+    x = np.cos(p0) * np.sin(p) - np.sin(p0) * np.cos(p) * np.cos(dl)
+    bearing = np.arctan2(y, x)
+    d = haversine_km(lat0, lon0, lat, lon)
+    return d * np.sin(bearing), d * np.cos(bearing)
+
+
+def offset_position(lat0: Any, lon0: Any, east_km: Any, north_km: Any) -> tuple[Any, Any]:
+    """The point at tangent-plane offset (east, north) km from an origin: the inverse of
+    :func:`local_offset_km` (the destination along the great circle of that bearing)."""
+    p0, l0 = np.radians(lat0), np.radians(lon0)
+    delta = np.hypot(east_km, north_km) / EARTH_RADIUS_KM
+    theta = np.arctan2(east_km, north_km)
+    sin_p = np.sin(p0) * np.cos(delta) + np.cos(p0) * np.sin(delta) * np.cos(theta)
+    p = np.arcsin(np.clip(sin_p, -1.0, 1.0))
+    lam = l0 + np.arctan2(
+        np.sin(theta) * np.sin(delta) * np.cos(p0), np.cos(delta) - np.sin(p0) * sin_p
+    )
+    lon = np.remainder(np.degrees(lam) + 180.0, 360.0) - 180.0
+    return np.degrees(p), lon

@@ -1,5 +1,6 @@
 """Trainable geo-localization models over frozen backbone features: GeoCLIP, DualGeo,
-TransGeoCLIP, all saved in one file format (:mod:`geolocus.modelfile`).
+TransGeoCLIP and the cell classifiers PlaNet, OSV-5M's hybrid and PIGEON, all saved in
+one file format (:mod:`geolocus.modelfile`).
 
 >>> model = load_model("runs/dualgeo.safetensors")      # any geolocus model file, eval mode
 >>> model.backbone                                     # e.g. "efficientnet-lite0"
@@ -27,6 +28,10 @@ MODELS: Registry[GeoModel] = Registry("model type")
 MODELS.register("geoclip", "geolocus.models.geoclip:GeoCLIP")
 MODELS.register("dualgeo", "geolocus.models.dualgeo:DualGeo")
 MODELS.register("transgeoclip", "geolocus.models.transgeoclip:TransGeoCLIP")
+MODELS.register("planet", "geolocus.models.planet:PlaNet")
+MODELS.register("hybrid", "geolocus.models.planet:Hybrid")
+MODELS.register("pigeon", "geolocus.models.pigeon:Pigeon")
+MODELS.register("plonk", "geolocus.models.plonk:Plonk")
 
 
 def list_models() -> list[str]:

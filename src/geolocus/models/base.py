@@ -87,6 +87,9 @@ class GeoModel(nn.Module):
     needs_tokens: ClassVar[bool] = False
     #: Whether training batches need ``text_emb`` (TransGeoCLIP's text view).
     needs_text: ClassVar[bool] = False
+    #: Config fields :meth:`prepare` sets from the data (e.g. a number of cells): a resumed
+    #: run takes them from its checkpoint before building the model.
+    fitted_fields: ClassVar[tuple[str, ...]] = ()
     config: Any
 
     # -- the retrieval contract -----------------------------------------------------------------

@@ -220,6 +220,20 @@ class Gazetteer:
         """Continent name of each point's country (form as :meth:`country_code_of`)."""
         return _pick(self._cont, self._country_index(lat, lon))
 
+    def admin_area_of(self, lat: Any, lon: Any) -> np.ndarray:
+        """An int64 key of each point's first-level administrative area (admin-1: state,
+        province, region), ``(N,)``: the area of the nearest place (no boundary polygons
+        offline), i.e. country × 2**20 + region; the country alone where GeoNames gives no
+        region, and Antarctica south of 60°S. What PIGEON's semantic geocells start from."""
+        lat_a, lon_a = self._points(np.ravel(lat), np.ravel(lon))
+        idx, _ = self.query(lat_a, lon_a)
+        region = self._t.region[self._rows[idx]].astype(np.int64)
+        c = self._country[idx].astype(np.int64)
+        if self._aq >= 0:  # Antarctica: its own area, no region
+            south = lat_a < ANTARCTIC_LAT
+            c, region = np.where(south, self._aq, c), np.where(south, 0, region)
+        return c * (1 << 20) + region
+
     # ---- population prior ----------------------------------------------------------------
     def nearest_km(self, lat: Any, lon: Any) -> np.ndarray:
         """Distance in km from each point to the nearest place of this gazetteer (e.g. of

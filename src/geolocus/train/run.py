@@ -71,11 +71,15 @@ def train_from_config(
         conf.token_dim = int(data.tokens.shape[2])
     if log:
         log(f"{len(data)} training photos, {conf.backbone} features")
+    ckpt = checkpoint_path(cfg)
+    stored = read_config(ckpt) if resume and ckpt.exists() else None
+    if stored is not None:  # sizes `prepare` fitted to the data (n_cells) come back from it
+        for name in cls.fitted_fields:
+            if name in stored and name not in model_cfg:
+                setattr(conf, name, stored[name])
     seed_everything(train.seed)
     model = cls(conf)
-    ckpt = checkpoint_path(cfg)
-    if resume and ckpt.exists():
-        stored = read_config(ckpt)
+    if stored is not None:
         if stored != conf.to_dict():
             diff = sorted(k for k in set(stored) | set(conf.to_dict())
                           if stored.get(k) != conf.to_dict().get(k))  # fmt: skip
