@@ -52,7 +52,9 @@ def test_symmetry_and_range(a, b):
 @settings(max_examples=300, deadline=None)
 @given(point, point, point)
 def test_triangle_inequality(a, b, c):
-    assert haversine_km(*a, *c) <= haversine_km(*a, *b) + haversine_km(*b, *c) + 1e-6
+    # 1 m of slack: near antipodes the haversine's asin(√h), h → 1, loses ~1e-5 km (found by
+    # hypothesis), far below what any answer resolves
+    assert haversine_km(*a, *c) <= haversine_km(*a, *b) + haversine_km(*b, *c) + 1e-3
 
 
 @settings(max_examples=100, deadline=None)
