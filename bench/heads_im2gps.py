@@ -200,11 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
         "training": info,
         "missing_heads": missing,
         "commit": sw.git_commit(),
-        "machine": {
-            "threads": args.threads,
-            "cpus": os.cpu_count(),
-            "load_avg_end": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": sw.machine(args.threads),
         "total_s": round(time.perf_counter() - t_all, 1),
     }
     notes = {

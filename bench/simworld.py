@@ -686,6 +686,15 @@ def row_key(*what: Any) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def machine(threads: int) -> dict:
+    """The threads used, the CPUs and the load at the end: the figures depend on them."""
+    return {
+        "threads": threads,
+        "cpus": os.cpu_count(),
+        "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
 def git_commit() -> str:
     try:
         rev = subprocess.run(
@@ -904,11 +913,7 @@ def main(argv: list[str] | None = None) -> dict:
         "baseline_info": base_info,
         "missing_heads": missing,
         "commit": git_commit(),
-        "machine": {
-            "threads": args.threads,
-            "cpus": os.cpu_count(),
-            "load_avg_end": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(args.threads),
         "total_s": round(time.perf_counter() - t_all, 1),
     }
     notes = {
