@@ -244,10 +244,16 @@ def top_k(coords: np.ndarray, probs: np.ndarray, k: int) -> tuple[np.ndarray, np
     n = probs.shape[1]
     if not 1 <= k <= n:
         raise InputError(f"k must be between 1 and {n}, got {k}")
+    idx = top_indices(probs, k)
+    return coords[idx], np.take_along_axis(probs, idx, axis=1)
+
+
+def top_indices(probs: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` (1 ≤ k ≤ row length) largest entries of each row, largest
+    first: a partial sort, so a hundred thousand places cost little."""
     top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(probs, top, axis=1), axis=1, kind="stable")
-    idx = np.take_along_axis(top, order, axis=1)
-    return coords[idx], np.take_along_axis(probs, idx, axis=1)
+    return np.take_along_axis(top, order, axis=1)
 
 
 def _probe_dim(encoder: nn.Module, coords: np.ndarray) -> int:

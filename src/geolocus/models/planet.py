@@ -34,6 +34,7 @@ from geolocus.errors import InputError, NotFittedError
 from geolocus.geo.cells import AdaptiveCells, adaptive_cells, cell_spread_km
 from geolocus.geo.sphere import local_offset_km, offset_position
 from geolocus.models.base import GeoModel, ModelConfig
+from geolocus.models.gallery import top_indices
 from geolocus.nn import eval_mode
 
 __all__ = ["CellHead", "Hybrid", "HybridConfig", "PlaNet", "PlaNetConfig"]
@@ -45,15 +46,7 @@ MIN_CELL_SCALE_KM = 1.0
 def top_k(probs: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest entries of each row, largest first (``k`` capped at the
     row length); a partial sort, so ten thousand cells cost little."""
-    n = probs.shape[1]
-    k = max(1, min(int(k), n))
-    part = (
-        np.argpartition(-probs, k - 1, axis=1)[:, :k]
-        if k < n
-        else np.tile(np.arange(n), (len(probs), 1))
-    )
-    order = np.argsort(-np.take_along_axis(probs, part, 1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, 1)
+    return top_indices(probs, max(1, min(int(k), probs.shape[1])))
 
 
 @dataclass
