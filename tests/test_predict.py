@@ -292,3 +292,9 @@ def test_model_file_alone_bad_inputs(queries, tmp_path, capsys):
     assert rc == 2 and "no location output" in err and len(err.strip().splitlines()) == 1
     rc, _, err = _run(capsys, ["predict", photo_, "--model", "x.safetensors", "--world", "geoclip"])
     assert rc == 2 and "give one" in err
+    (tmp_path / "bad.safetensors").write_text("hi")  # not a model file
+    rc, _, err = _run(capsys, ["predict", photo_, "--model", str(tmp_path / "bad.safetensors")])
+    assert rc == 2 and "not a safetensors file" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "dir.safetensors").mkdir()  # a folder where the file is expected
+    rc, _, err = _run(capsys, ["predict", photo_, "--model", str(tmp_path / "dir.safetensors")])
+    assert rc == 2 and "model file not found" in err
