@@ -47,8 +47,9 @@ def test_auto_is_flat_when_small_and_compressed_above_the_threshold(tmp_path):
     assert man.search["choice"] == "auto" and man.count == 3000 == len(db)
     assert man.search["recall_at_20"] >= 0.95 and man.search["nprobe"] >= 1
     names = sorted(p.name for p in (tmp_path / "big").iterdir())
-    assert names == [".lock", "coords-1.npy", "exact-1.npy", "ids-1.npy", "manifest.json",
-                     "meta-1.parquet", "vectors-1.faiss"]  # fmt: skip
+    assert names == [".lock", "coords-1.npy", "exact-1.npy", "ids-1.npy", "listoff-1.npy",
+                     "listrows-1.npy", "lists-1.npy", "manifest.json", "meta-1.parquet",
+                     "vectors-1.faiss"]  # fmt: skip
 
 
 def test_compressed_recall_against_exact_search(tmp_path):
@@ -213,7 +214,8 @@ def test_info_shows_the_search_settings_and_check_passes(tmp_path, capsys):
     assert main(["index", "info", str(tmp_path / "db")]) == 0
     out = capsys.readouterr().out
     assert "format            2" in out and "positions from    exif 3000" in out
-    assert "recall@20" in out and "re-rank" in out
+    assert "recall@20" in out and ("re-rank" in out or "scanned exactly" in out)
+    assert "far search" in out
     assert main(["index", "info", str(tmp_path / "db"), "--check"]) == 0
     assert "is sound" in capsys.readouterr().out
 
@@ -331,3 +333,90 @@ def test_read_rows_reads_a_memory_mapped_file_row_by_row_as_indexing_does(tmp_pa
     assert got.dtype == np.float32 and got.shape == (5, 24)
     np.testing.assert_array_equal(got, a[rows].astype(np.float32))
     np.testing.assert_array_equal(read_rows(a, rows), got)  # an array in memory too
+
+
+# ---- list order: exact scans of the probed lists ----------------------------------------
+
+
+def test_scanning_the_lists_is_exact_within_them_and_everywhere_with_all_lists(tmp_path):
+    """The scan's answer is exact search restricted to the probed lists; probing every
+    list, it is exact search, rows and scores."""
+    from geolocus.index.lists import scan_search
+
+    db, x, *_ = _compressed_db(tmp_path / "db")
+    lists = db._columns.lists
+    assert lists is not None
+    xn = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16).astype(np.float32)
+    q = xn[:40] + 0.2 * np.random.default_rng(2).normal(size=(40, DIM)).astype(np.float32)
+    nlist = cp.nlist_of(db.index)
+    s_all, r_all = scan_search(db.index, lists, q, 20, nlist)
+    s_ex, r_ex = cp.exact_topk(db._columns.exact, q, 20)
+    np.testing.assert_array_equal(r_all, r_ex)
+    np.testing.assert_allclose(s_all, s_ex, rtol=1e-5, atol=1e-5)
+    # two lists: the exact top-20 of the rows of the two lists nearest each query
+    _, probe = faiss.extract_index_ivf(db.index).quantizer.search(q, 2)
+    s2, r2 = scan_search(db.index, lists, q, 20, 2)
+    for i in range(len(q)):
+        mine = np.concatenate(
+            [lists.rows[lists.offsets[c] : lists.offsets[c + 1]] for c in probe[i]]
+        )
+        truth = mine[np.argsort(-(xn[mine] @ q[i]), kind="stable")][:20]
+        assert set(r2[i][r2[i] >= 0]) == set(truth)
+        assert np.all(np.diff(s2[i][r2[i] >= 0]) <= 1e-6)  # best first
+    # every row is in exactly one list, and the list file holds its vector
+    assert sorted(lists.rows.tolist()) == list(range(len(x)))
+    pos = np.random.default_rng(3).choice(len(x), 50, replace=False)
+    np.testing.assert_array_equal(
+        np.asarray(lists.vectors[pos]), np.asarray(db._columns.exact[lists.rows[pos]])
+    )
+
+
+def test_a_database_saved_without_list_order_searches_and_tune_adds_it(tmp_path, capsys):
+    """Databases saved before list order existed open and search by re-ranking;
+    ``index tune`` writes the list-ordered files and may then choose to scan."""
+    import json
+
+    from geolocus.cli.main import main
+
+    path = tmp_path / "db"
+    _, x, *_ = _compressed_db(path)
+    man = json.loads((path / "manifest.json").read_text())
+    for name in ("lists-1.npy", "listrows-1.npy", "listoff-1.npy"):
+        man["files"].pop(name)
+        (path / name).unlink()
+    man["search"].update(rerank=400, far_rerank=400)
+    (path / "manifest.json").write_text(json.dumps(man))
+    old = Database.open(path)
+    assert old._columns.lists is None
+    before = old.search(x[:10], k=5, k_far=5)
+    assert main(["index", "tune", str(path)]) == 0
+    assert "recall@20" in capsys.readouterr().out
+    new = Database.open(path, verify=True)
+    assert new._columns.lists is not None
+    assert {"lists-1.npy", "listrows-1.npy", "listoff-1.npy"} <= set(new.manifest.files)
+    after = new.search(x[:10], k=5, k_far=5)
+    assert (after.near_ids[:, 0] == before.near_ids[:, 0]).all()  # each photo finds itself
+
+
+def test_a_damaged_list_file_is_named(tmp_path):
+    path = tmp_path / "db"
+    _compressed_db(path)
+    with open(path / "listoff-1.npy", "r+b") as fh:
+        fh.truncate(100)
+    with pytest.raises(InputError, match=r"listoff-1.npy"):
+        Database.open(path)
+
+
+def test_tuning_keeps_the_cheapest_setting_near_the_best_when_the_target_is_out_of_reach():
+    t = [
+        cp.Tuning(4, 0, 0.40, 1.0, 100),
+        cp.Tuning(32, 0, 0.49, 8.0, 100),
+        cp.Tuning(16, 0, 0.48, 4.0, 100),
+        cp.Tuning(32, 3200, 0.50, 20.0, 100),
+    ]
+    assert cp.choose(t, 0.95) == t[2]  # within 0.02 of 0.50, and the cheapest such
+    assert cp.choose(t, 0.45) == t[2]  # reached: the cheapest that reaches it
+    assert cp.choose(t, 0.30) == t[0]
+    assert cp.choose(t, 0.95, budget_ms=5.0) == t[2]  # the best within 5 ms
+    assert cp.choose(t, 0.95, budget_ms=2.0) == t[0]
+    assert cp.choose(t, 0.95, budget_ms=0.5) == t[0]  # none affordable: the cheapest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -265,10 +266,15 @@ def info(
         typer.echo(f"{'built from':17s} {extra['images']}")
     if "nprobe" in search:
         typer.echo(
-            f"{'search':17s} nprobe {search['nprobe']}, re-rank {search['rerank']}: recall@20 "
+            f"{'search':17s} {_setting(search)}: recall@20 "
             f"{search['recall_at_20']} against exact (target {search.get('target_recall_at_20')}, "
             f"{search.get('tuned_on')} held-out vectors, {search.get('ms_per_query')} ms a query)"
         )
+        if "far_nprobe" in search:
+            typer.echo(
+                f"{'far search':17s} {_setting(search, 'far_')}: recall@20 "
+                f"{search['far_recall_at_20']} ({search.get('far_ms_per_query')} ms a query)"
+            )
     elif search.get("choice") == "auto":
         typer.echo(f"{'search':17s} exact (auto: Flat up to {search.get('threshold')} photos)")
     sources = database.source_counts()
@@ -297,8 +303,18 @@ def tune(
 
     search = Database.open(db).retune(target, wait=wait, progress=True)
     typer.echo(
-        f"search: nprobe {search['nprobe']}, re-rank {search['rerank']}: recall@20 "
-        f"{search['recall_at_20']} (target {search['target_recall_at_20']}, "
-        f"{search['ms_per_query']} ms a query); far: nprobe {search['far_nprobe']}, re-rank "
-        f"{search['far_rerank']}: recall@20 {search['far_recall_at_20']}"
+        f"search: {_setting(search)}: recall@20 {search['recall_at_20']} (target "
+        f"{search['target_recall_at_20']}, {search['ms_per_query']} ms a query); far: "
+        f"{_setting(search, 'far_')}: recall@20 {search['far_recall_at_20']} "
+        f"({search['far_ms_per_query']} ms a query)"
     )
+
+
+def _setting(search: dict[str, Any], side: str = "") -> str:
+    """A compressed database's search setting in words: lists scanned exactly, or PQ
+    candidates re-ranked."""
+    nprobe, rerank = search[f"{side}nprobe"], search[f"{side}rerank"]
+    lists = f"{nprobe} list{'s' if nprobe != 1 else ''}"
+    if rerank == 0:
+        return f"{lists} scanned exactly"
+    return f"nprobe {nprobe}, re-rank {rerank}"

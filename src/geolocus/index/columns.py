@@ -113,6 +113,7 @@ class Columns:
     exact: np.ndarray  # (n, dim) float16
     coords: np.ndarray  # (n, 2) float64
     ids: np.ndarray  # (n,) |S<width>
+    lists: Any = None  # geolocus.index.lists.Lists, when the generation has them
 
     def __len__(self) -> int:
         return int(self.exact.shape[0])

@@ -24,6 +24,7 @@ import numpy as np
 from geolocus.errors import InputError
 from geolocus.files import atomic_path
 from geolocus.index.columns import read_rows, release
+from geolocus.index.lists import Lists, scan_search
 
 #: Above this many vectors ``auto`` chooses a compressed index; at or below, exact ``Flat``.
 AUTO_THRESHOLD = 200_000
@@ -38,6 +39,18 @@ RECALL_K = 20
 #: Lists probed and candidates re-ranked that tuning tries, cheapest first.
 NPROBES = (4, 8, 16, 32, 64, 128, 256)
 RERANKS = (50, 100, 200, 400, 800, 1600, 3200)
+#: The ``rerank`` of a setting that scans the probed lists exactly (list-ordered vectors,
+#: :mod:`geolocus.index.lists`) instead of re-ranking PQ candidates.
+SCAN = 0
+#: Lists probed that tuning tries when scanning (each list is ~N/4096 rows read).
+SCAN_NPROBES = (1, 2, 4, 8, 16, 32)
+#: When no setting reaches the target recall (far neighbours), tuning keeps the cheapest
+#: whose recall is within this of the best found, not the best at any cost.
+RECALL_SLACK = 0.02
+#: The far neighbours may cost as much time as the near ones, and at least this (ms a
+#: query): their recall is out of reach at any setting (0.74 at 1 M photos, at 40x the
+#: near search's time), and they matter less (DualGeo's contrast; counts for ``best``).
+FAR_MIN_BUDGET_MS = 1.0
 #: k-means iterations of the coarse quantiser (FAISS's default, 25, costs 2.5x for little).
 KMEANS_ITER = 10
 #: Vectors read at a time when adding to the index or scanning exactly (bounded memory).
@@ -234,11 +247,17 @@ def tune(
     nprobes: Iterable[int] = NPROBES,
     reranks: Iterable[int] = RERANKS,
     far: bool = False,
+    lists: Lists | None = None,
+    budget_ms: float | None = None,
 ) -> Tuning:
-    """The cheapest (nprobe, rerank) reaching recall@20 ≥ ``target`` on held-out
-    database vectors (each query's own row excluded from both answers), by
-    measured time; the best recall found when none reaches it. ``far``: for the
-    far neighbours (the negated queries), which lie in other lists than the near."""
+    """The cheapest setting reaching recall@20 ≥ ``target`` on held-out database
+    vectors (each query's own row excluded from both answers), by measured time:
+    (nprobe, rerank) re-ranking PQ candidates, and with ``lists`` also (nprobe,
+    :data:`SCAN`) scanning the probed lists exactly. When none reaches it, the cheapest
+    within :data:`RECALL_SLACK` of the best recall found: paying twice the time for the
+    last hundredth of an unreachable target is a poor trade. ``far``: for the far
+    neighbours (the negated queries), which lie in other lists than the near.
+    ``budget_ms``: only settings at most this slow a query (when any is)."""
     n = len(vectors)
     k = min(RECALL_K, n - 1)
     n_queries = min(n_queries, max(100, n // 20), n)  # small databases: fewer, still held out
@@ -250,24 +269,42 @@ def tune(
     _, ex = exact_topk(vectors, q, k + 1)
     truth = _drop_self(ex, rows, k)
     nlist = nlist_of(index)
-    best: Tuning | None = None
-    for rr in reranks:
-        for npb in nprobes:
+    grid: list[tuple[int, tuple[int, ...]]] = [(rr, tuple(nprobes)) for rr in reranks]
+    if lists is not None:
+        grid.insert(0, (SCAN, SCAN_NPROBES))
+    tried: list[Tuning] = []
+    for rr, probes in grid:
+        for npb in probes:
             if npb > nlist:
                 continue
             t0 = time.perf_counter()
-            _, found = reranked_search(index, vectors, q, k + 1, npb, max(rr, k + 1))
+            if rr == SCAN:
+                assert lists is not None
+                _, found = scan_search(index, lists, q, k + 1, npb)
+            else:
+                _, found = reranked_search(index, vectors, q, k + 1, npb, max(rr, k + 1))
             ms = (time.perf_counter() - t0) * 1000 / len(q)
-            rec = recall(_drop_self(found, rows, k), truth)
-            cand = Tuning(npb, rr, rec, ms, len(q), target)
-            if rec >= target:
-                if best is None or best.recall_at_20 < target or ms < best.ms_per_query:
-                    best = cand
+            tried.append(Tuning(npb, rr, recall(_drop_self(found, rows, k), truth), ms,
+                                len(q), target))  # fmt: skip
+            if tried[-1].recall_at_20 >= target:
                 break  # more lists only cost more at this depth
-            if best is None or (best.recall_at_20 < target and rec > best.recall_at_20):
-                best = cand
-    assert best is not None
-    return best
+            if budget_ms is not None and ms > 2 * budget_ms:
+                break  # over budget: more lists only cost more
+    return choose(tried, target, budget_ms)
+
+
+def choose(tried: list[Tuning], target: float, budget_ms: float | None = None) -> Tuning:
+    """The fastest setting reaching ``target``; when none does, the fastest within
+    :data:`RECALL_SLACK` of the best recall tried; only settings within ``budget_ms``
+    when there are any."""
+    if budget_ms is not None:
+        affordable = [t for t in tried if t.ms_per_query <= budget_ms]
+        tried = affordable or [min(tried, key=lambda t: t.ms_per_query)]
+    good = [t for t in tried if t.recall_at_20 >= target]
+    if not good:
+        top = max(t.recall_at_20 for t in tried)
+        good = [t for t in tried if t.recall_at_20 >= top - RECALL_SLACK]
+    return min(good, key=lambda t: t.ms_per_query)
 
 
 def _drop_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:

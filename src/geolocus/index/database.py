@@ -60,6 +60,7 @@ from geolocus.index.columns import (
     decode_ids,
     release,
 )
+from geolocus.index.lists import LIST_PATTERNS, Lists, scan_search, write_lists
 from geolocus.index.lock import database_lock
 
 FORMAT_VERSION = 2
@@ -291,6 +292,8 @@ class Database:
     @classmethod
     def _load(cls, p: Path, man: Manifest, verify: bool | None) -> Database:
         files = cls._files(p, man.generation, man.format >= 2)
+        if man.format >= 2 and all(f.name in man.files for f in cls._list_files(p, man.generation)):
+            files += cls._list_files(p, man.generation)
         for f in files:
             if not f.exists():
                 raise damaged(p, f.name, f"is missing (the manifest names generation "
@@ -323,14 +326,14 @@ class Database:
     @classmethod
     def _load_columns(cls, p: Path, man: Manifest, index: Any, files: tuple[Path, ...]) -> Database:
         arrays = {}
-        for kind, f in zip(("exact", "coords", "ids"), files[2:], strict=True):
+        for kind, f in zip(("exact", "coords", "ids"), files[2:5], strict=True):
             try:
                 arrays[kind] = np.load(f, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError, EOFError) as e:
                 raise damaged(p, f.name, f"cannot be read ({_last_line(e)})") from None
         cols = Columns(**arrays)
         want = {"exact": (man.count, man.dim), "coords": (man.count, 2), "ids": (man.count,)}
-        for (kind, shape), f in zip(want.items(), files[2:], strict=True):
+        for (kind, shape), f in zip(want.items(), files[2:5], strict=True):
             if getattr(cols, kind).shape != shape:
                 raise damaged(
                     p, f.name, f"disagrees with the rest (inconsistent): shape "
@@ -343,6 +346,14 @@ class Database:
                 f"disagrees with the rest (inconsistent): {index.ntotal} vectors of dimension "
                 f"{index.d}, manifest says {man.count} of dimension {man.dim}",
             )
+        if len(files) > 5:
+            try:
+                cols.lists = Lists.open(*files[5:8])
+            except (ValueError, OSError, EOFError) as e:
+                raise damaged(p, files[5].name, f"cannot be read ({_last_line(e)})") from None
+            why = cols.lists.agrees_with(index, man.count, man.dim)
+            if why:
+                raise damaged(p, files[5].name, f"disagrees with the rest (inconsistent): {why}")
         return cls(p, man, index, None, cols)
 
     @staticmethod
@@ -351,6 +362,12 @@ class Database:
         if not columns:
             return base
         return base + tuple(p / PATTERNS[k].format(gen=gen) for k in ("exact", "coords", "ids"))
+
+    @staticmethod
+    def _list_files(p: Path, gen: int) -> tuple[Path, Path, Path]:
+        """The list-ordered vectors, their rows and the list offsets of a generation."""
+        a, b, c = (p / LIST_PATTERNS[k].format(gen=gen) for k in ("lists", "listrows", "listoff"))
+        return a, b, c
 
     def save(
         self,
@@ -416,18 +433,35 @@ class Database:
                     f"the database at {self.path} was changed by another process since it was "
                     "opened: open it again and tune it then"
                 )
-            exact = self._columns.exact
-            with _bar(2, "tuning search (near, far)", progress) as bar:
-                near = compressed.tune(self.index, exact, target=t)
-                bar.update(1)
-                far = compressed.tune(self.index, exact, target=t, far=True)
-                bar.update(1)
+            exact, files = self._columns.exact, dict(self.manifest.files)
+            if self._columns.lists is None:  # saved before list order existed: write it
+                paths = self._list_files(self.path, self.manifest.generation)
+                with (
+                    atomic_path(paths[0]) as tv,
+                    atomic_path(paths[1]) as tr,
+                    atomic_path(paths[2]) as to,
+                ):
+                    self._write_lists(self.index, exact, (tv, tr, to), progress)
+                    files.update(
+                        {p.name: _record(t) for p, t in zip(paths, (tv, tr, to), strict=True)}
+                    )
+                self._columns.lists = Lists.open(*paths)
+            near, far = _tune(self.index, exact, self._columns.lists, t, progress)
             search = dict(self.manifest.search)
             search.update(near.as_dict())
             search.update(far.as_dict("far_"))
-            self._commit(self.manifest.generation, self.manifest.count, self.manifest.files,
-                         search=search)  # fmt: skip
+            self._commit(self.manifest.generation, self.manifest.count, files, search=search)
         return search
+
+    @staticmethod
+    def _write_lists(
+        index: Any, exact: np.ndarray, tmps: tuple[Path, Path, Path], progress: bool
+    ) -> Lists:
+        """The vectors in list order (:mod:`geolocus.index.lists`) written to ``tmps``
+        (the caller's atomic paths), opened."""
+        with _bar(len(exact), "ordering vectors by list", progress) as bar:
+            write_lists(index, exact, tmps, bar.update)
+        return Lists.open(*tmps)
 
     def _write(self) -> None:
         faiss = _faiss()
@@ -452,7 +486,7 @@ class Database:
             fh.write("\n")
         self.manifest = man
         for pattern in ("vectors-*.faiss", "meta-*.parquet", "exact-*.npy", "coords-*.npy",
-                        "ids-*.npy"):  # fmt: skip
+                        "ids-*.npy", "lists-*.npy", "listrows-*.npy", "listoff-*.npy"):  # fmt: skip
             for f in self.path.glob(pattern):
                 if f.name not in files:  # older generations, and any left by a crashed save
                     f.unlink(missing_ok=True)
@@ -467,6 +501,7 @@ class Database:
         filled a chunk at a time; search settings tuned; then the manifest."""
         new, dim = self.manifest.generation + 1, self.manifest.dim
         vpath, mepath, epath, cpath, ipath = self._files(self.path, new, True)
+        lpaths = self._list_files(self.path, new)
         spool, base = self._spool, self._columns
         n_base = len(base) if base is not None else 0
         n = n_base + (spool.count if spool is not None else 0)
@@ -479,6 +514,9 @@ class Database:
             atomic_path(epath) as te,
             atomic_path(cpath) as tc,
             atomic_path(ipath) as ti,
+            atomic_path(lpaths[0]) as tl,
+            atomic_path(lpaths[1]) as tr,
+            atomic_path(lpaths[2]) as to,
         ):
             with open(te, "wb") as fe, open(tc, "wb") as fc, open(ti, "wb") as fi:
                 digest = hashlib.blake2b(digest_size=16)
@@ -503,19 +541,17 @@ class Database:
                     w.close()
             exact = np.load(te, mmap_mode="r")
             index, trained = self._filled_index(exact, n_base, progress, te, digest, encoder)
+            lists = self._write_lists(index, exact, (tl, tr, to), progress)
             target = self.manifest.search.get("target_recall_at_20", compressed.TARGET_RECALL)
-            with _bar(2, "tuning search (near, far)", progress) as bar:
-                tuning = compressed.tune(index, exact, target=float(target))
-                bar.update(1)
-                far = compressed.tune(index, exact, target=float(target), far=True)
-                bar.update(1)
+            tuning, far = _tune(index, exact, lists, float(target), progress)
             with atomic_path(vpath) as tv:
                 _faiss().write_index(index, str(tv))
                 files[vpath.name] = _record(tv)
             with atomic_path(mepath) as tm:
                 self._write_meta(tm, spool)
                 files[mepath.name] = _record(tm)
-            for path, tmp in ((epath, te), (cpath, tc), (ipath, ti)):
+            done = ((epath, te), (cpath, tc), (ipath, ti), *zip(lpaths, (tl, tr, to), strict=True))
+            for path, tmp in done:
                 files[path.name] = _record(tmp)
         search = dict(self.manifest.search)
         search.update(tuning.as_dict())
@@ -529,6 +565,7 @@ class Database:
             np.load(epath, mmap_mode="r"),
             np.load(cpath, mmap_mode="r"),
             np.load(ipath, mmap_mode="r"),
+            Lists.open(*lpaths),
         )
         self._meta, self._ids, self._coords = None, None, None
         grown = n / max(1, int(search.get("trained_at_count", n)))
@@ -932,14 +969,11 @@ class Database:
             scores, rows = self.index.search(q, k)
             return scores, rows
         s = self.manifest.search
-        return compressed.reranked_search(
-            self.index,
-            self._columns.exact,
-            q,
-            k,
-            int(nprobe if nprobe is not None else s.get(f"{side}nprobe", s.get("nprobe", 32))),
-            int(s.get(f"{side}rerank", s.get("rerank", 200))),
-        )
+        npb = int(nprobe if nprobe is not None else s.get(f"{side}nprobe", s.get("nprobe", 32)))
+        rerank = int(s.get(f"{side}rerank", s.get("rerank", 200)))
+        if rerank == compressed.SCAN and self._columns.lists is not None:
+            return scan_search(self.index, self._columns.lists, q, k, npb)
+        return compressed.reranked_search(self.index, self._columns.exact, q, k, npb, rerank)
 
     def _knn(
         self,
@@ -976,6 +1010,21 @@ PARTS_DIR = ".index-parts"
 
 #: ``index add`` warns when a compressed database has grown this much since training.
 RETRAIN_GROWTH = 4.0
+
+
+def _tune(
+    index: Any, exact: np.ndarray, lists: Lists | None, target: float, progress: bool
+) -> tuple[compressed.Tuning, compressed.Tuning]:
+    """Search settings for the near and the far neighbours, the far ones within the
+    near ones' time (:data:`compressed.FAR_MIN_BUDGET_MS` at least)."""
+    with _bar(2, "tuning search (near, far)", progress) as bar:
+        near = compressed.tune(index, exact, target=target, lists=lists)
+        bar.update(1)
+        budget = max(near.ms_per_query, compressed.FAR_MIN_BUDGET_MS)
+        far = compressed.tune(index, exact, target=target, far=True, lists=lists,
+                              budget_ms=budget)  # fmt: skip
+        bar.update(1)
+    return near, far
 
 
 def _bar(total: int, desc: str, enabled: bool) -> Any:
