@@ -47,9 +47,12 @@ SCAN_NPROBES = (1, 2, 4, 8, 16, 32)
 #: When no setting reaches the target recall (far neighbours), tuning keeps the cheapest
 #: whose recall is within this of the best found, not the best at any cost.
 RECALL_SLACK = 0.02
-#: The far neighbours may cost as much time as the near ones, and at least this (ms a
-#: query): their recall is out of reach at any setting (0.74 at 1 M photos, at 40x the
-#: near search's time), and they matter less (DualGeo's contrast; counts for ``best``).
+#: The far neighbours may cost this share of the near ones' time (and at least
+#: :data:`FAR_MIN_BUDGET_MS` a query): their recall is out of reach at any setting (0.74
+#: at 1 M photos, at 40x the near search's time), and stage 2's answer hardly depends on
+#: them (at 10 M photos, 1, 2 or 4 far lists scanned gave the same top answers; 16 did
+#: not change them either: docs/scale.md).
+FAR_BUDGET = 0.5
 FAR_MIN_BUDGET_MS = 1.0
 #: k-means iterations of the coarse quantiser (FAISS's default, 25, costs 2.5x for little).
 KMEANS_ITER = 10
@@ -288,8 +291,9 @@ def tune(
                                 len(q), target))  # fmt: skip
             if tried[-1].recall_at_20 >= target:
                 break  # more lists only cost more at this depth
-            if budget_ms is not None and ms > 2 * budget_ms:
-                break  # over budget: more lists only cost more
+            reached = [t.ms_per_query for t in tried if t.recall_at_20 >= target]
+            if (reached and ms > min(reached)) or (budget_ms is not None and ms > 2 * budget_ms):
+                break  # slower than a setting that reaches the target, or over budget
     return choose(tried, target, budget_ms)
 
 

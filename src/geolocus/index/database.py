@@ -1015,12 +1015,12 @@ RETRAIN_GROWTH = 4.0
 def _tune(
     index: Any, exact: np.ndarray, lists: Lists | None, target: float, progress: bool
 ) -> tuple[compressed.Tuning, compressed.Tuning]:
-    """Search settings for the near and the far neighbours, the far ones within the
-    near ones' time (:data:`compressed.FAR_MIN_BUDGET_MS` at least)."""
+    """Search settings for the near and the far neighbours, the far ones within a share
+    of the near ones' time (:data:`compressed.FAR_BUDGET`)."""
     with _bar(2, "tuning search (near, far)", progress) as bar:
         near = compressed.tune(index, exact, target=target, lists=lists)
         bar.update(1)
-        budget = max(near.ms_per_query, compressed.FAR_MIN_BUDGET_MS)
+        budget = max(compressed.FAR_BUDGET * near.ms_per_query, compressed.FAR_MIN_BUDGET_MS)
         far = compressed.tune(index, exact, target=target, far=True, lists=lists,
                               budget_ms=budget)  # fmt: skip
         bar.update(1)
