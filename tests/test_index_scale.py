@@ -97,6 +97,12 @@ def test_add_to_a_compressed_database_uses_its_quantisers(tmp_path):
     assert again.manifest.search["trained_at_count"] == 3000
     nb = again.search(x2[:20], k=1)
     assert list(nb.near_ids[:, 0]) == ids2[:20]
+    # the list order holds the new rows too: scanning every list is exact search
+    from geolocus.index.lists import scan_search
+
+    q = x2[:10] / np.linalg.norm(x2[:10], axis=1, keepdims=True)
+    _, rows = scan_search(again.index, again._columns.lists, q, 5, nlist)
+    np.testing.assert_array_equal(rows, cp.exact_topk(again._columns.exact, q, 5)[1])
     assert again.add(x2[:5], ids2[:5], ll2[:5]) == 0  # known ids are skipped
     with pytest.raises(InputError, match="shape"):
         again.add(np.zeros((2, DIM + 1)), ["a", "b"], np.zeros((2, 2)))

@@ -297,8 +297,9 @@ def tune(
     wait: bool = wait_option(),
 ) -> None:
     """Choose a compressed database's search settings again, without rebuilding it: the
-    cheapest lists probed and candidates re-ranked that reach the target recall@20 on
-    held-out database vectors (as a build does)."""
+    cheapest setting (lists scanned exactly, or lists probed and PQ candidates re-ranked)
+    that reaches the target recall@20 on held-out database vectors, as a build does. A
+    database saved before list order existed gets its list-ordered vectors written."""
     from geolocus.index import Database
 
     search = Database.open(db).retune(target, wait=wait, progress=True)
