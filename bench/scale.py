@@ -16,6 +16,12 @@ is how often stage 2 (``dualgeo``, and ``best`` fitted on other queries with kno
 positions) answers the same from the database's neighbours as from exact ones.
 
     python bench/scale.py --n 1000000 --json out/scale-1m.json --workdir /tmp/scale
+
+``--sweep`` measures, on the database already built, how stage 2's agreement with exact
+search and the time a photo depend on the lists scanned for the near and for the far
+neighbours (``NEAR/FAR`` pairs; the database's own settings are left as they are):
+
+    python bench/scale.py --n 10000000 --workdir /tmp/scale --sweep 4/1,4/2,4/4,2/4,2/16,8/4
 """
 
 from __future__ import annotations
@@ -288,8 +294,14 @@ def main() -> None:
         action="store_true",
         help="search the database already in the workdir (build figures are then NaN)",
     )
+    ap.add_argument("--sweep", default="", help="NEAR/FAR lists scanned, e.g. 4/1,4/2")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.sweep:
+        rows = sweep(args, args.sweep)
+        if args.json:
+            args.json.write_text(json.dumps({"n": args.n, "sweep": rows}, indent=2) + "\n")
+        return None
     if args.stage == "build":
         return child_build(args)
     if args.stage == "search":
@@ -344,6 +356,51 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def sweep(args: argparse.Namespace, pairs: str) -> list[dict]:
+    """Agreement, recall and ms a photo (batches of 16) for each ``NEAR/FAR`` lists scanned."""
+    from geolocus.index import Database
+    from geolocus.index.compressed import SCAN
+
+    z = np.load(args.workdir / f"corpus-{args.n}" / "queries.npz")
+    q, truth = z["vectors"], z["coords"]
+    cache = _db_dir(args).with_suffix(".exact.npz")  # exact neighbours, computed once
+    if cache.is_file():
+        exact = dict(np.load(cache))
+    else:
+        _log("exact search ...")
+        exact = exact_neighbours(args, q)
+        np.savez(cache, **exact)
+    db = Database.open(_db_dir(args))
+    if db._columns is None or db._columns.lists is None:
+        sys.exit("scale: --sweep needs a compressed database with list order")
+    out = []
+    for pair in pairs.split(","):
+        near, far = (int(x) for x in pair.split("/"))
+        db.manifest.search.update(nprobe=near, rerank=SCAN, far_nprobe=far, far_rerank=SCAN)
+        db.search(q[:16], k=K, k_far=K_FAR)
+        t0 = time.perf_counter()
+        parts = [db.search(q[s : s + 16], k=K, k_far=K_FAR) for s in range(0, len(q), 16)]
+        ms = (time.perf_counter() - t0) * 1000 / len(q)
+        found = {k: np.concatenate([getattr(p, k) for p in parts])
+                 for k in ("near", "near_scores", "far", "far_scores")}  # fmt: skip
+        rows = np.vectorize(lambda s: int(s.split(".")[0]))(
+            np.concatenate([p.near_ids for p in parts])
+        )
+        nq = args.queries
+        hits = [len(np.intersect1d(a, b)) for a, b in zip(rows[:nq], exact["near_rows"][:nq],
+                                                          strict=True)]  # fmt: skip
+        row = {
+            "near_lists": near,
+            "far_lists": far,
+            "ms_per_photo_batch16": round(ms, 3),
+            "recall_at_20": round(float(np.sum(hits) / (nq * K)), 4),
+            "top1_same_as_exact": top1_agreement(exact, found, truth, nq),
+        }
+        _log(json.dumps(row))
+        out.append(row)
+    return out
 
 
 if __name__ == "__main__":
