@@ -18,7 +18,7 @@ from geolocus.refine import BestRefiner
 from geolocus.refine.features import FeatureSpec
 from geolocus.refine.georanker import MultiOrderLoss, multi_order_loss
 from geolocus.refine.learned import fit_weights
-from test_refine_best import _acc, _write_neighbours, dense_world, twin_world
+from test_refine_best import _acc, dense_world, twin_world, write_world
 
 
 def _numeric_grad(f, s: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -172,12 +172,7 @@ def test_cross_validation_gives_a_row_per_objective():
 @pytest.fixture
 def files(tmp_path):
     nb, truth = dense_world(80, seed=7)
-    nfile, lfile = tmp_path / "nb.csv", tmp_path / "labels.csv"
-    _write_neighbours(nfile, nb)
-    lfile.write_text(
-        "IMG_ID,LAT,LON\n"
-        + "".join(f"{q},{t[0]:.6f},{t[1]:.6f}\n" for q, t in zip(nb.ids, truth, strict=True))
-    )
+    nfile, lfile = write_world(tmp_path, nb, truth)
     return nb, truth, nfile, lfile
 
 

@@ -426,3 +426,36 @@ def test_tuning_keeps_the_cheapest_setting_near_the_best_when_the_target_is_out_
     assert cp.choose(t, 0.95, budget_ms=5.0) == t[2]  # the best within 5 ms
     assert cp.choose(t, 0.95, budget_ms=2.0) == t[0]
     assert cp.choose(t, 0.95, budget_ms=0.5) == t[0]  # none affordable: the cheapest
+
+
+def test_tune_on_a_full_disk_leaves_the_database_as_it_was(tmp_path, capsys, monkeypatch):
+    """``index tune`` writing the list order of an older database runs out of space: one
+    line, exit 2, no list file left, and the database opens and searches as before."""
+    import json
+
+    from geolocus.cli.main import main
+    from geolocus.index import lists as lists_mod
+
+    path = tmp_path / "db"
+    _, x, *_ = _compressed_db(path)
+    man = json.loads((path / "manifest.json").read_text())
+    for name in ("lists-1.npy", "listrows-1.npy", "listoff-1.npy"):
+        man["files"].pop(name)
+        (path / name).unlink()
+    man["search"].update(rerank=400, far_rerank=400)
+    (path / "manifest.json").write_text(json.dumps(man))
+    real = lists_mod.write_lists
+
+    def full(index, vectors, paths, on_rows=None):
+        real(index, vectors, paths, on_rows)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("geolocus.index.database.write_lists", full)
+    assert main(["index", "tune", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("geolocus: error: cannot write the database") and "\n" not in err
+    assert "No space left" in err
+    assert sorted(p.name for p in path.glob("list*")) == []
+    again = Database.open(path, verify=True)
+    assert again._columns.lists is None and again.manifest.search["rerank"] == 400
+    assert again.search(x[:3], k=2).near_ids.shape == (3, 2)

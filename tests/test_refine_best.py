@@ -177,14 +177,20 @@ def _write_neighbours(path, nb: Neighbours) -> None:
     path.write_text("\n".join(rows) + "\n")
 
 
-def test_cli_fit_save_and_reuse(tmp_path, capsys):
-    nb, truth = dense_world(80, seed=7)
-    nfile, lfile = tmp_path / "nb.csv", tmp_path / "labels.csv"
+def write_world(folder, nb: Neighbours, truth: np.ndarray):
+    """The neighbours CSV and the labels CSV of a generated world, for the CLI."""
+    nfile, lfile = folder / "nb.csv", folder / "labels.csv"
     _write_neighbours(nfile, nb)
     lfile.write_text(
         "IMG_ID,LAT,LON\n"
         + "".join(f"{q},{t[0]:.6f},{t[1]:.6f}\n" for q, t in zip(nb.ids, truth, strict=True))
     )
+    return nfile, lfile
+
+
+def test_cli_fit_save_and_reuse(tmp_path, capsys):
+    nb, truth = dense_world(80, seed=7)
+    nfile, lfile = write_world(tmp_path, nb, truth)
     out1, out2, model = tmp_path / "p1.csv", tmp_path / "p2.csv", tmp_path / "m.json"
     base = ["refine", "--neighbours", str(nfile), "--method", "best"]
     assert main([*base, "--out", str(out1)]) == 2

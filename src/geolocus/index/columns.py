@@ -21,9 +21,12 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
+
+if TYPE_CHECKING:  # lists.py imports this module
+    from geolocus.index.lists import Lists
 
 #: Column files of one generation: kind -> file name pattern.
 PATTERNS = {"exact": "exact-{gen}.npy", "coords": "coords-{gen}.npy", "ids": "ids-{gen}.npy"}
@@ -113,7 +116,7 @@ class Columns:
     exact: np.ndarray  # (n, dim) float16
     coords: np.ndarray  # (n, 2) float64
     ids: np.ndarray  # (n,) |S<width>
-    lists: Any = None  # geolocus.index.lists.Lists, when the generation has them
+    lists: Lists | None = None  # the list-ordered vectors, when the generation has them
 
     def __len__(self) -> int:
         return int(self.exact.shape[0])

@@ -276,6 +276,7 @@ def tune(
     if lists is not None:
         grid.insert(0, (SCAN, SCAN_NPROBES))
     tried: list[Tuning] = []
+    fastest = math.inf  # ms a query of the fastest setting reaching the target so far
     for rr, probes in grid:
         for npb in probes:
             if npb > nlist:
@@ -290,9 +291,9 @@ def tune(
             tried.append(Tuning(npb, rr, recall(_drop_self(found, rows, k), truth), ms,
                                 len(q), target))  # fmt: skip
             if tried[-1].recall_at_20 >= target:
+                fastest = min(fastest, ms)
                 break  # more lists only cost more at this depth
-            reached = [t.ms_per_query for t in tried if t.recall_at_20 >= target]
-            if (reached and ms > min(reached)) or (budget_ms is not None and ms > 2 * budget_ms):
+            if ms > fastest or (budget_ms is not None and ms > 2 * budget_ms):
                 break  # slower than a setting that reaches the target, or over budget
     return choose(tried, target, budget_ms)
 

@@ -292,8 +292,9 @@ class Database:
     @classmethod
     def _load(cls, p: Path, man: Manifest, verify: bool | None) -> Database:
         files = cls._files(p, man.generation, man.format >= 2)
-        if man.format >= 2 and all(f.name in man.files for f in cls._list_files(p, man.generation)):
-            files += cls._list_files(p, man.generation)
+        lists = cls._list_files(p, man.generation)
+        if man.format >= 2 and all(f.name in man.files for f in lists):
+            files += lists
         for f in files:
             if not f.exists():
                 raise damaged(p, f.name, f"is missing (the manifest names generation "
@@ -436,15 +437,20 @@ class Database:
             exact, files = self._columns.exact, dict(self.manifest.files)
             if self._columns.lists is None:  # saved before list order existed: write it
                 paths = self._list_files(self.path, self.manifest.generation)
-                with (
-                    atomic_path(paths[0]) as tv,
-                    atomic_path(paths[1]) as tr,
-                    atomic_path(paths[2]) as to,
-                ):
-                    self._write_lists(self.index, exact, (tv, tr, to), progress)
-                    files.update(
-                        {p.name: _record(t) for p, t in zip(paths, (tv, tr, to), strict=True)}
-                    )
+                try:
+                    with (
+                        atomic_path(paths[0]) as tv,
+                        atomic_path(paths[1]) as tr,
+                        atomic_path(paths[2]) as to,
+                    ):
+                        self._write_lists(self.index, exact, (tv, tr, to), progress)
+                        files.update(
+                            {p.name: _record(t) for p, t in zip(paths, (tv, tr, to), strict=True)}
+                        )
+                except OSError as e:  # a full disk: the database stays as it was
+                    raise InputError(
+                        f"cannot write the database {self.path}: {e.strerror or e}"
+                    ) from None
                 self._columns.lists = Lists.open(*paths)
             near, far = _tune(self.index, exact, self._columns.lists, t, progress)
             search = dict(self.manifest.search)
