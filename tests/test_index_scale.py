@@ -377,6 +377,46 @@ def test_scanning_the_lists_is_exact_within_them_and_everywhere_with_all_lists(t
     )
 
 
+def _resident_kb(path) -> int:
+    """This process's resident kB of the memory maps of ``path`` (Linux smaps)."""
+    total, mine = 0, False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line
+                mine = len(head) >= 6 and head[-1] == str(path)
+            elif mine and head[0] == "Rss:":
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps"), reason="Linux only")
+def test_a_scan_reads_the_lists_in_place_and_leaves_them_out_of_the_resident_set(tmp_path):
+    """The scan points FAISS at the mapped file instead of copying it; afterwards the
+    pages it touched are no longer this process's (a long run of searches must not map
+    the whole 10 GB file); lists shorter than k fill their tail with -1."""
+    from geolocus.index.lists import scan_search
+
+    db, x, *_ = _compressed_db(tmp_path / "db")
+    lists = db._columns.lists
+    assert lists is not None
+    path = (tmp_path / "db" / "lists-1.npy").resolve()
+    nlist = cp.nlist_of(db.index)
+    np.asarray(lists.vectors).sum()  # every page mapped in
+    assert _resident_kb(path) >= lists.vectors.nbytes // 1024 - 4
+    _, rows = scan_search(db.index, lists, x[:16], 20, nlist)
+    assert (rows >= 0).all()
+    assert _resident_kb(path) <= 8  # at most a page or two at the edges
+    # one list, k larger than it: its rows, then -1 with -inf
+    sizes = np.diff(lists.offsets)
+    k = int(sizes.max()) + 5
+    s1, r1 = scan_search(db.index, lists, x[:3], k, 1)
+    for i in range(3):
+        filled = int((r1[i] >= 0).sum())
+        assert filled in set(sizes.tolist()) and filled < k
+        assert np.isneginf(s1[i, filled:]).all() and (r1[i, filled:] == -1).all()
+
+
 def test_a_database_saved_without_list_order_searches_and_tune_adds_it(tmp_path, capsys):
     """Databases saved before list order existed open and search by re-ranking;
     ``index tune`` writes the list-ordered files and may then choose to scan."""

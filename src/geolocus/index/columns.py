@@ -44,13 +44,25 @@ def decode_ids(raw: np.ndarray) -> np.ndarray:
     return np.asarray(np.char.decode(np.asarray(raw), "utf-8"), dtype=object)
 
 
-def release(a: np.ndarray) -> None:
-    """Drop the pages of a memory-mapped array from this process's resident set (they
-    stay in the page cache): a pass over a 10 GB file then costs a chunk, not 10 GB."""
+def release(a: np.ndarray, rows: list[tuple[int, int]] | None = None) -> None:
+    """Drop the pages of a memory-mapped array (all, or those of the ``[start, stop)``
+    row ranges in ``rows``) from this process's resident set; they stay in the page
+    cache: a pass over a 10 GB file then costs a chunk, not 10 GB."""
     m = getattr(a, "_mmap", None)
-    if isinstance(m, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-        with contextlib.suppress(OSError, ValueError):
+    if not isinstance(m, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    with contextlib.suppress(OSError, ValueError):
+        if rows is None:
             m.madvise(mmap.MADV_DONTNEED)
+            return
+        offset = int(getattr(a, "offset", 0))
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY  # where numpy's map starts
+        width = int(np.prod(a.shape[1:], dtype=np.int64)) * a.itemsize
+        for start, stop in rows:
+            lo = offset - base + start * width
+            hi = offset - base + stop * width
+            lo -= lo % mmap.PAGESIZE
+            m.madvise(mmap.MADV_DONTNEED, lo, min(hi, len(m)) - lo)
 
 
 def read_rows(a: np.ndarray, rows: np.ndarray) -> np.ndarray:

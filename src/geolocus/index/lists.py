@@ -4,12 +4,12 @@ a query probes.
 Re-ranking the PQ index's candidates reads each candidate row on its own (a ``pread``
 of 1 KB, ~6 µs at 10 M rows): at the depth 4-bit codes need for recall@20 ≥ 0.95 at
 10 M photos (1,600 rows), that alone is ~10 ms a query. Kept in list order, the rows
-of the few lists a query probes lie in a few contiguous ranges: read in one ``pread``
-a list and scored exactly by FAISS's float16 scanner (AVX-512), all ~10,000 rows of 4
-lists cost ~3 ms, and the answer is the exact top-k of those lists, not of a PQ
-shortlist. Three files a generation: ``lists-<gen>.npy`` (float16 vectors, list
-order), ``listrows-<gen>.npy`` (the database row of each) and ``listoff-<gen>.npy``
-(where each list starts; ``nlist + 1`` offsets).
+of the few lists a query probes lie in a few contiguous ranges, scored in place in the
+memory map by FAISS's float16 scanner (AVX-512): all ~10,000 rows of 4 lists cost
+~2 ms, and the answer is the exact top-k of those lists, not of a PQ shortlist.
+Three files a generation: ``lists-<gen>.npy`` (float16 vectors, list order),
+``listrows-<gen>.npy`` (the database row of each) and ``listoff-<gen>.npy`` (where
+each list starts; ``nlist + 1`` offsets).
 """
 
 from __future__ import annotations
@@ -137,48 +137,60 @@ def scan_search(
     """Exact top-``k`` inner products among the rows of the ``nprobe`` lists nearest
     each query (the index's coarse quantiser chooses them). Rows it cannot fill are -1.
 
-    Each list is one ``pread`` straight into the codes of a FAISS float16 scanner,
-    which scores them exactly (float32 sums of the float16 rows, as re-ranking does)."""
+    Each list is scored where it lies in the memory map: a FAISS float16 scanner
+    (float32 sums of the float16 rows, as re-ranking does) is pointed at the list's
+    bytes instead of owning a copy, once for all the queries that probe it. Copying a
+    list first (one ``pread`` a list) moved every byte twice: 4.6 ms a photo at 10 M
+    rows against 2.1 ms in place (the same answers; docs/scale.md, run 6). The pages
+    are dropped from the process's resident set afterwards (they stay in the page
+    cache), so a long run of searches does not map the whole file."""
     faiss = _faiss()
     q = np.ascontiguousarray(q, dtype=np.float32)
     nq, dim = q.shape
     ivf = faiss.extract_index_ivf(index)
-    _, probe = ivf.quantizer.search(q, int(min(nprobe, ivf.nlist)))
-    scores = np.full((nq, k), -np.inf, dtype=np.float32)
-    rows = np.full((nq, k), -1, dtype=np.int64)
+    npb = int(min(nprobe, ivf.nlist))
+    flat = np.asarray(ivf.quantizer.search(q, npb)[1]).ravel()
+    order = np.argsort(flat, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(flat[order])) + 1)
     width = dim * lists.vectors.dtype.itemsize
-    base = int(lists.vectors.offset)
-    off = lists.offsets
+    raw = np.asarray(lists.vectors).reshape(-1).view(np.uint8)
+    off = np.asarray(lists.offsets)
     scanner = faiss.IndexScalarQuantizer(
         dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
     )
-    fd = os.open(str(lists.vectors.filename), os.O_RDONLY)
+    codes = scanner.codes
+    at: list[np.ndarray] = []  # entries of ``flat`` (query * npb + slot) scored
+    found_s: list[np.ndarray] = []
+    found_p: list[np.ndarray] = []  # positions in the list-ordered file, -1 for none
+    touched: list[tuple[int, int]] = []
     try:
-        for i in range(nq):
-            ls = probe[i][probe[i] >= 0]
-            starts, stops = off[ls], off[ls + 1]
-            total = int(np.sum(stops - starts))
-            if total == 0:
+        for g in groups:
+            lst = int(flat[g[0]])
+            s, e = (int(off[lst]), int(off[lst + 1])) if lst >= 0 else (0, 0)
+            if e == s:
                 continue
-            scanner.codes.resize(total * width)
-            buf = faiss.rev_swig_ptr(scanner.codes.data(), total * width)
-            at = 0
-            for s, e in zip(starts.tolist(), stops.tolist(), strict=True):
-                size = (e - s) * width
-                if size and os.preadv(fd, [buf[at : at + size]], base + s * width) != size:
-                    raise OSError(f"{lists.vectors.filename}: short read at row {s}")
-                at += size
-            scanner.ntotal = total
-            kk = min(k, total)
-            d, j = scanner.search(q[i : i + 1], kk)
-            # position in the concatenated lists -> position in the list-ordered file
-            ends = np.cumsum(stops - starts)
-            which = np.searchsorted(ends, j[0], side="right")
-            pos = starts[which] + j[0] - (ends[which] - (stops - starts)[which])
-            scores[i, :kk] = d[0]
-            rows[i, :kk] = lists.rows[pos]
+            codes.is_owned = False
+            codes.view_data = codes.c_ptr = faiss.swig_ptr(raw[s * width : e * width])
+            codes.view_size = codes.c_size = (e - s) * width
+            scanner.ntotal = e - s
+            d, j = scanner.search(q[g // npb], k)  # k beyond the list: -1 rows
+            at.append(g)
+            found_s.append(d)
+            found_p.append(np.where(j >= 0, j + s, -1))
+            touched.append((s, e))
     finally:
-        os.close(fd)
-        scanner.codes.resize(0)
+        codes.view_size = codes.c_size = 0
         scanner.ntotal = 0
-    return scores, rows
+        release(lists.vectors, touched)
+    cand_s = np.full((nq * npb, k), -np.inf, dtype=np.float32)
+    cand_p = np.full((nq * npb, k), -1, dtype=np.int64)
+    if at:
+        where = np.concatenate(at)
+        cand_s[where] = np.concatenate(found_s)
+        cand_p[where] = np.concatenate(found_p)
+    cand_s[cand_p < 0] = -np.inf
+    cand_s, cand_p = cand_s.reshape(nq, npb * k), cand_p.reshape(nq, npb * k)
+    top = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+    pos = np.take_along_axis(cand_p, top, axis=1)
+    rows = np.where(pos >= 0, np.asarray(lists.rows)[np.maximum(pos, 0)], -1)
+    return np.take_along_axis(cand_s, top, axis=1), rows
