@@ -417,14 +417,11 @@ def test_a_scan_reads_the_lists_in_place_and_leaves_them_out_of_the_resident_set
         assert np.isneginf(s1[i, filled:]).all() and (r1[i, filled:] == -1).all()
 
 
-def test_a_database_saved_without_list_order_searches_and_tune_adds_it(tmp_path, capsys):
-    """Databases saved before list order existed open and search by re-ranking;
-    ``index tune`` writes the list-ordered files and may then choose to scan."""
+def _saved_before_list_order(path):
+    """A compressed database as saved before list order existed (no list files,
+    PQ re-ranking in its manifest); returns its vectors."""
     import json
 
-    from geolocus.cli.main import main
-
-    path = tmp_path / "db"
     _, x, *_ = _compressed_db(path)
     man = json.loads((path / "manifest.json").read_text())
     for name in ("lists-1.npy", "listrows-1.npy", "listoff-1.npy"):
@@ -432,6 +429,16 @@ def test_a_database_saved_without_list_order_searches_and_tune_adds_it(tmp_path,
         (path / name).unlink()
     man["search"].update(rerank=400, far_rerank=400)
     (path / "manifest.json").write_text(json.dumps(man))
+    return x
+
+
+def test_a_database_saved_without_list_order_searches_and_tune_adds_it(tmp_path, capsys):
+    """Databases saved before list order existed open and search by re-ranking;
+    ``index tune`` writes the list-ordered files and may then choose to scan."""
+    from geolocus.cli.main import main
+
+    path = tmp_path / "db"
+    x = _saved_before_list_order(path)
     old = Database.open(path)
     assert old._columns.lists is None
     before = old.search(x[:10], k=5, k_far=5)
@@ -471,19 +478,11 @@ def test_tuning_keeps_the_cheapest_setting_near_the_best_when_the_target_is_out_
 def test_tune_on_a_full_disk_leaves_the_database_as_it_was(tmp_path, capsys, monkeypatch):
     """``index tune`` writing the list order of an older database runs out of space: one
     line, exit 2, no list file left, and the database opens and searches as before."""
-    import json
-
     from geolocus.cli.main import main
     from geolocus.index import lists as lists_mod
 
     path = tmp_path / "db"
-    _, x, *_ = _compressed_db(path)
-    man = json.loads((path / "manifest.json").read_text())
-    for name in ("lists-1.npy", "listrows-1.npy", "listoff-1.npy"):
-        man["files"].pop(name)
-        (path / name).unlink()
-    man["search"].update(rerank=400, far_rerank=400)
-    (path / "manifest.json").write_text(json.dumps(man))
+    x = _saved_before_list_order(path)
     real = lists_mod.write_lists
 
     def full(index, vectors, paths, on_rows=None):

@@ -262,24 +262,9 @@ class Geolocator:
                 cache=cache_refiner,
                 nprobe=near.nprobe,
             )
-        gazetteer = None
-        if places.names:
-            gazetteer = Gazetteer.load()
-            gazetteer.reverse_geocode(0.0, 0.0)  # builds its k-d tree now, not per photo
-        geo = cls(
-            db,
-            embedder,
-            refiner,
-            retrieval=retrieval,
-            places=places,
-            gallery=gallery,
-            lmm=lmm,
-            gazetteer=gazetteer,
-            warn=warn,
+        return cls._assemble(
+            db, embedder, refiner, retrieval, places, gallery, lmm, warmup=warmup, warn=warn
         )
-        if warmup:
-            geo.warmup()
-        return geo
 
     @classmethod
     def worldwide(
@@ -310,24 +295,9 @@ class Geolocator:
             from geolocus.pipeline.worldwide import world_embedder
 
             embedder = world_embedder(model, pretrained=pretrained)
-        gazetteer = None
-        if places.names:
-            gazetteer = Gazetteer.load()
-            gazetteer.reverse_geocode(0.0, 0.0)  # builds its k-d tree now, not per photo
-        geo = cls(
-            None,
-            embedder,
-            None,
-            retrieval=retrieval,
-            places=places,
-            gallery=gallery,
-            lmm=lmm,
-            gazetteer=gazetteer,
-            warn=warn,
+        return cls._assemble(
+            None, embedder, None, retrieval, places, gallery, lmm, warmup=warmup, warn=warn
         )
-        if warmup:
-            geo.warmup()
-        return geo
 
     @classmethod
     def from_model(
@@ -349,6 +319,41 @@ class Geolocator:
                 "build a database with it ('geolocus index build --model') and give --db"
             )
         return cls.worldwide(str(path), embedder=embedder, **settings)
+
+    @classmethod
+    def _assemble(
+        cls,
+        db: Database | None,
+        embedder: Embedder,
+        refiner: Refiner | None,
+        retrieval: RetrievalSettings,
+        places: PlaceSettings,
+        gallery: GallerySettings,
+        lmm: LMMSettings | None,
+        *,
+        warmup: bool,
+        warn: Callable[[str], None],
+    ) -> Geolocator:
+        """The factories' common end: the gazetteer loaded (its k-d tree built now, not
+        per photo) when answers are named, the geolocator made and warmed up."""
+        gazetteer = None
+        if places.names:
+            gazetteer = Gazetteer.load()
+            gazetteer.reverse_geocode(0.0, 0.0)
+        geo = cls(
+            db,
+            embedder,
+            refiner,
+            retrieval=retrieval,
+            places=places,
+            gallery=gallery,
+            lmm=lmm,
+            gazetteer=gazetteer,
+            warn=warn,
+        )
+        if warmup:
+            geo.warmup()
+        return geo
 
     def warmup(self) -> None:
         """One blank photo through every stage, so that one-time costs (lazy imports,
