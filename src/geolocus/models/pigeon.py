@@ -35,8 +35,7 @@ import torch.nn.functional as F
 from geolocus.errors import InputError
 from geolocus.geo.cells import semantic_cells
 from geolocus.geo.sphere import from_unit, haversine_km, to_unit
-from geolocus.models.base import ModelConfig
-from geolocus.models.planet import CellHead
+from geolocus.models.planet import CellConfig, CellHead
 from geolocus.places import Gazetteer
 
 __all__ = ["Pigeon", "PigeonConfig", "fit_prototypes", "haversine_smoothing"]
@@ -46,13 +45,9 @@ _CHUNK = 65536
 
 
 @dataclass
-class PigeonConfig(ModelConfig):
+class PigeonConfig(CellConfig):
     """A PIGEON head (stored with its weights; ``n_cells`` is set by ``prepare``)."""
 
-    backbone: str = "efficientnet-lite0"
-    embed_dim: int = 1280  # size of the backbone embedding
-    hidden_dim: int = 512  # the MLP's hidden layer (also the retrieval vector)
-    dropout: float = 0.1
     min_photos: int = 30  # smaller areas are merged into their nearest area
     max_photos: int = 500  # larger areas are split (OPTICS, then k-means)
     optics_sample: int = 200  # photos of an area OPTICS clusters (0: k-means only; faster)
@@ -62,23 +57,16 @@ class PigeonConfig(ModelConfig):
     max_refine_km: float = 1000.0  # a refinement moving the answer farther is cancelled
     proto_temperature: float = 0.05  # cosine similarity scale against log p(cell)
     seed: int = 0  # OPTICS samples and k-means starts
-    n_cells: int = 0  # fitted: number of cells
 
     def check(self) -> None:
         """Refuse impossible values before anything is built."""
-        for name in ("embed_dim", "hidden_dim", "min_photos", "max_photos", "refine_cells"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.min_photos > self.max_photos:
-            raise InputError(
-                f"min_photos ({self.min_photos}) must not exceed max_photos ({self.max_photos})"
-            )
+        super().check()
+        if self.refine_cells < 1:
+            raise InputError(f"refine_cells must be at least 1, got {self.refine_cells}")
         if self.tau_km <= 0 or self.proto_temperature <= 0 or self.max_refine_km < 0:
             raise InputError("tau_km and proto_temperature must be > 0, max_refine_km >= 0")
-        if self.prototypes < 0 or self.optics_sample < 0 or self.n_cells < 0:
-            raise InputError("prototypes, optics_sample and n_cells must be >= 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.prototypes < 0 or self.optics_sample < 0:
+            raise InputError("prototypes and optics_sample must be >= 0")
 
 
 def haversine_smoothing(gps: torch.Tensor, centroids: torch.Tensor, tau_km: float) -> torch.Tensor:

@@ -37,7 +37,7 @@ from geolocus.models.base import GeoModel, ModelConfig
 from geolocus.models.gallery import top_indices
 from geolocus.nn import eval_mode
 
-__all__ = ["CellHead", "Hybrid", "HybridConfig", "PlaNet", "PlaNetConfig"]
+__all__ = ["CellConfig", "CellHead", "Hybrid", "HybridConfig", "PlaNet", "PlaNetConfig"]
 
 #: Smallest cell size used to normalise offsets (a cell of photos at one spot has none).
 MIN_CELL_SCALE_KM = 1.0
@@ -50,16 +50,16 @@ def top_k(probs: np.ndarray, k: int) -> np.ndarray:
 
 
 @dataclass
-class PlaNetConfig(ModelConfig):
-    """A PlaNet head (stored with its weights; ``n_cells`` is set by ``prepare``)."""
+class CellConfig(ModelConfig):
+    """What every head that classifies over fitted cells has (PlaNet, the hybrid,
+    PIGEON): the backbone it reads, the MLP, the cells' photo bounds, their number."""
 
     backbone: str = "efficientnet-lite0"
     embed_dim: int = 1280  # size of the backbone embedding
     hidden_dim: int = 512  # the MLP's hidden layer (also the retrieval vector)
     dropout: float = 0.1
-    min_photos: int = 50  # cells with fewer training photos are dropped (PlaNet: 50)
-    max_photos: int = 1000  # cells with more are split (PlaNet: 10 000 for 126 M photos)
-    start_level: int = 0  # the coarse partition split from (0: the six cube faces)
+    min_photos: int = 50  # cells with fewer training photos are dropped or merged
+    max_photos: int = 1000  # cells with more are split
     n_cells: int = 0  # fitted: number of cells
 
     def check(self) -> None:
@@ -75,6 +75,14 @@ class PlaNetConfig(ModelConfig):
             raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.n_cells < 0:
             raise InputError(f"n_cells must be >= 0, got {self.n_cells}")
+
+
+@dataclass
+class PlaNetConfig(CellConfig):
+    """A PlaNet head (stored with its weights; ``n_cells`` is set by ``prepare``).
+    PlaNet's bounds: 50 photos at least (as here); 10 000 at most for 126 M photos."""
+
+    start_level: int = 0  # the coarse partition split from (0: the six cube faces)
 
 
 class CellHead(GeoModel):
