@@ -134,3 +134,29 @@ def test_too_few_geotagged_photos_is_a_clear_error(tmp_path):
         )
     with pytest.raises(InputError, match="not a folder"):
         gt.geotag(tmp_path / "nope", tmp_path / "o.csv", progress=False)
+
+
+def test_best_fitted_to_another_objective_geotags_and_checks_with_it(tmp_path, monkeypatch):
+    """``refine="best", objective="georanker"``: fitted on the collection to GeoRanker's
+    loss; the leave-one-out check refits the same settings on every fold."""
+    untagged = _collection(tmp_path / "trip")
+    folds = []
+    real = gt.cross_val_predict
+
+    def spy(factory, *args, **kwargs):
+        folds.append(factory().get_params()["objective"])
+        return real(factory, *args, **kwargs)
+
+    monkeypatch.setattr(gt, "cross_val_predict", spy)
+    res = gt.geotag(
+        tmp_path / "trip",
+        tmp_path / "g.csv",
+        embedder=BackboneEmbedder(ColourEncoder()),
+        refine="best",
+        objective="georanker",
+        progress=False,
+        log=lambda s: None,
+    )
+    assert res.refiner == "best" and res.n_predicted == len(untagged)
+    assert res.check is not None and res.check.acc["25"] == 100.0
+    assert folds == ["georanker"]

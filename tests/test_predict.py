@@ -119,12 +119,45 @@ def test_bad_photos_are_one_line_errors_and_exit_1(db, queries, tmp_path, capsys
         (["--refine", "oracle"], "unknown refine method"),
         (["--format", "xml"], "unknown format"),
         (["--lmm", "http://127.0.0.1:9/v1"], "--lmm needs --lmm-model"),
+        (["--objective", "softmax"], "method 'dualgeo' has no training objective"),
+        (["--refine", "best", "--objective", "mse"], "unknown objective 'mse'"),
     ],
 )
 def test_usage_errors_exit_2(db, queries, capsys, extra, match):
     rc, _, err = _run(capsys, ["predict", str(queries["paris"]), "--db", str(db), *extra])
     assert rc == 2 and err.startswith("geolocus: error:") and match in err
     assert err.count("\n") == 1
+
+
+def test_objective_is_checked_before_anything_loads(db, queries, tmp_path, capsys):
+    """``--objective`` on predict, serve and geotag: a method without a choice of
+    objectives, or predict without a database to fit on, is one line before any work."""
+    rc, _, err = _run(
+        capsys, ["predict", str(queries["paris"]), "--refine", "best", "--objective", "softmax"]
+    )
+    assert rc == 2 and "give --db" in err and err.count("\n") == 1
+    rc, _, err = _run(capsys, ["serve", "--db", str(db), "--objective", "georanker"])
+    assert rc == 2 and "has no training objective" in err and err.count("\n") == 1
+    (tmp_path / "trip").mkdir()
+    rc, _, err = _run(capsys, ["geotag", str(tmp_path / "trip"), "--objective", "softmax"])
+    assert rc == 2 and "'collection' has no training objective" in err
+    assert not (tmp_path / "trip" / ".geolocus").exists()
+
+
+@pytest.mark.slow
+def test_best_fitted_to_another_objective_is_cached_apart(db, queries, capsys):
+    """``predict --refine best --objective georanker``: fitted to GeoRanker's loss on the
+    database, cached in a file of its own beside the default objective's."""
+    argv = ["predict", str(queries["paris"]), "--db", str(db), "--refine", "best", "-f", "json"]
+    rc, out, _ = _run(capsys, [*argv, "--objective", "georanker"])
+    assert rc == 0 and json.loads(out)[0]["guesses"]
+    rc, _, _ = _run(capsys, argv)
+    assert rc == 0
+    saved = {
+        p.name: json.loads(p.read_text())["state"]["params"]["objective"]
+        for p in (db / "refiners").glob("best-*.json")
+    }
+    assert sorted(saved.values()) == ["georanker", "softmax"], saved
 
 
 def test_missing_database_and_no_photos(tmp_path, queries, capsys):

@@ -44,6 +44,17 @@ def test_predict_before_fit(world, name):
         assert r.predict(nb).shape == (len(nb), 2)
 
 
+@pytest.mark.parametrize("name", list_refiners())
+def test_a_clone_has_the_settings_and_nothing_learned(world, name):
+    nb, truth = world
+    r = create_refiner(name).fit(nb, truth)
+    c = r.clone()
+    assert type(c) is type(r) and c is not r
+    assert c.get_params() == r.get_params() and not c.is_fitted()
+    best = create_refiner("best", objective="georanker").clone()
+    assert best.get_params()["objective"] == "georanker"
+
+
 def test_not_fitted_is_a_one_line_user_error():
     assert issubclass(NotFittedError, GeolocusError) and issubclass(NotFittedError, InputError)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from geolocus.cli.options import batch_size_option, refiner_option
+from geolocus.cli.options import batch_size_option, objective_option, refiner_option
 
 #: geolocus.pipeline.geotag.MIN_CONFIDENCE, repeated here so that --help imports no pipeline
 MIN_CONFIDENCE = 0.3
@@ -24,6 +24,7 @@ def geotag(
         default=None,
         note="Default: collection (similarity-weighted votes and capture times).",
     ),
+    objective: str | None = objective_option(),
     xmp: bool = typer.Option(
         False, "--xmp", help="Also write XMP sidecars (photo.jpg.xmp); existing ones are kept."
     ),
@@ -59,6 +60,7 @@ def geotag(
         out,
         model=model,
         refine=refine,
+        objective=objective,
         check=check,
         verify=verify,
         min_confidence=min_confidence,

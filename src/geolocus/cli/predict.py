@@ -14,6 +14,7 @@ from geolocus.cli.options import (
     lmm_prompts_option,
     lmm_samples_option,
     lmm_temperature_option,
+    objective_option,
     refiner_option,
 )
 
@@ -54,6 +55,7 @@ def predict(
         None, "--map", help="Write an offline HTML map (one file per photo when several)."
     ),
     refine: str = refiner_option(note="One that learns is fitted on the database."),
+    objective: str | None = objective_option(),
     model: str | None = typer.Option(
         None,
         "--model",
@@ -107,7 +109,7 @@ def predict(
         write_map,
     )
     from geolocus.pipeline.formats import ORDER_NOTE, WORLD_ORDER_NOTE, table_text
-    from geolocus.refine import create_refiner
+    from geolocus.pipeline.refining import new_refiner
 
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
@@ -122,7 +124,9 @@ def predict(
         raise InputError(f"--world {world} answers alone: give it without --db")
     if world is not None and model not in (None, world):
         raise InputError(f"--world {world} and --model {model} disagree: give one")
-    create_refiner(refine)  # an unknown name fails before the model is loaded
+    stage2 = new_refiner(refine, objective)  # a bad name fails before the model loads
+    if objective is not None and db is None:
+        raise InputError("--objective fits a refiner on a database: give --db")
     # outputs that could not be written are refused before any photo is geolocated
     if out is not None:
         check_output_path(out, "--out")
@@ -163,7 +167,7 @@ def predict(
     else:
         geo = Geolocator.from_database(
             db,
-            refine=refine,
+            refine=refine if objective is None else stage2,
             model=world or model,
             retrieval=retrieval,
             places=PlaceSettings(top_k=top_k),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from geolocus.cli.options import db_option, refiner_option
+from geolocus.cli.options import db_option, objective_option, refiner_option
 from geolocus.server.app import (
     MAX_CONNECTIONS,
     MAX_REQUEST_PIXELS,
@@ -21,6 +21,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     refine: str = refiner_option(),
+    objective: str | None = objective_option(),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Distinct places per photo."),
     lmm: str | None = typer.Option(None, "--lmm", help="URL of an OpenAI-compatible vision API."),
     lmm_model: str | None = typer.Option(None, "--lmm-model", help="Model name for --lmm."),
@@ -59,11 +60,13 @@ def serve(
     limits it holds against hostile clients: docs/server.md).
     """
     from geolocus.pipeline import Geolocator, LMMSettings, PlaceSettings
+    from geolocus.pipeline.refining import new_refiner
     from geolocus.server import make_server
 
+    stage2 = new_refiner(refine, objective)  # a bad name fails before the model loads
     geo = Geolocator.from_database(
         db,
-        refine=refine,
+        refine=refine if objective is None else stage2,
         places=PlaceSettings(top_k=top_k),
         lmm=None if lmm is None else LMMSettings.from_url(lmm, lmm_model or "default", True),
     )

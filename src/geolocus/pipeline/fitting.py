@@ -14,6 +14,7 @@ is unchanged (same generation, count and model version).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -89,6 +90,19 @@ def loo_neighbours(
     return nb, db.coords[rows]
 
 
+def _settings_tag(refiner: Refiner) -> str:
+    """``""`` for a refiner with its default settings, else ``-`` and a digest of them:
+    fitted to another objective, say, it is cached in a file of its own."""
+    params = refiner.get_params()
+    try:
+        if params == type(refiner)().get_params():
+            return ""
+    except (TypeError, ValueError):  # settings without defaults, or not comparable
+        pass
+    blob = json.dumps(params, sort_keys=True, default=str).encode()
+    return "-" + hashlib.blake2b(blob, digest_size=4).hexdigest()
+
+
 def _identity(db: Database, refiner: Refiner, k: int, k_far: int, grouped: bool) -> dict:
     m = db.manifest
     return {
@@ -115,7 +129,7 @@ def fit_on_database(
     if not refiner.learns:
         return refiner
     ident = _identity(db, refiner, k, k_far, groups is not None)
-    tag = "-grouped" if groups is not None else ""
+    tag = ("-grouped" if groups is not None else "") + _settings_tag(refiner)
     path = Path(db.path) / CACHE_FOLDER / f"{refiner.name}-k{k}-f{k_far}{tag}.json"
     if cache and path.is_file():
         with contextlib.suppress(OSError, ValueError, KeyError, InputError):

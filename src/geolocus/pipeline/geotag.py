@@ -36,7 +36,8 @@ from geolocus.models.embedder import create_embedder
 from geolocus.pipeline.collections import COLLECTION_K
 from geolocus.pipeline.fitting import loo_neighbours
 from geolocus.pipeline.geolocator import Geolocator, PlaceSettings, RetrievalSettings
-from geolocus.refine import Refiner, create_refiner
+from geolocus.pipeline.refining import new_refiner
+from geolocus.refine import Refiner
 
 if TYPE_CHECKING:
     from geolocus.models.embedder import Embedder
@@ -115,7 +116,7 @@ def leave_one_out_check(geolocator: Geolocator, folds: int = 5) -> Any:
     nb, truth = loo_neighbours(geolocator.database, k, min(r.k_far, k))
     if refiner.learns and refiner.is_fitted() and len(nb) >= 2 * folds:
         fold = np.random.default_rng(0).permutation(len(nb)) % folds
-        top = cross_val_predict(lambda: create_refiner(refiner.name), nb, truth, fold)
+        top = cross_val_predict(refiner.clone, nb, truth, fold)
     else:
         top = refiner.predict(nb)
     return score_errors(haversine_km(top[:, 0], top[:, 1], truth[:, 0], truth[:, 1]))
@@ -202,6 +203,7 @@ def geotag(
     model: str | None = None,
     embedder: Embedder | None = None,
     refine: str | None = None,
+    objective: str | None = None,
     db: str | os.PathLike[str] | None = None,
     check: bool = True,
     verify: bool = False,
@@ -215,10 +217,13 @@ def geotag(
     ``model`` names the backbone or model file (``embedder`` passes one already
     made). ``refine`` defaults to :data:`DEFAULT_REFINE` (``collection``: similarity-weighted
     votes of the collection's photos and their capture times, see
-    :mod:`geolocus.refine.collection`); ``verify`` adds local-feature verification.
+    :mod:`geolocus.refine.collection`); ``objective``: what a refiner with a choice of
+    training objectives (``best``) is fitted to; ``verify`` adds local-feature verification.
     A photo whose answer has a confidence below ``min_confidence`` is left untagged: its
     guess is in the CSV (``TAGGED`` no) but it gets no sidecar.
     """
+    name = refine or DEFAULT_REFINE
+    chosen = new_refiner(name, objective)  # a bad name or objective fails before any work
     root = Path(collection).expanduser().resolve()
     if not root.is_dir():
         raise InputError(f"{root} is not a folder of photos")
@@ -240,8 +245,7 @@ def geotag(
         db_path, inputs_source(inputs), embedder, overwrite=True, progress=progress
     )
     log(built.summary())
-    name = refine or DEFAULT_REFINE
-    stage2: Refiner | str = name
+    stage2: Refiner | str = name if objective is None else chosen
     retrieval = RetrievalSettings(batch_size=batch_size)
     if name == DEFAULT_REFINE:
         stage2 = collection_refiner(inputs, targets, work, verify=verify)

@@ -73,6 +73,11 @@ class Refiner:
         ]
         return {n: getattr(self, n) for n in names}
 
+    def clone(self) -> Refiner:
+        """A new, unfitted refiner with these settings (scikit-learn's ``clone``): what
+        cross-validation fits on each fold."""
+        return type(self)(**self.get_params())
+
     def fitted_attributes(self) -> dict[str, Any]:
         """What ``fit`` learned: the attributes whose names end in ``_``."""
         return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
