@@ -391,10 +391,13 @@ def _resident_kb(path) -> int:
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps"), reason="Linux only")
-def test_a_scan_reads_the_lists_in_place_and_leaves_them_out_of_the_resident_set(tmp_path):
+def test_a_scan_reads_the_lists_in_place_and_leaves_them_out_of_the_resident_set(
+    tmp_path, monkeypatch
+):
     """The scan points FAISS at the mapped file instead of copying it; afterwards the
     pages it touched are no longer this process's (a long run of searches must not map
     the whole 10 GB file); lists shorter than k fill their tail with -1."""
+    from geolocus.index import lists as lists_mod
     from geolocus.index.lists import scan_search
 
     db, x, *_ = _compressed_db(tmp_path / "db")
@@ -402,10 +405,23 @@ def test_a_scan_reads_the_lists_in_place_and_leaves_them_out_of_the_resident_set
     assert lists is not None
     path = (tmp_path / "db" / "lists-1.npy").resolve()
     nlist = cp.nlist_of(db.index)
-    np.asarray(lists.vectors).sum()  # every page mapped in
-    assert _resident_kb(path) >= lists.vectors.nbytes // 1024 - 4
+    seen = []  # resident kB of the file whenever the scan lets pages go
+    real = lists_mod.release
+
+    def spy(a, rows=None):
+        seen.append(_resident_kb(path))
+        real(a, rows)
+
+    monkeypatch.setattr(lists_mod, "release", spy)
     _, rows = scan_search(db.index, lists, x[:16], 20, nlist)
     assert (rows >= 0).all()
+    # a list at a time leaves the resident set, never all the lists the queries probe
+    # (the kernel maps up to 64 KB around a fault: a list's pages and their neighbours)
+    assert len(seen) == int((np.diff(lists.offsets) > 0).sum())
+    assert max(seen) <= 2 * 64 + 4 < lists.vectors.nbytes // 1024
+    np.asarray(lists.vectors).sum()  # every page mapped in
+    assert _resident_kb(path) >= lists.vectors.nbytes // 1024 - 4
+    scan_search(db.index, lists, x[:16], 20, nlist)
     assert _resident_kb(path) <= 8  # at most a page or two at the edges
     # one list, k larger than it: its rows, then -1 with -inf
     sizes = np.diff(lists.offsets)

@@ -44,6 +44,10 @@ def decode_ids(raw: np.ndarray) -> np.ndarray:
     return np.asarray(np.char.decode(np.asarray(raw), "utf-8"), dtype=object)
 
 
+#: How far beyond the bytes it touched a page fault may map a file (2 MiB: one page table).
+FAULT_REACH = 2 << 20
+
+
 def release(a: np.ndarray, rows: list[tuple[int, int]] | None = None) -> None:
     """Drop the pages of a memory-mapped array (all, or those of the ``[start, stop)``
     row ranges in ``rows``) from this process's resident set; they stay in the page
@@ -59,10 +63,12 @@ def release(a: np.ndarray, rows: list[tuple[int, int]] | None = None) -> None:
         base = offset - offset % mmap.ALLOCATIONGRANULARITY  # where numpy's map starts
         width = int(np.prod(a.shape[1:], dtype=np.int64)) * a.itemsize
         for start, stop in rows:
-            lo = offset - base + start * width
-            hi = offset - base + stop * width
+            # widened by what a fault inside the rows may map around them (the kernel's
+            # fault-around and large folios stay within one page table's 2 MiB)
+            lo = max(0, offset - base + start * width - FAULT_REACH)
+            hi = min(len(m), offset - base + stop * width + FAULT_REACH)
             lo -= lo % mmap.PAGESIZE
-            m.madvise(mmap.MADV_DONTNEED, lo, min(hi, len(m)) - lo)
+            m.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def read_rows(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
