@@ -61,7 +61,7 @@ def release(a: np.ndarray, rows: list[tuple[int, int]] | None = None) -> None:
             return
         offset = int(getattr(a, "offset", 0))
         base = offset - offset % mmap.ALLOCATIONGRANULARITY  # where numpy's map starts
-        width = int(np.prod(a.shape[1:], dtype=np.int64)) * a.itemsize
+        width = a.strides[0] if a.ndim and a.flags.c_contiguous else a.itemsize * a.size // len(a)
         for start, stop in rows:
             # widened by what a fault inside the rows may map around them (the kernel's
             # fault-around and large folios stay within one page table's 2 MiB)
