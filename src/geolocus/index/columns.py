@@ -62,12 +62,18 @@ def release(a: np.ndarray, rows: list[tuple[int, int]] | None = None) -> None:
         offset = int(getattr(a, "offset", 0))
         base = offset - offset % mmap.ALLOCATIONGRANULARITY  # where numpy's map starts
         width = a.strides[0] if a.ndim and a.flags.c_contiguous else a.itemsize * a.size // len(a)
-        for start, stop in rows:
-            # widened by what a fault inside the rows may map around them (the kernel's
-            # fault-around and large folios stay within one page table's 2 MiB)
+        # each range widened by what a fault inside it may map around it (the kernel's
+        # fault-around and large folios stay within one page table's 2 MiB), then the
+        # overlapping ones merged: one madvise a stretch of the file
+        spans: list[list[int]] = []
+        for start, stop in sorted(rows):
             lo = max(0, offset - base + start * width - FAULT_REACH)
             hi = min(len(m), offset - base + stop * width + FAULT_REACH)
-            lo -= lo % mmap.PAGESIZE
+            if spans and lo <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], hi)
+            else:
+                spans.append([lo - lo % mmap.PAGESIZE, hi])
+        for lo, hi in spans:
             m.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 

@@ -30,6 +30,10 @@ LIST_PATTERNS = {
     "listrows": "listrows-{gen}.npy",
     "listoff": "listoff-{gen}.npy",
 }
+#: Bytes of scored lists a scan leaves mapped before releasing them (a madvise a list
+#: cost more than scanning a short list; releasing only at the end of a call let a
+#: 1,000-query tuning scan map most of a 10 GB file).
+RELEASE_BYTES = 64 << 20
 #: Rows read from the row-ordered file at a time while writing the list-ordered one.
 CHUNK = 65536
 
@@ -141,10 +145,10 @@ def scan_search(
     (float32 sums of the float16 rows, as re-ranking does) is pointed at the list's
     bytes instead of owning a copy, once for all the queries that probe it. Copying a
     list first (one ``pread`` a list) moved every byte twice: 4.6 ms a photo at 10 M
-    rows against 2.1 ms in place (the same answers; docs/scale.md, run 6). Each list's
-    pages are dropped from the process's resident set once it is scored (they stay in
-    the page cache), so neither a long run of searches nor one search of many queries
-    (tuning: 1,000 queries, up to 32 lists each) maps the whole file."""
+    rows against 2.1 ms in place (the same answers; docs/scale.md, run 6). Scored lists'
+    pages are dropped from the process's resident set every :data:`RELEASE_BYTES` and at
+    the end (they stay in the page cache), so neither a long run of searches nor one
+    search of many queries maps the whole file."""
     faiss = _faiss()
     q = np.ascontiguousarray(q, dtype=np.float32)
     nq, dim = q.shape
@@ -163,6 +167,8 @@ def scan_search(
     at: list[np.ndarray] = []  # entries of ``flat`` (query * npb + slot) scored
     found_s: list[np.ndarray] = []
     found_p: list[np.ndarray] = []  # positions in the list-ordered file, -1 for none
+    pending: list[tuple[int, int]] = []  # scored lists whose pages are still mapped
+    held = 0
     try:
         for g in groups:
             lst = int(flat[g[0]])
@@ -173,16 +179,19 @@ def scan_search(
             codes.view_data = codes.c_ptr = faiss.swig_ptr(raw[s * width : e * width])
             codes.view_size = codes.c_size = (e - s) * width
             scanner.ntotal = e - s
-            try:
-                d, j = scanner.search(q[g // npb], k)  # k beyond the list: -1 rows
-            finally:  # a list at a time: a thousand queries must not map the whole file
-                release(lists.vectors, [(s, e)])
+            d, j = scanner.search(q[g // npb], k)  # k beyond the list: -1 rows
+            pending.append((s, e))
+            held += (e - s) * width
+            if held >= RELEASE_BYTES:  # a thousand queries must not map the whole file
+                release(lists.vectors, pending)
+                pending, held = [], 0
             at.append(g)
             found_s.append(d)
             found_p.append(np.where(j >= 0, j + s, -1))
     finally:
         codes.view_size = codes.c_size = 0
         scanner.ntotal = 0
+        release(lists.vectors, pending)
     cand_s = np.full((nq * npb, k), -np.inf, dtype=np.float32)
     cand_p = np.full((nq * npb, k), -1, dtype=np.int64)
     if at:
