@@ -400,15 +400,16 @@ def sweep(args: argparse.Namespace, pairs: str) -> list[dict]:
         exact = exact_neighbours(args, q)
         np.savez(cache, **exact)
     db = Database.open(_db_dir(args))
-    if db._columns is None or db._columns.lists is None:
-        sys.exit("scale: --sweep needs a compressed database with list order")
+    tuned = db.manifest.search
+    if tuned.get("rerank") != SCAN or tuned.get("far_rerank") != SCAN:
+        sys.exit("scale: --sweep needs a compressed database tuned to scan its lists")
     out = []
     for pair in pairs.split(","):
         near, far = (int(x) for x in pair.split("/"))
-        db.manifest.search.update(nprobe=near, rerank=SCAN, far_nprobe=far, far_rerank=SCAN)
-        db.search(q[:16], k=K, k_far=K_FAR)
+        lists = {"nprobe": near, "far_nprobe": far}
+        db.search(q[:16], k=K, k_far=K_FAR, **lists)
         t0 = time.perf_counter()
-        parts = [db.search(q[s : s + 16], k=K, k_far=K_FAR) for s in range(0, len(q), 16)]
+        parts = [db.search(q[s : s + 16], k=K, k_far=K_FAR, **lists) for s in range(0, len(q), 16)]
         ms = (time.perf_counter() - t0) * 1000 / len(q)
         found = {k: np.concatenate([getattr(p, k) for p in parts])
                  for k in ("near", "near_scores", "far", "far_scores")}  # fmt: skip

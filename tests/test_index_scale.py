@@ -436,6 +436,27 @@ def test_a_scan_reads_the_lists_in_place_and_leaves_them_out_of_the_resident_set
         assert np.isneginf(s1[i, filled:]).all() and (r1[i, filled:] == -1).all()
 
 
+def test_far_neighbours_take_their_own_lists_visited(tmp_path):
+    """``far_nprobe`` sets the lists visited for the far neighbours alone: every list finds
+    (nearly: PQ re-ranking here) the least similar photos, one list far fewer; the near ones do not
+    change."""
+    db, x, ids, _ = _compressed_db(tmp_path / "db")
+    q = x[:40] / np.linalg.norm(x[:40], axis=1, keepdims=True)
+    tuned = db.search(q, k=10, k_far=10)
+    _, far_rows = cp.exact_topk(db._columns.exact, -q, 10)
+    truth = np.asarray(ids, dtype=object)[far_rows]
+
+    def far_recall(far_nprobe: int) -> float:
+        nb = db.search(q, k=10, k_far=10, far_nprobe=far_nprobe)
+        assert (nb.near_ids == tuned.near_ids).all()
+        return float(
+            np.mean([len(set(a) & set(b)) / 10 for a, b in zip(nb.far_ids, truth, strict=True)])
+        )
+
+    wide, narrow = far_recall(cp.nlist_of(db.index)), far_recall(1)
+    assert wide >= 0.9 and narrow < wide - 0.2
+
+
 def _saved_before_list_order(path):
     """A compressed database as saved before list order existed (no list files,
     PQ re-ranking in its manifest); returns its vectors."""

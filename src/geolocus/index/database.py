@@ -912,6 +912,7 @@ class Database:
         exclude_self: bool = False,
         nprobe: int | None = None,
         ef_search: int | None = None,
+        far_nprobe: int | None = None,
     ) -> Neighbours:
         """Near neighbours (highest cosine similarity) and far ones (the negated query).
 
@@ -919,6 +920,7 @@ class Database:
         query's own id — for leave-one-out use of a database on its own photos.
         ``nprobe`` (IVF indexes: lists visited) and ``ef_search`` (HNSW indexes:
         candidate-list size) trade speed for recall; exact indexes ignore neither.
+        ``far_nprobe``: lists visited for the far neighbours (default: ``nprobe``).
         A compressed database uses the settings tuned at build time unless given.
         """
         if len(self) == 0:
@@ -938,6 +940,9 @@ class Database:
             "near_ids": self._ids_at(near_i),
         }
         if k_far > 0:
+            if far_nprobe is not None:
+                self._set_search_params(far_nprobe, None)
+                nprobe = far_nprobe
             far_s, far_i = self._knn(-q, k_far, qids if exclude_self else None, nprobe, "far_")
             out.update(
                 far=np.asarray(coords[far_i]), far_scores=-far_s, far_ids=self._ids_at(far_i)
