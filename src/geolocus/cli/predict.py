@@ -109,7 +109,7 @@ def predict(
         write_map,
     )
     from geolocus.pipeline.formats import ORDER_NOTE, WORLD_ORDER_NOTE, table_text
-    from geolocus.pipeline.refining import new_refiner
+    from geolocus.pipeline.refining import stage2_choice
 
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
@@ -124,7 +124,7 @@ def predict(
         raise InputError(f"--world {world} answers alone: give it without --db")
     if world is not None and model not in (None, world):
         raise InputError(f"--world {world} and --model {model} disagree: give one")
-    stage2 = new_refiner(refine, objective)  # a bad name fails before the model loads
+    stage2 = stage2_choice(refine, objective)
     if objective is not None and db is None:
         raise InputError("--objective fits a refiner on a database: give --db")
     # outputs that could not be written are refused before any photo is geolocated
@@ -167,7 +167,7 @@ def predict(
     else:
         geo = Geolocator.from_database(
             db,
-            refine=refine if objective is None else stage2,
+            refine=stage2,
             model=world or model,
             retrieval=retrieval,
             places=PlaceSettings(top_k=top_k),

@@ -60,13 +60,12 @@ def serve(
     limits it holds against hostile clients: docs/server.md).
     """
     from geolocus.pipeline import Geolocator, LMMSettings, PlaceSettings
-    from geolocus.pipeline.refining import new_refiner
+    from geolocus.pipeline.refining import stage2_choice
     from geolocus.server import make_server
 
-    stage2 = new_refiner(refine, objective)  # a bad name fails before the model loads
     geo = Geolocator.from_database(
         db,
-        refine=refine if objective is None else stage2,
+        refine=stage2_choice(refine, objective),
         places=PlaceSettings(top_k=top_k),
         lmm=None if lmm is None else LMMSettings.from_url(lmm, lmm_model or "default", True),
     )

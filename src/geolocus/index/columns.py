@@ -61,7 +61,7 @@ def release(a: np.ndarray, rows: list[tuple[int, int]] | None = None) -> None:
             return
         offset = int(getattr(a, "offset", 0))
         base = offset - offset % mmap.ALLOCATIONGRANULARITY  # where numpy's map starts
-        width = a.strides[0] if a.ndim and a.flags.c_contiguous else a.itemsize * a.size // len(a)
+        width = a.strides[0]  # bytes a row (a .npy map is C-ordered)
         # each range widened by what a fault inside it may map around it (the kernel's
         # fault-around and large folios stay within one page table's 2 MiB), then the
         # overlapping ones merged: one madvise a stretch of the file

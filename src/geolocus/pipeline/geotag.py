@@ -36,7 +36,7 @@ from geolocus.models.embedder import create_embedder
 from geolocus.pipeline.collections import COLLECTION_K
 from geolocus.pipeline.fitting import loo_neighbours
 from geolocus.pipeline.geolocator import Geolocator, PlaceSettings, RetrievalSettings
-from geolocus.pipeline.refining import new_refiner
+from geolocus.pipeline.refining import stage2_choice
 from geolocus.refine import Refiner
 
 if TYPE_CHECKING:
@@ -223,7 +223,7 @@ def geotag(
     guess is in the CSV (``TAGGED`` no) but it gets no sidecar.
     """
     name = refine or DEFAULT_REFINE
-    chosen = new_refiner(name, objective)  # a bad name or objective fails before any work
+    stage2 = stage2_choice(name, objective)  # a bad name or objective: before any work
     root = Path(collection).expanduser().resolve()
     if not root.is_dir():
         raise InputError(f"{root} is not a folder of photos")
@@ -245,7 +245,6 @@ def geotag(
         db_path, inputs_source(inputs), embedder, overwrite=True, progress=progress
     )
     log(built.summary())
-    stage2: Refiner | str = name if objective is None else chosen
     retrieval = RetrievalSettings(batch_size=batch_size)
     if name == DEFAULT_REFINE:
         stage2 = collection_refiner(inputs, targets, work, verify=verify)

@@ -107,6 +107,14 @@ def new_refiner(method: str, objective: str | None = None) -> Refiner:
     )
 
 
+def stage2_choice(method: str, objective: str | None = None) -> Refiner | str:
+    """What a geolocator is given as its refiner, checked now (before any model loads):
+    the name, which it fits by leave-one-out and caches by name, or, with ``objective``,
+    a new refiner fitted to that objective (fitted the same way, cached apart)."""
+    chosen = new_refiner(method, objective)
+    return method if objective is None else chosen
+
+
 def get_refiner(
     method: str,
     *,
